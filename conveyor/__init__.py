@@ -1,0 +1,3 @@
+"""Conveyor: a distributed CI/CD pipeline orchestrator."""
+
+__version__ = "0.1.0"

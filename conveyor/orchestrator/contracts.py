@@ -1,0 +1,205 @@
+"""The seams of Conveyor: Protocols that plugins implement and the runtime calls.
+
+Step types, sandboxes, artifact stores, cloud providers and dispatchers live outside
+the orchestrator package; they meet it only through these shapes.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .durations import Duration
+
+LineSink = Callable[[str], None]
+
+
+class SandboxConfig(BaseModel):
+    """Where and how commands run: the seed's sandbox keys."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    image: str | None = Field(default=None, description="Container image; none runs locally.")
+    work_dir: str | None = Field(default=None, description="Working directory of commands.")
+    env: dict[str, str] = Field(default_factory=dict)
+    mounts: list[dict[str, Any]] = Field(default_factory=list)
+    memory_limit: str | int | None = None
+    cpu_limit: float | None = None
+    network_mode: str | None = None
+    timeout: Duration | None = Field(default=None, description="Limit for the whole step.")
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    """What one command in a sandbox did."""
+
+    exit_code: int
+    duration: float
+    tail: list[str] = field(default_factory=list)
+
+
+@runtime_checkable
+class Sandbox(Protocol):
+    """A place to run commands, with a workspace that lives for the whole run."""
+
+    #: The workspace path as commands inside the sandbox see it.
+    workspace: str
+
+    def exec(
+        self,
+        script: str,
+        *,
+        env: Mapping[str, str] | None = None,
+        work_dir: str | None = None,
+        on_line: LineSink | None = None,
+    ) -> ExecResult:
+        """Run a shell script; stream each output line to ``on_line``."""
+        ...
+
+    def copy_in(self, src: Path, dest: str) -> None:
+        """Copy a host file or directory into the sandbox."""
+        ...
+
+    def copy_out(self, src: str, dest: Path) -> None:
+        """Copy a file or directory out of the sandbox to the host."""
+        ...
+
+    def close(self) -> None:
+        """Release what the sandbox holds; safe to call twice."""
+        ...
+
+
+@dataclass(frozen=True)
+class SandboxRequest:
+    """Everything a sandbox factory needs to open one sandbox for one step."""
+
+    run_id: str
+    step_key: str
+    config: SandboxConfig
+    cancel: threading.Event
+    deadline: float | None  # time.monotonic() value, or None for no limit
+
+
+class SandboxFactory(Protocol):
+    """Opens sandboxes of one kind (``local``, ``docker``); built with the settings."""
+
+    def open(self, request: SandboxRequest) -> Sandbox:
+        """Open a sandbox for one step of one run."""
+        ...
+
+    def cleanup_run(self, run_id: str) -> None:
+        """Remove the run's workspace once the run is over; safe to call twice."""
+        ...
+
+
+class StepLogger(Protocol):
+    """Streams a step's log lines to the store, masking secrets first."""
+
+    def line(self, text: str, stream: str = "stdout") -> None:
+        """Record one line."""
+        ...
+
+    def flush(self) -> None:
+        """Write what is buffered."""
+        ...
+
+
+class StepContext(Protocol):
+    """What a step type sees while it runs."""
+
+    run_id: str
+    step_key: str
+    attempt: int
+    pipeline: str
+    params: Mapping[str, Any]
+    steps: Mapping[str, Mapping[str, Any]]
+    env: Mapping[str, str]
+    secrets: Mapping[str, str]
+    matrix: Mapping[str, Any]
+    log: StepLogger
+    cancel: threading.Event
+    deadline: float | None
+
+    @property
+    def idempotency_key(self) -> str:
+        """``run_id:step_key``: the key for effects outside Conveyor."""
+        ...
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the run or step has been cancelled or timed out."""
+        ...
+
+    def remaining(self) -> float | None:
+        """Seconds left before the step's timeout, or None."""
+        ...
+
+    def sandbox(self, config: SandboxConfig) -> Sandbox:
+        """Open a sandbox (docker when ``config.image`` is set, local otherwise)."""
+        ...
+
+    def mask(self, text: str) -> str:
+        """Replace secret values in ``text`` with ``***``."""
+        ...
+
+
+@runtime_checkable
+class StepType(Protocol):
+    """A kind of step. Registered under entry-point group ``conveyor.steps``.
+
+    ``Config`` is a pydantic model with ``extra="forbid"``; ``run`` returns the outputs
+    later steps see under ``steps.<name>``. Raise ``StepFailed`` to fail with a reason.
+    """
+
+    Config: type[BaseModel]
+    queue: str
+    #: Config fields whose templates reach a shell: values go through env vars instead.
+    shell_fields: frozenset[str]
+
+    def run(self, ctx: StepContext, config: Any) -> Mapping[str, Any]:
+        """Do the step's work and return its outputs."""
+        ...
+
+
+@dataclass(frozen=True)
+class StepRef:
+    """What a dispatch carries: ids only, never YAML."""
+
+    run_id: str
+    step_key: str
+    attempt: int
+    queue: str
+
+
+class Dispatcher(Protocol):
+    """Sends ready steps to whatever executes them (threads here, Celery later)."""
+
+    def dispatch(self, ref: StepRef, eta: datetime | None = None) -> None:
+        """Ask for ``ref`` to be executed, not before ``eta`` when given."""
+        ...
+
+
+class ArtifactStore(Protocol):
+    """Files kept per run; implemented by providers (local, s3)."""
+
+    def put(self, run_id: str, key: str, src: Path) -> Mapping[str, Any]:
+        """Store ``src`` under ``key``; returns size, checksum, created_at."""
+        ...
+
+    def get(self, run_id: str, key: str, dest: Path) -> Mapping[str, Any]:
+        """Write the artifact to ``dest``, checking its checksum."""
+        ...
+
+    def list(self, run_id: str) -> Sequence[Mapping[str, Any]]:
+        """Every artifact of a run."""
+        ...
+
+    def delete(self, run_id: str, key: str) -> None:
+        """Remove one artifact."""
+        ...

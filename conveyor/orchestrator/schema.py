@@ -1,0 +1,128 @@
+"""Tables of the execution log (SQLAlchemy Core), the same on SQLite and Postgres.
+
+Alembic migrations under ``migrations/`` create them; this module is what the code
+queries. Keep the two in step: a test compares them.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """Timestamps stored in UTC and always read back timezone-aware (SQLite drops tz)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+JSONType = sa.JSON().with_variant(JSONB(), "postgresql")
+
+definitions = sa.Table(
+    "workflow_definitions",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("name", sa.String(100), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("checksum", sa.String(64), nullable=False),
+    sa.Column("definition", JSONType, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("name", "version"),
+)
+
+runs = sa.Table(
+    "workflow_instances",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("definition_id", sa.String(36), sa.ForeignKey(definitions.c.id), nullable=False),
+    sa.Column("pipeline", sa.String(100), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("params", JSONType, nullable=False),
+    sa.Column("plan", JSONType, nullable=False),
+    sa.Column("submitted_by", sa.String(200)),
+    sa.Column("idempotency_key", sa.String(200), unique=True),
+    sa.Column("error", sa.Text),
+    sa.Column("event_seq", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("deadline", UTCDateTime),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("completed_at", UTCDateTime),
+    sa.Index("ix_workflow_instances_status", "status"),
+    sa.Index("ix_workflow_instances_pipeline_created", "pipeline", "created_at"),
+)
+
+steps = sa.Table(
+    "workflow_steps",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("instance_id", sa.String(36), sa.ForeignKey(runs.c.id), nullable=False),
+    sa.Column("step_key", sa.String(200), nullable=False),
+    sa.Column("position", sa.Integer, nullable=False),
+    sa.Column("type", sa.String(100), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("queue", sa.String(50), nullable=False),
+    sa.Column("last_error", sa.Text),
+    sa.Column("exit_code", sa.Integer),
+    sa.Column("outputs", JSONType),
+    sa.Column("lease_owner", sa.String(200)),
+    sa.Column("lease_expires_at", UTCDateTime),
+    sa.Column("available_at", UTCDateTime),
+    sa.Column("started_at", UTCDateTime),
+    sa.Column("completed_at", UTCDateTime),
+    sa.UniqueConstraint("instance_id", "step_key"),
+    sa.Index("ix_workflow_steps_status", "status"),
+)
+
+events = sa.Table(
+    "workflow_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("instance_id", sa.String(36), sa.ForeignKey(runs.c.id), nullable=False),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("step_key", sa.String(200)),
+    sa.Column("type", sa.String(50), nullable=False),
+    sa.Column("payload", JSONType),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("instance_id", "seq"),
+)
+
+step_logs = sa.Table(
+    "step_logs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("instance_id", sa.String(36), sa.ForeignKey(runs.c.id), nullable=False),
+    sa.Column("step_key", sa.String(200), nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("stream", sa.String(10), nullable=False),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Index("ix_step_logs_instance_id_step_key_id", "instance_id", "step_key", "id"),
+)

@@ -1,0 +1,48 @@
+"""Conveyor's settings: one pydantic-settings object, built at entry points, passed down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of Conveyor, read from ``CONVEYOR_*`` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="CONVEYOR_", extra="ignore")
+
+    data_dir: Path = Field(
+        default=Path(".conveyor"),
+        description="Where the embedded database, workspaces and artifacts live.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL; defaults to a SQLite file under data_dir.",
+    )
+    broker_url: str | None = Field(
+        default=None, description="Celery broker; without one, steps run in this process."
+    )
+    max_parallel: int = Field(default=4, ge=1, le=256, description="Inline dispatcher threads.")
+    lease_seconds: float = Field(default=30.0, gt=0, description="How long a claim lasts.")
+    heartbeat_seconds: float = Field(default=5.0, gt=0, description="How often leases renew.")
+    max_definition_bytes: int = Field(default=1_048_576, ge=1024)
+    max_steps: int = Field(default=1000, ge=1, description="Steps per pipeline after matrices.")
+    max_matrix: int = Field(default=256, ge=1, description="Expansions of one matrix step.")
+    max_yaml_nodes: int = Field(default=200_000, ge=100)
+    max_template_output: int = Field(default=1_048_576, ge=1024)
+    max_output_bytes: int = Field(default=1_048_576, ge=1024, description="Outputs of one step.")
+    log_flush_seconds: float = Field(default=0.2, gt=0)
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL, defaulting to the embedded SQLite file."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'conveyor.db').resolve()}"
+
+    @property
+    def workspace_root(self) -> Path:
+        """The parent directory of every run's workspace."""
+        return self.data_dir / "workspaces"

@@ -1,0 +1,338 @@
+"""The execution store: runs, steps, events and logs on SQLAlchemy Core.
+
+Every write that touches a run happens in ``store.transaction(run_id)``, which locks the
+run's row first. That one lock order (run, then its steps) keeps concurrent workers from
+deadlocking, and makes the per-run event sequence gap-free: the sequence lives on the
+locked run row and is bumped in the same transaction as the events it numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from . import db
+from .errors import Conflict, NotFound, StoreUnavailable
+from .records import EventRecord, LogRecord, RunRecord, StepRecord, run_from_row, step_from_row
+from .schema import definitions, events, runs, step_logs, steps
+from .status import RunStatus, StepStatus
+from .transaction import RunTx
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    """A new random id for runs, steps and definitions."""
+    return str(uuid.uuid4())
+
+
+@dataclass(frozen=True)
+class StepSeed:
+    """What the store needs to create one step row of a new run."""
+
+    key: str
+    type: str
+    queue: str
+
+
+@dataclass(frozen=True)
+class NewRun:
+    """Everything written in the one transaction that creates a run."""
+
+    pipeline: str
+    source: str
+    plan: dict[str, Any]
+    params: dict[str, Any]
+    steps: Sequence[StepSeed]
+    submitted_by: str | None = None
+    idempotency_key: str | None = None
+    deadline: datetime | None = None
+
+
+@contextmanager
+def translate_errors() -> Iterator[None]:
+    """Turn driver errors into Conveyor errors at the store's boundary."""
+    try:
+        yield
+    except sa.exc.IntegrityError as exc:
+        raise Conflict(f"conflicting write: {exc.orig}") from exc
+    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+        raise StoreUnavailable(f"database unavailable: {exc.orig}") from exc
+
+
+class Store:
+    """Reads and writes of the execution log."""
+
+    def __init__(self, url: str) -> None:
+        self.url = db.normalise_url(url)
+        self.engine, self.read_engine = db.create_engines(self.url)
+
+    @property
+    def is_sqlite(self) -> bool:
+        """True for the embedded SQLite database."""
+        return self.engine.dialect.name == "sqlite"
+
+    def upgrade(self) -> None:
+        """Bring the schema to the newest migration."""
+        with translate_errors():
+            db.upgrade(self.engine)
+
+    def ensure_current(self) -> None:
+        """Raise SchemaOutdated unless the schema is at the newest migration."""
+        db.ensure_current(self.engine)
+
+    def close(self) -> None:
+        """Release pooled connections."""
+        self.engine.dispose()
+        self.read_engine.dispose()
+
+    @contextmanager
+    def transaction(self, run_id: str) -> Iterator[RunTx]:
+        """Lock a run and change it; events are numbered and written on commit."""
+        with translate_errors(), self.engine.begin() as conn:
+            tx = RunTx(conn, run_id, utcnow())
+            yield tx
+            tx.flush_events()
+
+    # -- creating runs -----------------------------------------------------------------
+
+    def create_run(self, new: NewRun) -> RunRecord:
+        """Write the definition version, the run, its steps and first event at once."""
+        with translate_errors(), self.engine.begin() as conn:
+            if new.idempotency_key:
+                existing = conn.execute(
+                    sa.select(runs).where(runs.c.idempotency_key == new.idempotency_key)
+                ).mappings().first()
+                if existing:
+                    return run_from_row(existing)
+            definition_id, version = self._definition(conn, new.pipeline, new.source)
+            run_id, now = new_id(), utcnow()
+            conn.execute(runs.insert().values(_run_row(new, run_id, definition_id, now)))
+            conn.execute(steps.insert(), [_step_row(run_id, i, s) for i, s in enumerate(new.steps)])
+            tx = RunTx(conn, run_id, now)
+            tx.event("run.created", pipeline=new.pipeline, version=version, steps=len(new.steps))
+            tx.flush_events()
+        return self.get_run(run_id)
+
+    def _definition(self, conn: sa.Connection, name: str, source: str) -> tuple[str, int]:
+        checksum = hashlib.sha256(source.encode()).hexdigest()
+        latest = conn.execute(
+            sa.select(definitions.c.id, definitions.c.version, definitions.c.checksum)
+            .where(definitions.c.name == name)
+            .order_by(definitions.c.version.desc())
+            .limit(1)
+        ).first()
+        if latest is not None and latest.checksum == checksum:
+            return latest.id, latest.version
+        version = 1 if latest is None else latest.version + 1
+        definition_id = new_id()
+        conn.execute(
+            definitions.insert().values(
+                id=definition_id,
+                name=name,
+                version=version,
+                checksum=checksum,
+                definition={"source": source},
+                created_at=utcnow(),
+            )
+        )
+        return definition_id, version
+
+    # -- reads -------------------------------------------------------------------------
+
+    def _rows(self, query: sa.Select[Any]) -> list[sa.RowMapping]:
+        with translate_errors(), self.read_engine.connect() as conn:
+            return list(conn.execute(query).mappings())
+
+    def get_run(self, run_id: str) -> RunRecord:
+        """One run by its full id."""
+        rows = self._rows(sa.select(runs).where(runs.c.id == run_id))
+        if not rows:
+            raise NotFound(f"no run {run_id}")
+        return run_from_row(rows[0])
+
+    def find_run(self, ref: str) -> RunRecord:
+        """One run by its id or a unique prefix of it (at least 4 characters)."""
+        rows = self._rows(sa.select(runs).where(runs.c.id == ref))
+        if not rows and len(ref) >= 4:
+            rows = self._rows(sa.select(runs).where(runs.c.id.startswith(ref)).limit(5))
+        if not rows:
+            raise NotFound(f"no run {ref}")
+        if len(rows) > 1:
+            raise Conflict(f"run id {ref} is ambiguous: {', '.join(r['id'] for r in rows)}")
+        return run_from_row(rows[0])
+
+    def list_runs(
+        self,
+        *,
+        limit: int = 20,
+        status: str | None = None,
+        pipeline: str | None = None,
+        before: datetime | None = None,
+    ) -> list[RunRecord]:
+        """Newest runs first, optionally filtered."""
+        query = sa.select(runs).order_by(runs.c.created_at.desc(), runs.c.id).limit(limit)
+        if status:
+            query = query.where(runs.c.status == status)
+        if pipeline:
+            query = query.where(runs.c.pipeline == pipeline)
+        if before:
+            query = query.where(runs.c.created_at < before)
+        return [run_from_row(r) for r in self._rows(query)]
+
+    def list_steps(self, run_id: str) -> list[StepRecord]:
+        """The steps of a run in plan order."""
+        query = sa.select(steps).where(steps.c.instance_id == run_id).order_by(steps.c.position)
+        return [step_from_row(r) for r in self._rows(query)]
+
+    def list_events(self, run_id: str, after: int = 0) -> list[EventRecord]:
+        """Events of a run with a sequence number above ``after``."""
+        query = (
+            sa.select(events)
+            .where(events.c.instance_id == run_id, events.c.seq > after)
+            .order_by(events.c.seq)
+        )
+        return [
+            EventRecord(
+                seq=r["seq"],
+                run_id=r["instance_id"],
+                step_key=r["step_key"],
+                type=r["type"],
+                payload=r["payload"] or {},
+                created_at=r["created_at"],
+            )
+            for r in self._rows(query)
+        ]
+
+    def list_logs(
+        self,
+        run_id: str,
+        step_key: str | None = None,
+        *,
+        after_id: int = 0,
+        attempt: int | None = None,
+        limit: int = 100_000,
+    ) -> list[LogRecord]:
+        """Log lines of a run (or one step) in the order they were written."""
+        query = (
+            sa.select(step_logs)
+            .where(step_logs.c.instance_id == run_id, step_logs.c.id > after_id)
+            .order_by(step_logs.c.id)
+            .limit(limit)
+        )
+        if step_key is not None:
+            query = query.where(step_logs.c.step_key == step_key)
+        if attempt is not None:
+            query = query.where(step_logs.c.attempt == attempt)
+        return [_log_record(r) for r in self._rows(query)]
+
+    def tail_logs(self, run_id: str, step_key: str, lines: int = 3) -> list[LogRecord]:
+        """The last ``lines`` lines of a step's log, oldest first."""
+        query = (
+            sa.select(step_logs)
+            .where(step_logs.c.instance_id == run_id, step_logs.c.step_key == step_key)
+            .order_by(step_logs.c.id.desc())
+            .limit(lines)
+        )
+        return [_log_record(r) for r in reversed(self._rows(query))]
+
+    # -- writes outside a run transaction ----------------------------------------------
+
+    def append_logs(
+        self, run_id: str, step_key: str, attempt: int, lines: Sequence[tuple[str, str]]
+    ) -> None:
+        """Append (stream, text) lines to a step's log."""
+        if not lines:
+            return
+        now = utcnow()
+        rows = [
+            {
+                "instance_id": run_id,
+                "step_key": step_key,
+                "attempt": attempt,
+                "stream": stream,
+                "text": text,
+                "created_at": now,
+            }
+            for stream, text in lines
+        ]
+        with translate_errors(), self.engine.begin() as conn:
+            conn.execute(step_logs.insert(), rows)
+
+    def renew_leases(self, step_ids: Sequence[str], owner: str, until: datetime) -> dict[str, str]:
+        """Extend the leases of running steps this owner holds.
+
+        Returns the current status of each step's run, so the caller can notice a run
+        that was cancelled while its steps were running.
+        """
+        if not step_ids:
+            return {}
+        with translate_errors(), self.engine.begin() as conn:
+            conn.execute(
+                steps.update()
+                .where(
+                    steps.c.id.in_(step_ids),
+                    steps.c.status == StepStatus.RUNNING,
+                    steps.c.lease_owner == owner,
+                )
+                .values(lease_expires_at=until)
+            )
+            rows = conn.execute(
+                sa.select(steps.c.id, steps.c.status, runs.c.status.label("run_status"))
+                .join(runs, runs.c.id == steps.c.instance_id)
+                .where(steps.c.id.in_(step_ids))
+            ).all()
+        return {
+            r.id: r.run_status if r.run_status == RunStatus.CANCELLED else r.status for r in rows
+        }
+
+
+def _run_row(new: NewRun, run_id: str, definition_id: str, now: datetime) -> dict[str, Any]:
+    return {
+        "id": run_id,
+        "definition_id": definition_id,
+        "pipeline": new.pipeline,
+        "status": RunStatus.RUNNING.value,
+        "params": new.params,
+        "plan": new.plan,
+        "submitted_by": new.submitted_by,
+        "idempotency_key": new.idempotency_key,
+        "deadline": new.deadline,
+        "event_seq": 0,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def _step_row(run_id: str, position: int, seed: StepSeed) -> dict[str, Any]:
+    return {
+        "id": new_id(),
+        "instance_id": run_id,
+        "step_key": seed.key,
+        "position": position,
+        "type": seed.type,
+        "status": StepStatus.PENDING.value,
+        "attempts": 0,
+        "queue": seed.queue,
+    }
+
+
+def _log_record(row: sa.RowMapping) -> LogRecord:
+    return LogRecord(
+        id=row["id"],
+        step_key=row["step_key"],
+        attempt=row["attempt"],
+        stream=row["stream"],
+        text=row["text"],
+        created_at=row["created_at"],
+    )
