@@ -45,7 +45,8 @@ class SpecError(ConveyorError):
             problems = [Problem("", problems)]
         elif isinstance(problems, Problem):
             problems = [problems]
-        self.problems = problems
+        # In file order, as an editor would show them; problems with no line come first.
+        self.problems = sorted(problems, key=lambda p: p.line or 0)
         super().__init__("\n".join(str(p) for p in problems))
 
 

@@ -51,7 +51,7 @@ R = RunStatus
 #: Every legal step move. ``running -> queued`` is a retry or a reclaimed lease;
 #: ``failed/cancelled -> pending`` is a retry of the whole run.
 STEP_MOVES: dict[StepStatus, frozenset[StepStatus]] = {
-    S.PENDING: frozenset({S.QUEUED, S.SKIPPED, S.CANCELLED}),
+    S.PENDING: frozenset({S.QUEUED, S.SKIPPED, S.CANCELLED, S.FAILED}),
     S.QUEUED: frozenset({S.RUNNING, S.CANCELLED}),
     S.RUNNING: frozenset({S.SUCCEEDED, S.FAILED, S.QUEUED, S.BLOCKED, S.CANCELLED}),
     S.BLOCKED: frozenset({S.QUEUED, S.SUCCEEDED, S.FAILED, S.CANCELLED}),

@@ -110,9 +110,13 @@ class Store:
         """Write the definition version, the run, its steps and first event at once."""
         with translate_errors(), self.engine.begin() as conn:
             if new.idempotency_key:
-                existing = conn.execute(
-                    sa.select(runs).where(runs.c.idempotency_key == new.idempotency_key)
-                ).mappings().first()
+                existing = (
+                    conn.execute(
+                        sa.select(runs).where(runs.c.idempotency_key == new.idempotency_key)
+                    )
+                    .mappings()
+                    .first()
+                )
                 if existing:
                     return run_from_row(existing)
             definition_id, version = self._definition(conn, new.pipeline, new.source)

@@ -27,9 +27,11 @@ class RunTx:
         self.conn = conn
         self.now = now
         self._pending: list[dict[str, Any]] = []
-        row = conn.execute(
-            sa.select(runs).where(runs.c.id == run_id).with_for_update()
-        ).mappings().first()
+        row = (
+            conn.execute(sa.select(runs).where(runs.c.id == run_id).with_for_update())
+            .mappings()
+            .first()
+        )
         if row is None:
             raise NotFound(f"no run {run_id}")
         self.run: RunRecord = run_from_row(row)
@@ -42,9 +44,13 @@ class RunTx:
 
     def step(self, key: str) -> StepRecord:
         """One step of the run by key."""
-        row = self.conn.execute(
-            sa.select(steps).where(steps.c.instance_id == self.run.id, steps.c.step_key == key)
-        ).mappings().first()
+        row = (
+            self.conn.execute(
+                sa.select(steps).where(steps.c.instance_id == self.run.id, steps.c.step_key == key)
+            )
+            .mappings()
+            .first()
+        )
         if row is None:
             raise NotFound(f"run {self.run.id} has no step {key!r}")
         return step_from_row(row)

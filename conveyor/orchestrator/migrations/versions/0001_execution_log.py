@@ -81,7 +81,9 @@ def upgrade() -> None:
             ["workflow_instances.id"],
             name="fk_workflow_steps_instance_id_workflow_instances",
         ),
-        sa.UniqueConstraint("instance_id", "step_key", name="uq_workflow_steps_instance_id_step_key"),
+        sa.UniqueConstraint(
+            "instance_id", "step_key", name="uq_workflow_steps_instance_id_step_key"
+        ),
     )
     op.create_index("ix_workflow_steps_status", "workflow_steps", ["status"])
     op.create_table(

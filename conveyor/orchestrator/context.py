@@ -1,0 +1,123 @@
+"""The StepContext a step type runs with, and the logger that streams to the store."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from .contracts import Sandbox, SandboxConfig, SandboxRequest
+from .plugins import Sandboxes
+from .store import Store
+from .variables import Masker
+
+#: Lines longer than this are cut: a log is for people, artifacts are for data.
+MAX_LINE = 16_384
+
+
+class StoreLogger:
+    """Buffers a step's log lines and writes them to the store in small batches.
+
+    Lines are masked before they are buffered, so a secret never reaches the store or a
+    terminal. The executor's monitor flushes every few hundred milliseconds, so a step
+    that prints a line and then works for an hour still shows that line at once.
+    """
+
+    def __init__(
+        self, store: Store, run_id: str, step_key: str, attempt: int, mask: Masker
+    ) -> None:
+        self.store, self.run_id, self.step_key, self.attempt = store, run_id, step_key, attempt
+        self.mask = mask
+        self._buffer: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+        self.lines = 0
+
+    def line(self, text: str, stream: str = "stdout") -> None:
+        """Record one line (masked, cut at MAX_LINE characters)."""
+        text = self.mask(text.rstrip("\r\n"))
+        if len(text) > MAX_LINE:
+            text = text[:MAX_LINE] + " …[line cut]"
+        with self._lock:
+            self._buffer.append((stream, text))
+            self.lines += 1
+            full = len(self._buffer) >= 500
+        if full:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what is buffered."""
+        with self._lock:
+            batch, self._buffer = self._buffer, []
+        if not batch:
+            return
+        try:
+            self.store.append_logs(self.run_id, self.step_key, self.attempt, batch)
+        except Exception:
+            with self._lock:  # keep the lines for the next flush rather than lose them
+                self._buffer[:0] = batch
+            raise
+
+
+class Context:
+    """The concrete StepContext (see contracts.StepContext)."""
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        step_key: str,
+        attempt: int,
+        pipeline: str,
+        params: Mapping[str, Any],
+        steps: Mapping[str, Mapping[str, Any]],
+        env: Mapping[str, str],
+        secrets: Mapping[str, str],
+        matrix: Mapping[str, Any],
+        log: StoreLogger,
+        sandboxes: Sandboxes,
+        deadline: float | None,
+    ) -> None:
+        self.run_id, self.step_key, self.attempt = run_id, step_key, attempt
+        self.pipeline, self.params, self.steps = pipeline, params, steps
+        self.env, self.secrets, self.matrix = env, secrets, matrix
+        self.log, self.deadline = log, deadline
+        self.cancel = threading.Event()
+        self.timed_out = False
+        self._sandboxes = sandboxes
+        self._opened: list[Sandbox] = []
+
+    @property
+    def idempotency_key(self) -> str:
+        """``run_id:step_key``: the key for effects outside Conveyor."""
+        return f"{self.run_id}:{self.step_key}"
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the run or step has been cancelled or timed out."""
+        return self.cancel.is_set()
+
+    def remaining(self) -> float | None:
+        """Seconds left before the step's deadline, or None."""
+        return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+
+    def mask(self, text: str) -> str:
+        """Replace secret values in ``text`` with ``***``."""
+        return self.log.mask(text)
+
+    def sandbox(self, config: SandboxConfig) -> Sandbox:
+        """Open a sandbox: docker when ``config.image`` is set, local otherwise."""
+        deadline = self.deadline
+        if config.timeout is not None:
+            own = time.monotonic() + config.timeout
+            deadline = own if deadline is None else min(deadline, own)
+        request = SandboxRequest(self.run_id, self.step_key, config, self.cancel, deadline)
+        sandbox = self._sandboxes.get("docker" if config.image else "local").open(request)
+        self._opened.append(sandbox)
+        return sandbox
+
+    def close(self) -> None:
+        """Close every sandbox the step opened and did not close (close is idempotent)."""
+        for sandbox in self._opened:
+            sandbox.close()
+        self._opened.clear()

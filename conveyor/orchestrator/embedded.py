@@ -1,0 +1,119 @@
+"""Conveyor in one process: SQLite (or any database), a thread pool, no services."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from .contracts import StepType
+from .dispatch import InlineDispatcher
+from .executor import Executor
+from .plan import Compiled, Compiler, ExecutionPlan, Limits
+from .plugins import Sandboxes, StepTypes
+from .records import RunRecord
+from .runtime import Runtime
+from .settings import Settings
+from .store import Store
+from .templates import TemplateEngine
+
+
+def open_store(settings: Settings) -> Store:
+    """The store of these settings; the embedded SQLite file is migrated on first use."""
+    store = Store(settings.resolved_database_url)
+    if store.is_sqlite:
+        from . import db
+
+        if db.current_revision(store.engine) != db.head_revision():
+            store.upgrade()
+    else:
+        store.ensure_current()
+    return store
+
+
+def make_compiler(settings: Settings, step_types: Mapping[str, StepType] | None = None) -> Compiler:
+    """A compiler bound to the installed step types and the settings' limits."""
+    limits = Limits(
+        max_bytes=settings.max_definition_bytes,
+        max_nodes=settings.max_yaml_nodes,
+        max_steps=settings.max_steps,
+        max_matrix=settings.max_matrix,
+    )
+    templates = TemplateEngine(max_output=settings.max_template_output)
+    return Compiler(step_types if step_types is not None else StepTypes(), templates, limits)
+
+
+class EmbeddedEngine:
+    """Store, runtime, executor and inline dispatcher wired together."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        step_types: Mapping[str, StepType] | None = None,
+        sandboxes: Sandboxes | None = None,
+        store: Store | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store or open_store(settings)
+        self.compiler = make_compiler(settings, step_types)
+        self.dispatcher = InlineDispatcher(settings.max_parallel)
+        self.runtime = Runtime(
+            self.store,
+            self.compiler.templates,
+            self.dispatcher,
+            lease_seconds=settings.lease_seconds,
+        )
+        self.sandboxes = sandboxes or Sandboxes(settings)
+        self.executor = Executor(self.runtime, self.compiler.step_types, self.sandboxes, settings)
+        self.dispatcher.bind(self.executor.execute)
+        self._finished: dict[str, threading.Event] = {}
+        self.runtime.on_finished.append(self._on_finished)
+
+    def compile(self, text: str | bytes) -> Compiled:
+        """Compile a pipeline file (SpecError lists every problem)."""
+        return self.compiler.compile(text)
+
+    def start(
+        self,
+        plan: ExecutionPlan,
+        source: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        secrets: Mapping[str, str] | None = None,
+        submitted_by: str | None = None,
+    ) -> RunRecord:
+        """Create the run and start its first steps; returns at once."""
+        return self.runtime.submit(
+            plan, source, params or {}, secrets=secrets, submitted_by=submitted_by
+        )
+
+    def wait(self, run_id: str, timeout: float | None = None, poll: float = 0.25) -> RunRecord:
+        """Block until the run is over (or ``timeout`` passes) and return it."""
+        event = self._finished.setdefault(run_id, threading.Event())
+        waited = 0.0
+        while True:
+            run = self.store.get_run(run_id)
+            if run.status.terminal:
+                return run
+            if timeout is not None and waited >= timeout:
+                return run
+            self.runtime.expire(run_id)
+            event.wait(poll)
+            waited += poll
+
+    def run(self, text: str | bytes, pipeline: str | None = None, **kwargs: Any) -> RunRecord:
+        """Compile, start and wait: the whole of ``conveyor run`` without the terminal."""
+        compiled = self.compile(text)
+        run = self.start(compiled.select(pipeline), compiled.source, **kwargs)
+        return self.wait(run.id)
+
+    def close(self) -> None:
+        """Wait for running steps, then release threads and connections."""
+        self.dispatcher.close(wait=True)
+        self.executor.stop()
+        self.store.close()
+
+    def _on_finished(self, run: RunRecord) -> None:
+        self.sandboxes.cleanup_run(run.id)
+        self._finished.setdefault(run.id, threading.Event()).set()

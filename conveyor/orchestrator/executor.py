@@ -1,0 +1,295 @@
+"""Executes one claimed attempt of one step: render, validate, run, record.
+
+This is the worker's top: the only place that catches every exception, so one broken
+step type can fail its step but never the worker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+from pydantic import ValidationError
+
+from .context import Context, StoreLogger
+from .contracts import StepRef, StepType
+from .durations import format_duration
+from .errors import ConveyorError, StepCancelled, StepFailed, StepTimeout, TemplateError
+from .plan import PlanStep
+from .plugins import Sandboxes
+from .records import RunRecord
+from .runtime import Outcome, Runtime
+from .settings import Settings
+from .spec import format_path
+from .status import StepStatus
+from .store import utcnow
+from .templates import has_template
+from .variables import Masker, base_context
+
+
+class Executor:
+    """Runs claimed steps and keeps their leases, logs and deadlines in order."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        step_types: Mapping[str, StepType],
+        sandboxes: Sandboxes,
+        settings: Settings,
+        owner: str | None = None,
+    ) -> None:
+        self.runtime, self.step_types, self.sandboxes = runtime, step_types, sandboxes
+        self.settings = settings
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
+        self._active: dict[str, tuple[StepRef, Context, str]] = {}
+        self._lock = threading.Lock()
+        self._monitor: threading.Thread | None = None
+        self._stopping = threading.Event()
+        runtime.on_cancel.append(self.signal_cancel)
+
+    def execute(self, ref: StepRef) -> None:
+        """Claim ``ref`` and run it; a duplicate or stale delivery does nothing."""
+        claimed = self.runtime.claim(ref, self.owner)
+        if claimed is None:
+            return
+        run, step = claimed
+        plan_step = self.runtime.plan(run).step(ref.step_key)
+        secrets = self.runtime.secrets.get(run.id, {})
+        masker = Masker(secrets)
+        logger = StoreLogger(self.runtime.store, run.id, ref.step_key, ref.attempt, masker)
+        ctx = self._context(run, plan_step, ref, logger, secrets)
+        self._track(step.id, ref, ctx)
+        try:
+            outputs = self._run(run, plan_step, ctx)
+            self._finish(ref, ctx, masker, outputs=outputs)
+        except BaseException as exc:  # the worker's top: every failure becomes the step's
+            self._finish(ref, ctx, masker, error=exc)
+            if not isinstance(exc, Exception):
+                raise
+
+    def _context(
+        self,
+        run: RunRecord,
+        plan_step: PlanStep,
+        ref: StepRef,
+        logger: StoreLogger,
+        secrets: Mapping[str, str],
+    ) -> Context:
+        return Context(
+            run_id=run.id,
+            step_key=ref.step_key,
+            attempt=ref.attempt,
+            pipeline=run.pipeline,
+            params=run.params,
+            steps={},
+            env={},
+            secrets=secrets,
+            matrix=plan_step.matrix,
+            log=logger,
+            sandboxes=self.sandboxes,
+            deadline=self._deadline(run, plan_step),
+        )
+
+    def _deadline(self, run: RunRecord, plan_step: PlanStep) -> float | None:
+        limits = []
+        if plan_step.timeout:
+            limits.append(plan_step.timeout)
+        if run.deadline:
+            limits.append((run.deadline - utcnow()).total_seconds())
+        return time.monotonic() + max(0.0, min(limits)) if limits else None
+
+    def _run(self, run: RunRecord, plan_step: PlanStep, ctx: Context) -> Mapping[str, Any]:
+        step_type = self.step_types[plan_step.type]
+        plan = self.runtime.plan(run)
+        templated = _any_template(plan_step.config) or _any_template(plan.env)
+        context: dict[str, Any] = {}
+        if templated:
+            ctx.steps = self._outputs(run.id)
+            context = base_context(run, plan_step, ctx.steps, ctx.secrets)
+            env = self._render(plan.env, context, "env")
+            context.update(env=env, Env=env)
+            ctx.env = env
+        else:
+            ctx.env = dict(plan.env)
+        values: dict[str, str] = {}
+        raw = {
+            field: self._render(
+                value, context, f"config.{field}", field in step_type.shell_fields, values
+            )
+            for field, value in plan_step.config.items()
+        }
+        ctx.env = {**ctx.env, **values}
+        config = _validate(step_type, raw)
+        if ctx.cancelled:
+            raise StepCancelled("cancelled before it started")
+        return step_type.run(ctx, config)
+
+    def _render(
+        self,
+        value: Any,
+        context: Mapping[str, Any],
+        where: str,
+        shell: bool = False,
+        values: dict[str, str] | None = None,
+    ) -> Any:
+        if not _any_template(value):
+            return value
+        try:
+            return self.runtime.templates.render_value(value, context, shell=shell, values=values)
+        except TemplateError as exc:
+            raise StepFailed(f"{where}: {exc.message}") from None
+
+    def _outputs(self, run_id: str) -> dict[str, dict[str, Any]]:
+        steps = self.runtime.store.list_steps(run_id)
+        return {s.key: s.outputs or {} for s in steps if s.status == StepStatus.SUCCEEDED}
+
+    def _finish(
+        self,
+        ref: StepRef,
+        ctx: Context,
+        masker: Masker,
+        *,
+        outputs: Mapping[str, Any] | None = None,
+        error: BaseException | None = None,
+    ) -> None:
+        try:
+            ctx.close()
+        except Exception as exc:  # cleanup trouble is reported, never hides the result
+            ctx.log.line(f"sandbox cleanup failed: {exc}", "system")
+        if error is None:
+            try:
+                clean = masker.value(_checked_outputs(outputs, self.settings.max_output_bytes))
+            except StepFailed as exc:
+                error = exc
+        if error is not None:
+            outcome = self._outcome(ctx, error, masker)
+            ctx.log.line(f"step failed: {outcome.error}", "system")
+        self._untrack(ref)
+        ctx.log.flush()
+        if error is None:
+            self.runtime.succeed(ref, clean)
+        else:
+            self.runtime.fail(ref, outcome)
+
+    def _outcome(self, ctx: Context, error: BaseException, masker: Masker) -> Outcome:
+        if ctx.timed_out or isinstance(error, StepTimeout):
+            message = (
+                error.message if isinstance(error, StepTimeout) else self._timeout_message(ctx)
+            )
+            return Outcome(masker(message), None, "timeout")
+        if isinstance(error, StepCancelled) or (
+            ctx.cancelled and not isinstance(error, StepFailed)
+        ):
+            return Outcome("cancelled", None, "cancelled")
+        if isinstance(error, StepFailed):
+            return Outcome(masker(error.message), error.exit_code)
+        if isinstance(error, ConveyorError):
+            return Outcome(masker(error.message))
+        for line in traceback.format_exception(error):
+            for part in line.rstrip().splitlines():
+                ctx.log.line(part, "system")
+        return Outcome(masker(f"{type(error).__name__}: {error}"))
+
+    def _timeout_message(self, ctx: Context) -> str:
+        run = self.runtime.store.get_run(ctx.run_id)
+        step = self.runtime.plan(run).step(ctx.step_key)
+        return (
+            f"timed out after {format_duration(step.timeout)}" if step.timeout else "run timed out"
+        )
+
+    # -- the monitor: log flushes, deadlines, leases, cancellation ---------------------
+
+    def _track(self, step_id: str, ref: StepRef, ctx: Context) -> None:
+        with self._lock:
+            self._active[ref.run_id + "\0" + ref.step_key] = (ref, ctx, step_id)
+            if self._monitor is None:
+                self._monitor = threading.Thread(
+                    target=self._watch, name="conveyor-monitor", daemon=True
+                )
+                self._monitor.start()
+
+    def _untrack(self, ref: StepRef) -> None:
+        with self._lock:
+            self._active.pop(ref.run_id + "\0" + ref.step_key, None)
+
+    def signal_cancel(self, run_id: str) -> None:
+        """Tell every step of ``run_id`` running here to stop."""
+        with self._lock:
+            contexts = [ctx for ref, ctx, _ in self._active.values() if ref.run_id == run_id]
+        for ctx in contexts:
+            ctx.cancel.set()
+
+    def stop(self) -> None:
+        """Stop the monitor thread."""
+        self._stopping.set()
+
+    def _watch(self) -> None:
+        last_beat = time.monotonic()
+        while not self._stopping.wait(min(0.1, self.settings.log_flush_seconds)):
+            with self._lock:
+                active = list(self._active.values())
+            now = time.monotonic()
+            for _, ctx, _ in active:
+                self._tick(ctx, now)
+            if now - last_beat >= self.settings.heartbeat_seconds:
+                last_beat = now
+                self._heartbeat(active)
+
+    def _tick(self, ctx: Context, now: float) -> None:
+        if ctx.deadline is not None and now >= ctx.deadline and not ctx.cancel.is_set():
+            ctx.timed_out = True
+            ctx.cancel.set()
+        try:
+            ctx.log.flush()
+        except ConveyorError:
+            pass  # the store is away for a moment: the lines stay buffered for the next tick
+
+    def _heartbeat(self, active: list[tuple[StepRef, Context, str]]) -> None:
+        until = utcnow() + timedelta(seconds=self.settings.lease_seconds)
+        try:
+            states = self.runtime.store.renew_leases([sid for *_, sid in active], self.owner, until)
+        except ConveyorError:
+            return
+        for _, ctx, step_id in active:
+            if states.get(step_id) == "cancelled":
+                ctx.cancel.set()
+
+
+def _any_template(value: Any) -> bool:
+    if isinstance(value, str):
+        return has_template(value)
+    if isinstance(value, dict):
+        return any(_any_template(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_any_template(v) for v in value)
+    return False
+
+
+def _validate(step_type: StepType, raw: dict[str, Any]) -> Any:
+    try:
+        return step_type.Config.model_validate(raw)
+    except ValidationError as exc:
+        problems = [f"{format_path(('config', *e['loc']))}: {e['msg']}" for e in exc.errors()]
+        raise StepFailed("; ".join(problems)) from None
+
+
+def _checked_outputs(outputs: Mapping[str, Any] | None, limit: int) -> dict[str, Any]:
+    if outputs is None:
+        return {}
+    if not isinstance(outputs, Mapping):
+        raise StepFailed(f"the step returned {type(outputs).__name__}, not a mapping of outputs")
+    try:
+        text = json.dumps(dict(outputs), default=str)
+    except (TypeError, ValueError) as exc:
+        raise StepFailed(f"outputs are not JSON: {exc}") from None
+    if len(text) > limit:
+        raise StepFailed(f"outputs are {len(text)} bytes; the limit is {limit}")
+    result: dict[str, Any] = json.loads(text)
+    return result

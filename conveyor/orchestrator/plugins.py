@@ -1,0 +1,78 @@
+"""Plugins found through entry points: step types and sandbox kinds.
+
+The entry-point name is the only place a step type's name is written
+(``step.shell_exec = conveyor.steps.shell_exec:ShellExec``), so third-party packages add
+steps the same way the built-in ones are added.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any
+
+from .contracts import SandboxFactory, StepType
+from .errors import PluginError
+from .settings import Settings
+
+STEP_GROUP = "conveyor.steps"
+SANDBOX_GROUP = "conveyor.sandboxes"
+
+
+class StepTypes(Mapping[str, StepType]):
+    """Step types by name, loaded on first use."""
+
+    def __init__(self, types: Mapping[str, StepType] | None = None) -> None:
+        self._eps: dict[str, EntryPoint] = {}
+        self._loaded: dict[str, StepType] = dict(types or {})
+        if types is None:
+            self._eps = {ep.name: ep for ep in entry_points(group=STEP_GROUP)}
+
+    def __getitem__(self, name: str) -> StepType:
+        if name not in self._loaded:
+            if name not in self._eps:
+                raise KeyError(name)
+            self._loaded[name] = _instantiate(self._eps[name], StepType)
+        return self._loaded[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(set(self._eps) | set(self._loaded)))
+
+    def __len__(self) -> int:
+        return len(set(self._eps) | set(self._loaded))
+
+
+class Sandboxes:
+    """Sandbox factories by kind (``local``, ``docker``), built once with the settings."""
+
+    def __init__(
+        self, settings: Settings, factories: Mapping[str, SandboxFactory] | None = None
+    ) -> None:
+        self.settings = settings
+        self._factories: dict[str, SandboxFactory] = dict(factories or {})
+        self._eps = {ep.name: ep for ep in entry_points(group=SANDBOX_GROUP)}
+
+    def get(self, kind: str) -> SandboxFactory:
+        """The factory for ``kind``; PluginError naming what is installed if missing."""
+        if kind not in self._factories:
+            if kind not in self._eps:
+                known = ", ".join(sorted(self._eps)) or "none"
+                raise PluginError(f"no {kind} sandbox is installed (installed: {known})")
+            self._factories[kind] = self._eps[kind].load()(self.settings)
+        return self._factories[kind]
+
+    def cleanup_run(self, run_id: str) -> None:
+        """Ask every sandbox kind used in this process to remove the run's workspace."""
+        for factory in self._factories.values():
+            factory.cleanup_run(run_id)
+
+
+def _instantiate(ep: EntryPoint, protocol: Any) -> Any:
+    try:
+        obj = ep.load()
+        instance = obj() if isinstance(obj, type) else obj
+    except Exception as exc:  # a broken third-party plugin must not crash the whole CLI
+        raise PluginError(f"step type {ep.name} could not be loaded: {exc}") from exc
+    if not isinstance(instance, protocol):
+        raise PluginError(f"{ep.value} is not a {protocol.__name__}")
+    return instance

@@ -1,0 +1,399 @@
+"""The run state machine: what is ready, claims, results, retries, cancellation.
+
+Every method is one short transaction on one run (see ``store.transaction``); steps
+that become ready are dispatched only after that transaction commits, so a worker
+never sees a step the database does not. The dispatcher is only a wake-up call: a
+message that arrives twice, late, or for an attempt that is over finds nothing to
+claim and does nothing.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from .contracts import Dispatcher, StepRef
+from .durations import format_duration
+from .errors import Conflict, TemplateError
+from .plan import ExecutionPlan, PlanStep
+from .records import RunRecord, StepRecord
+from .status import RunStatus, StepStatus
+from .store import NewRun, StepSeed, Store, utcnow
+from .templates import TemplateEngine
+from .transaction import RunTx
+from .variables import condition_context
+
+S = StepStatus
+Dispatch = tuple[StepRef, datetime | None]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How an attempt ended, as the executor reports it."""
+
+    error: str
+    exit_code: int | None = None
+    kind: str = "error"  # error | timeout | cancelled
+
+
+class Runtime:
+    """Moves runs forward. Shared by the embedded engine and the Celery workers."""
+
+    def __init__(
+        self,
+        store: Store,
+        templates: TemplateEngine,
+        dispatcher: Dispatcher | None = None,
+        *,
+        lease_seconds: float = 30.0,
+    ) -> None:
+        self.store = store
+        self.templates = templates
+        self.dispatcher = dispatcher
+        self.lease = timedelta(seconds=lease_seconds)
+        self.secrets: dict[str, dict[str, str]] = {}
+        self.on_finished: list[Callable[[RunRecord], None]] = []
+        self.on_cancel: list[Callable[[str], None]] = []
+        self._plans: OrderedDict[str, ExecutionPlan] = OrderedDict()
+        self._lock = threading.Lock()
+
+    # -- plans -------------------------------------------------------------------------
+
+    def plan(self, run: RunRecord) -> ExecutionPlan:
+        """The run's plan, parsed once per process (plans never change)."""
+        with self._lock:
+            plan = self._plans.get(run.id)
+            if plan is None:
+                plan = ExecutionPlan.model_validate(run.plan)
+                self._plans[run.id] = plan
+                while len(self._plans) > 512:
+                    self._plans.popitem(last=False)
+            return plan
+
+    # -- starting ----------------------------------------------------------------------
+
+    def submit(
+        self,
+        plan: ExecutionPlan,
+        source: str,
+        params: Mapping[str, Any],
+        *,
+        secrets: Mapping[str, str] | None = None,
+        submitted_by: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> RunRecord:
+        """Create a run of ``plan`` and dispatch its first steps."""
+        deadline = utcnow() + timedelta(seconds=plan.timeout) if plan.timeout else None
+        run = self.store.create_run(
+            NewRun(
+                pipeline=plan.pipeline,
+                source=source,
+                plan=plan.model_dump(mode="json", by_alias=True),
+                params=dict(params),
+                steps=[StepSeed(s.key, s.type, s.queue) for s in plan.steps],
+                submitted_by=submitted_by,
+                idempotency_key=idempotency_key,
+                deadline=deadline,
+            )
+        )
+        if secrets:
+            self.secrets[run.id] = dict(secrets)
+        self.advance(run.id)
+        return run
+
+    def advance(self, run_id: str) -> None:
+        """Queue whatever became ready; finish the run when nothing is left."""
+        self._write(run_id, self._advance)
+
+    # -- one attempt -------------------------------------------------------------------
+
+    def claim(self, ref: StepRef, owner: str) -> tuple[RunRecord, StepRecord] | None:
+        """Take ``ref`` for this owner, or None if it is not (or no longer) queued."""
+        claimed: list[tuple[RunRecord, StepRecord]] = []
+
+        def work(tx: RunTx) -> list[Dispatch]:
+            step = tx.step(ref.step_key)
+            if step.status != S.QUEUED or step.attempts != ref.attempt or tx.run.status.terminal:
+                return []
+            if step.available_at and step.available_at > tx.now:
+                return []  # an early delivery; the message with the right eta comes later
+            fields = {
+                "started_at": tx.now,
+                "completed_at": None,
+                "lease_owner": owner,
+                "lease_expires_at": tx.now + self.lease,
+            }
+            if tx.move_step(step, S.RUNNING, event={"owner": owner}, **fields):
+                claimed.append((tx.run, replace(step, status=S.RUNNING, started_at=tx.now)))
+            return []
+
+        self._write(ref.run_id, work)
+        return claimed[0] if claimed else None
+
+    def succeed(self, ref: StepRef, outputs: Mapping[str, Any]) -> None:
+        """Record a successful attempt and move the run on."""
+
+        def work(tx: RunTx) -> list[Dispatch]:
+            step = self._running(tx, ref)
+            if step is None:
+                return []
+            exit_code = outputs.get("exit_code")
+            tx.move_step(
+                step,
+                S.SUCCEEDED,
+                event={"duration": _seconds(step, tx.now)},
+                outputs=dict(outputs),
+                exit_code=exit_code if isinstance(exit_code, int) else None,
+                last_error=None,
+                **_done(tx.now),
+            )
+            return self._advance(tx)
+
+        self._write(ref.run_id, work)
+
+    def fail(self, ref: StepRef, outcome: Outcome) -> None:
+        """Record a failed attempt: retry it, fail it, or mark it cancelled."""
+
+        def work(tx: RunTx) -> list[Dispatch]:
+            step = self._running(tx, ref)
+            if step is None:
+                return []
+            plan_step = self.plan(tx.run).step(step.key)
+            fields = {"last_error": outcome.error, "exit_code": outcome.exit_code, **_done(tx.now)}
+            event = {"error": outcome.error, "exit_code": outcome.exit_code, "kind": outcome.kind}
+            if outcome.kind == "cancelled" or tx.run.status.terminal:
+                tx.move_step(step, S.CANCELLED, event=event, **fields)
+                return []
+            if _should_retry(plan_step, step, outcome):
+                return self._retry(tx, plan_step, step, event, fields)
+            tx.move_step(step, S.FAILED, event=event, **fields)
+            return self._advance(tx)
+
+        self._write(ref.run_id, work)
+
+    def _retry(
+        self,
+        tx: RunTx,
+        plan_step: PlanStep,
+        step: StepRecord,
+        event: dict[str, Any],
+        fields: dict[str, Any],
+    ) -> list[Dispatch]:
+        delay = plan_step.retry.delay(step.attempts)
+        eta = tx.now + timedelta(seconds=delay)
+        event = {**event, "retry_in": delay, "next_attempt": step.attempts + 1}
+        tx.move_step(
+            step, S.QUEUED, event=event, attempts=step.attempts + 1, available_at=eta, **fields
+        )
+        ref = StepRef(tx.run.id, step.key, step.attempts + 1, step.queue)
+        return [(ref, eta if delay > 0 else None)]
+
+    def _running(self, tx: RunTx, ref: StepRef) -> StepRecord | None:
+        """The step if ``ref`` still owns it (attempt fencing), else None."""
+        step = tx.step(ref.step_key)
+        if step.status != S.RUNNING or step.attempts != ref.attempt:
+            return None
+        return step
+
+    # -- stopping ----------------------------------------------------------------------
+
+    def cancel(self, run_id: str, reason: str = "cancelled by user") -> None:
+        """Cancel a run: steps not started are cancelled, running ones are told to stop."""
+
+        def work(tx: RunTx) -> list[Dispatch]:
+            if tx.run.status.terminal:
+                raise Conflict(f"run {run_id} is already {tx.run.status.value}")
+            self._stop_steps(tx, reason)
+            tx.move_run(RunStatus.CANCELLED, error=reason)
+            return []
+
+        self._write(run_id, work)
+        for callback in self.on_cancel:
+            callback(run_id)
+
+    def expire(self, run_id: str) -> bool:
+        """Fail a run whose timeout has passed; True if it did."""
+        expired: list[bool] = []
+
+        def work(tx: RunTx) -> list[Dispatch]:
+            run = tx.run
+            if run.status.terminal or not run.deadline or run.deadline > tx.now:
+                return []
+            plan = self.plan(run)
+            reason = f"run timed out after {format_duration(plan.timeout)}"
+            self._stop_steps(tx, reason)
+            tx.move_run(RunStatus.FAILED, error=reason)
+            expired.append(True)
+            return []
+
+        self._write(run_id, work)
+        if expired:
+            for callback in self.on_cancel:
+                callback(run_id)
+        return bool(expired)
+
+    def _stop_steps(self, tx: RunTx, reason: str) -> None:
+        for step in tx.steps():
+            if step.status in (S.PENDING, S.QUEUED, S.BLOCKED):
+                tx.move_step(step, S.CANCELLED, event={"reason": reason}, last_error=reason)
+
+    # -- advancing ---------------------------------------------------------------------
+
+    def _advance(self, tx: RunTx) -> list[Dispatch]:
+        if tx.run.status.terminal:
+            return []
+        plan = self.plan(tx.run)
+        state = _State(plan, {s.key: s for s in tx.steps()})
+        out: list[Dispatch] = []
+        for plan_step in plan.steps:
+            step = state.steps[plan_step.key]
+            if step.status == S.PENDING and state.needs_done(plan_step):
+                ref = self._start_or_skip(tx, state, plan_step, step)
+                if ref is not None:
+                    out.append((ref, None))
+        if state.failing:
+            self._cancel_queued(tx, state, {r.step_key for r, _ in out})
+        self._settle_run(tx, state)
+        return out
+
+    def _start_or_skip(
+        self, tx: RunTx, state: _State, plan_step: PlanStep, step: StepRecord
+    ) -> StepRef | None:
+        broken = state.broken_need(plan_step)
+        if (state.failing or broken) and not plan_step.runs_on_failure:
+            reason = f"not run: step {broken or state.failing!r} failed"
+            return state.move(tx, step, S.CANCELLED, reason)
+        try:
+            skip_reason = self._skip_reason(tx, state, plan_step)
+        except TemplateError as exc:
+            return state.move(tx, step, S.FAILED, exc.message)
+        if skip_reason:
+            return state.move(tx, step, S.SKIPPED, skip_reason)
+        return state.move(tx, step, S.QUEUED, None)
+
+    def _skip_reason(self, tx: RunTx, state: _State, plan_step: PlanStep) -> str | None:
+        if plan_step.if_ is None and plan_step.skip_if is None:
+            return None
+        context = condition_context(
+            tx.run, plan_step, state.outputs(), self.secrets.get(tx.run.id, {}), state.failing
+        )
+        try:
+            if plan_step.if_ is not None and not self.templates.evaluate(plan_step.if_, context):
+                return f"`if: {plan_step.if_}` is false"
+            if plan_step.skip_if is not None and self.templates.evaluate(
+                plan_step.skip_if, context
+            ):
+                return f"`skip_if: {plan_step.skip_if}` is true"
+        except TemplateError as exc:
+            raise TemplateError(f"step {plan_step.key!r}: condition: {exc.message}") from None
+        return None
+
+    def _cancel_queued(self, tx: RunTx, state: _State, just_queued: set[str]) -> None:
+        for key, step in list(state.steps.items()):
+            if step.status == S.QUEUED and key not in just_queued:
+                if not state.plan.step(key).runs_on_failure:
+                    state.move(tx, step, S.CANCELLED, f"not run: step {state.failing!r} failed")
+
+    def _settle_run(self, tx: RunTx, state: _State) -> None:
+        statuses = {s.status for s in state.steps.values()}
+        if all(s.terminal for s in statuses):
+            if state.failing:
+                failed = state.steps[state.failing]
+                tx.move_run(
+                    RunStatus.FAILED, error=f"step {failed.key!r} failed: {failed.last_error}"
+                )
+            else:
+                tx.move_run(RunStatus.SUCCEEDED)
+        elif S.BLOCKED in statuses and not statuses & {S.QUEUED, S.RUNNING}:
+            if tx.run.status == RunStatus.RUNNING:
+                tx.move_run(RunStatus.BLOCKED)
+        elif tx.run.status == RunStatus.BLOCKED:
+            tx.move_run(RunStatus.RUNNING)
+
+    # -- plumbing ----------------------------------------------------------------------
+
+    def _write(self, run_id: str, work: Callable[[RunTx], list[Dispatch]]) -> None:
+        with self.store.transaction(run_id) as tx:
+            was_terminal = tx.run.status.terminal
+            dispatches = work(tx)
+            finished = tx.run if tx.run.status.terminal and not was_terminal else None
+        if self.dispatcher is not None:
+            for ref, eta in dispatches:
+                self.dispatcher.dispatch(ref, eta)
+        if finished is not None:
+            self.secrets.pop(run_id, None)
+            for callback in self.on_finished:
+                callback(finished)
+
+
+class _State:
+    """The steps of a run as one advance pass sees and changes them."""
+
+    def __init__(self, plan: ExecutionPlan, steps: dict[str, StepRecord]) -> None:
+        self.plan = plan
+        self.steps = steps
+        self.failing = next(
+            (
+                k
+                for k, s in steps.items()
+                if s.status == S.FAILED and plan.step(k).on_error == "stop"
+            ),
+            None,
+        )
+
+    def needs_done(self, plan_step: PlanStep) -> bool:
+        return all(self.steps[n].status.terminal for n in plan_step.needs)
+
+    def broken_need(self, plan_step: PlanStep) -> str | None:
+        for need in plan_step.needs:
+            status = self.steps[need].status
+            if status == S.CANCELLED or (
+                status == S.FAILED and self.plan.step(need).on_error == "stop"
+            ):
+                return need
+        return None
+
+    def outputs(self) -> dict[str, dict[str, Any]]:
+        return {k: s.outputs or {} for k, s in self.steps.items() if s.status == S.SUCCEEDED}
+
+    def move(
+        self, tx: RunTx, step: StepRecord, new: StepStatus, reason: str | None
+    ) -> StepRef | None:
+        fields: dict[str, Any] = {}
+        if new == S.QUEUED:
+            fields = {"attempts": step.attempts + 1, "available_at": None}
+        else:
+            fields = {"last_error": reason, "completed_at": tx.now}
+        tx.move_step(step, new, event={"reason": reason} if reason else None, **fields)
+        self.steps[step.key] = replace(
+            step, status=new, attempts=fields.get("attempts", step.attempts), last_error=reason
+        )
+        if new == S.FAILED and self.failing is None and self.plan.step(step.key).on_error == "stop":
+            self.failing = step.key
+        if new == S.QUEUED:
+            return StepRef(tx.run.id, step.key, step.attempts + 1, step.queue)
+        return None
+
+
+def _should_retry(plan_step: PlanStep, step: StepRecord, outcome: Outcome) -> bool:
+    policy = plan_step.retry
+    if step.attempts >= policy.max_attempts:
+        return False
+    if policy.on_exit_codes is not None and outcome.exit_code not in policy.on_exit_codes:
+        return False
+    if policy.on_errors is not None:
+        return any(re.search(p, outcome.error) for p in policy.on_errors)
+    return True
+
+
+def _done(now: datetime) -> dict[str, Any]:
+    return {"completed_at": now, "lease_owner": None, "lease_expires_at": None}
+
+
+def _seconds(step: StepRecord, now: datetime) -> float | None:
+    return round((now - step.started_at).total_seconds(), 3) if step.started_at else None

@@ -1,0 +1,429 @@
+"""The local sandbox: steps run as host processes inside the run's workspace directory.
+
+It isolates little: a scrubbed environment, a working directory kept inside the
+workspace, an optional per-process address-space limit, and a process group that is
+killed on timeout, cancel or close. Images, mounts, networks and CPU limits need the
+Docker sandbox; asking the local one for them is an error, not a silent no-op.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import selectors
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from conveyor.orchestrator.contracts import ExecResult, LineSink, SandboxConfig, SandboxRequest
+from conveyor.orchestrator.durations import format_duration
+from conveyor.orchestrator.errors import SandboxError, StepCancelled, StepTimeout
+from conveyor.orchestrator.settings import Settings
+
+#: The workspace path container steps use; the local sandbox maps it onto the host.
+CONTAINER_WORKSPACE = "/workspace"
+#: The only host variables a command sees: the orchestrator's own secrets stay out.
+HOST_ENV_KEYS = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER")
+MAX_LINE_BYTES = 64 * 1024
+TAIL_LINES = 20
+TERM_GRACE = 2.0  # seconds between SIGTERM and SIGKILL
+DRAIN_AFTER_KILL = 0.5  # how long to wait for EOF once the group is dead
+POLL = 0.05
+
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_MEMORY = re.compile(r"(\d+)\s*([kmgt]?)(?:i?b)?", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+_SAME_DEADLINE = 1.0  # seconds: deadlines this close are taken to be the same limit
+_MIN_MEMORY = 6 * 1024**2  # Docker's floor too: below it not even the shell starts
+# `ulimit -v` sets RLIMIT_AS like setrlimit would, without a preexec_fn, which is
+# unsafe in the threaded workers that call exec.
+_ULIMIT_SCRIPT = 'ulimit -v "$1" && exec /bin/sh -c "$2"'
+
+
+class LocalSandboxFactory:
+    """Opens local sandboxes; each run's workspace is ``workspace_root / run_id``."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def open(self, request: SandboxRequest) -> LocalSandbox:
+        """Create the run's workspace if needed and open a sandbox on it for one step."""
+        _refuse_unsupported(request.config)
+        memory = parse_memory(request.config.memory_limit)
+        root = self._workspace(request.run_id)
+        root.mkdir(parents=True, exist_ok=True)
+        return LocalSandbox(root.resolve(), request, memory_bytes=memory)
+
+    def cleanup_run(self, run_id: str) -> None:
+        """Delete the run's workspace; nothing happens when it is already gone."""
+        root = self._workspace(run_id)
+        if root.exists():
+            shutil.rmtree(root, onerror=_make_writable_and_retry)
+
+    def _workspace(self, run_id: str) -> Path:
+        if not _RUN_ID.fullmatch(run_id):
+            raise SandboxError(f"run id {run_id!r} cannot name a workspace directory")
+        return self.settings.workspace_root / run_id
+
+
+class LocalSandbox:
+    """Runs commands on this host, inside the run's workspace directory."""
+
+    def __init__(self, root: Path, request: SandboxRequest, *, memory_bytes: int | None) -> None:
+        self.root = root
+        self.workspace = str(root)
+        self._request = request
+        self._memory = memory_bytes
+        self._deadline, self._timeout_message = _effective_deadline(request)
+        self._lock = threading.Lock()
+        self._running: set[_Command] = set()
+        self._closed = False
+        self._default_dir = self.resolve(request.config.work_dir or ".")
+
+    def resolve(self, path: str) -> Path:
+        """Map a sandbox path onto the host, refusing any that leaves the workspace."""
+        try:
+            target = (self.root / self._relative(path)).resolve()
+        except (OSError, ValueError) as exc:
+            raise SandboxError(f"{path!r} is not a usable path: {exc}") from exc
+        if not target.is_relative_to(self.root):
+            raise SandboxError(f"{path!r} is outside the workspace")
+        return target
+
+    def exec(
+        self,
+        script: str,
+        *,
+        env: Mapping[str, str] | None = None,
+        work_dir: str | None = None,
+        on_line: LineSink | None = None,
+    ) -> ExecResult:
+        """Run ``script`` with ``/bin/sh -c``, streaming each output line to ``on_line``."""
+        self._refuse_if_closed()
+        self._raise_for(_limit_reached(self._request.cancel, self._deadline))
+        cwd = self.resolve(work_dir) if work_dir is not None else self._default_dir
+        cwd.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        command = self._start(script, cwd, self._environment(env), on_line)
+        try:
+            command.pump()
+        finally:
+            with self._lock:
+                self._running.discard(command)
+            exit_code = command.finish()
+        self._raise_for(command.reason)
+        if self._closed:
+            raise SandboxError("the sandbox was closed while a command ran")
+        return ExecResult(exit_code, time.monotonic() - started, list(command.lines.tail))
+
+    def copy_in(self, src: Path, dest: str) -> None:
+        """Copy a host file or directory to ``dest`` inside the workspace."""
+        self._refuse_if_closed()
+        target = self.resolve(dest)
+        _copy(Path(src), target, guard=self.root)
+
+    def copy_out(self, src: str, dest: Path) -> None:
+        """Copy a workspace file or directory out to the host path ``dest``."""
+        self._refuse_if_closed()
+        source = self.resolve(src)
+        if not source.exists():
+            raise SandboxError(f"{src} does not exist in the workspace")
+        _copy(source, Path(dest), guard=None)
+
+    def close(self) -> None:
+        """Kill whatever still runs; the workspace stays for the run's later steps."""
+        with self._lock:
+            self._closed = True
+            for command in self._running:
+                command.signal(signal.SIGKILL)
+
+    def _relative(self, path: str) -> str:
+        if not os.path.isabs(path):
+            return path
+        # Paths under the host workspace are accepted too: steps build them from
+        # `sandbox.workspace`, which is the host directory here.
+        for base in (CONTAINER_WORKSPACE, self.workspace):
+            if path == base or path.startswith(base + "/"):
+                return path[len(base) :].lstrip("/")
+        raise SandboxError(
+            f"{path!r} is outside the workspace: the local sandbox takes paths relative "
+            f"to the workspace or under {CONTAINER_WORKSPACE}"
+        )
+
+    def _environment(self, extra: Mapping[str, str] | None) -> dict[str, str]:
+        env = {key: os.environ[key] for key in HOST_ENV_KEYS if key in os.environ}
+        env.setdefault("PATH", os.defpath)
+        env.update(
+            CI="true",
+            CONVEYOR_WORKSPACE=self.workspace,
+            CONVEYOR_RUN_ID=self._request.run_id,
+            CONVEYOR_STEP=self._request.step_key,
+        )
+        env.update(self._request.config.env)
+        env.update(extra or {})
+        return env
+
+    def _start(
+        self, script: str, cwd: Path, env: dict[str, str], sink: LineSink | None
+    ) -> _Command:
+        argv = ["/bin/sh", "-c", script]
+        if self._memory is not None:
+            kib = str(-(-self._memory // 1024))
+            argv = ["/bin/sh", "-c", _ULIMIT_SCRIPT, "conveyor-limit", kib, script]
+        # Under the lock, so that close() either sees this command or refuses it.
+        with self._lock:
+            self._refuse_if_closed()
+            command = _Command(_spawn(argv, cwd, env), self._request.cancel, self._deadline, sink)
+            self._running.add(command)
+        return command
+
+    def _refuse_if_closed(self) -> None:
+        if self._closed:
+            raise SandboxError("the sandbox is closed")
+
+    def _raise_for(self, reason: str | None) -> None:
+        if reason == "timeout":
+            raise StepTimeout(self._timeout_message)
+        if reason == "cancel":
+            raise StepCancelled("cancelled")
+
+
+class _Command:
+    """One script running in its own process group: output pump, watcher and kill."""
+
+    def __init__(
+        self,
+        proc: subprocess.Popen[bytes],
+        cancel: threading.Event,
+        deadline: float | None,
+        sink: LineSink | None,
+    ) -> None:
+        self.proc = proc
+        self.lines = _LineSplitter(sink)
+        self.reason: str | None = None  # "timeout" or "cancel" once the watcher fired
+        self._cancel = cancel
+        self._deadline = deadline
+        self._done = threading.Event()
+        self._exited = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, name="conveyor-watch", daemon=True)
+        self._watcher.start()
+
+    def pump(self) -> None:
+        """Read output until the shell exits, then stop whatever it left running."""
+        assert self.proc.stdout is not None
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.proc.stdout.fileno(), selectors.EVENT_READ)
+            pipe_open = True
+            while pipe_open and not self._shell_exited():
+                pipe_open = self._read(selector, POLL)
+            while not self._shell_exited():  # it closed its output but still runs
+                time.sleep(POLL)
+            self._exited.set()  # what remains is cleanup, not the command: no timeout now
+            self.signal(signal.SIGTERM)
+            if pipe_open:
+                self._drain_leftovers(selector)
+        self.lines.flush()
+
+    def finish(self) -> int:
+        """Stop the watcher, kill what is left, reap the shell; return its exit code."""
+        self._done.set()
+        self._watcher.join()
+        # The shell is not reaped yet, so its pid cannot name another process group.
+        self.signal(signal.SIGKILL)
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+        code = self.proc.wait()
+        return 128 - code if code < 0 else code  # killed by a signal: the shell's way
+
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` to the whole process group."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):  # group gone already
+            os.killpg(self.proc.pid, signum)
+
+    def _read(self, selector: selectors.BaseSelector, timeout: float) -> bool:
+        """Read what is available within ``timeout``; False at EOF."""
+        if not selector.select(timeout):
+            return True
+        assert self.proc.stdout is not None
+        chunk = os.read(self.proc.stdout.fileno(), 65536)
+        if not chunk:
+            return False
+        self.lines.feed(chunk)
+        return True
+
+    def _shell_exited(self) -> bool:
+        # WNOWAIT leaves the shell a zombie, keeping its pid (the group id) reserved.
+        flags = os.WEXITED | os.WNOHANG | os.WNOWAIT
+        try:
+            return os.waitid(os.P_PID, self.proc.pid, flags) is not None
+        except ChildProcessError:
+            return True
+
+    def _drain_leftovers(self, selector: selectors.BaseSelector) -> None:
+        """Background children (``sleep 100 &``) would otherwise hold the pipe forever."""
+        if not self._drain(selector, TERM_GRACE):
+            self.signal(signal.SIGKILL)
+            self._drain(selector, DRAIN_AFTER_KILL)
+
+    def _drain(self, selector: selectors.BaseSelector, seconds: float) -> bool:
+        """Read for at most ``seconds``; True once EOF is reached."""
+        until = time.monotonic() + seconds
+        while (left := until - time.monotonic()) > 0:
+            if not self._read(selector, min(POLL, left)):
+                return True
+        return False
+
+    def _watch(self) -> None:
+        """Kill the group once the deadline passes or cancel is set."""
+        while not self._done.wait(POLL) and not self._exited.is_set():
+            reason = _limit_reached(self._cancel, self._deadline)
+            if reason is not None:
+                self.reason = reason
+                self.signal(signal.SIGTERM)
+                if not self._done.wait(TERM_GRACE):
+                    self.signal(signal.SIGKILL)
+                return
+
+
+class _LineSplitter:
+    """Cuts a byte stream into text lines for a sink, keeping the last few as a tail."""
+
+    def __init__(self, sink: LineSink | None) -> None:
+        self.tail: deque[str] = deque(maxlen=TAIL_LINES)
+        self._sink = sink
+        self._buffer = bytearray()
+
+    def feed(self, chunk: bytes) -> None:
+        """Add bytes; emit every complete line (and every 64 KiB of an endless one)."""
+        self._buffer += chunk
+        while True:
+            end = self._buffer.find(b"\n", 0, MAX_LINE_BYTES + 1)
+            if end >= 0:
+                self._emit(self._buffer[:end])
+                del self._buffer[: end + 1]
+            elif len(self._buffer) > MAX_LINE_BYTES:
+                cut = _utf8_boundary(self._buffer, MAX_LINE_BYTES)
+                self._emit(self._buffer[:cut])
+                del self._buffer[:cut]
+            else:
+                return
+
+    def flush(self) -> None:
+        """Emit a last line that had no newline."""
+        if self._buffer:
+            self._emit(self._buffer)
+            self._buffer = bytearray()
+
+    def _emit(self, raw: bytes | bytearray) -> None:
+        text = raw.decode("utf-8", errors="replace").removesuffix("\r")
+        self.tail.append(text)
+        if self._sink is not None:
+            self._sink(text)
+
+
+def parse_memory(value: str | int | None) -> int | None:
+    """Bytes for a Docker-style memory limit: ``512m``, ``1g``, ``1048576``."""
+    if value is None:
+        return None
+    match = _MEMORY.fullmatch(value.strip()) if isinstance(value, str) else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    elif match:
+        size = int(match.group(1)) * _UNITS[match.group(2).lower()]
+    else:
+        raise SandboxError(f"memory_limit {value!r} is not a size like 512m or 1g")
+    if size < _MIN_MEMORY:
+        raise SandboxError(f"memory_limit {value!r} is below the 6m minimum")
+    return size
+
+
+def _refuse_unsupported(config: SandboxConfig) -> None:
+    if config.image:
+        raise SandboxError(
+            f"the local sandbox cannot run images; image {config.image!r} needs the Docker sandbox"
+        )
+    for name in ("mounts", "network_mode", "cpu_limit"):
+        if getattr(config, name) not in (None, []):
+            raise SandboxError(
+                f"the local sandbox cannot apply {name}; it needs the Docker sandbox (set an image)"
+            )
+
+
+def _effective_deadline(request: SandboxRequest) -> tuple[float | None, str]:
+    """The earlier of the step's deadline and the sandbox's own timeout, and its message."""
+    timeout = request.config.timeout
+    if timeout is None:
+        return request.deadline, "timed out: the step's time limit passed"
+    own = time.monotonic() + timeout
+    # The context may already have folded this same timeout into request.deadline a
+    # moment ago; then the configured timeout is still what the user should read.
+    if request.deadline is None or own <= request.deadline + _SAME_DEADLINE:
+        return min(own, request.deadline or own), f"timed out after {format_duration(timeout)}"
+    return request.deadline, "timed out: the step's time limit passed"
+
+
+def _limit_reached(cancel: threading.Event, deadline: float | None) -> str | None:
+    # The deadline first: a runtime that cancels on timeout sets both at once.
+    if deadline is not None and time.monotonic() >= deadline:
+        return "timeout"
+    if cancel.is_set():
+        return "cancel"
+    return None
+
+
+def _spawn(argv: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    try:
+        return subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, so kills reach every child
+        )
+    except (OSError, ValueError) as exc:
+        raise SandboxError(f"could not start the command: {exc}") from exc
+
+
+def _utf8_boundary(buffer: bytearray, limit: int) -> int:
+    """``limit``, moved back so that a split does not cut a UTF-8 character in two."""
+    cut = limit
+    while cut > limit - 3 and buffer[cut] & 0xC0 == 0x80:
+        cut -= 1
+    return cut
+
+
+def _copy(source: Path, target: Path, *, guard: Path | None) -> None:
+    """Copy a file or tree; symlinks are copied as links, so nothing they name is read."""
+
+    def copy_file(src: str, dst: str) -> object:
+        # A symlinked directory already in the workspace must not carry files outside.
+        if guard is not None and not Path(dst).resolve().is_relative_to(guard):
+            raise SandboxError(f"{dst} is outside the workspace")
+        return shutil.copy2(src, dst, follow_symlinks=False)
+
+    try:
+        if source.is_dir():
+            shutil.copytree(
+                source, target, symlinks=True, copy_function=copy_file, dirs_exist_ok=True
+            )
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            copy_file(str(source), str(target))
+    except OSError as exc:
+        raise SandboxError(f"could not copy {source.name}: {exc}") from exc
+
+
+def _make_writable_and_retry(func: Callable[[str], object], path: str, _exc: object) -> None:
+    """rmtree's error hook: read-only directories (Go's module cache) block deletion."""
+    os.chmod(os.path.dirname(path), 0o700)
+    if os.path.isdir(path) and not os.path.islink(path):
+        os.chmod(path, 0o700)
+    func(path)

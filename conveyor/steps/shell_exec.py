@@ -1,0 +1,224 @@
+"""``step.shell_exec``: run commands in a sandbox, one after another.
+
+Template values reach the commands as ``$CONVEYOR_VALUE_n`` environment variables,
+never pasted into their text. Commands publish outputs the way GitHub Actions steps
+do: by appending ``key=value`` lines or ``key<<DELIMITER`` blocks to the file named
+by ``$CONVEYOR_OUTPUT``.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from collections import deque
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from conveyor.orchestrator.contracts import Sandbox, SandboxConfig, StepContext
+from conveyor.orchestrator.durations import Duration
+from conveyor.orchestrator.errors import SandboxError, StepFailed
+
+STDOUT_LINES = 100
+STDOUT_BYTES = 64 * 1024
+MAX_OUTPUTS_BYTES = 1024 * 1024
+#: Output names the step sets itself; the outputs file may not overwrite them.
+RESERVED_OUTPUTS = frozenset({"exit_code", "stdout"})
+
+_OUTPUT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+_UNSAFE_FILE_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
+# Run inside the sandbox, so the file belongs to whoever runs the commands there.
+_PREPARE_OUTPUTS = 'mkdir -p "$(dirname "$CONVEYOR_OUTPUT")" && : > "$CONVEYOR_OUTPUT"'
+
+
+class ShellExecConfig(BaseModel):
+    """Configuration of ``step.shell_exec``: the seed's keys."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    commands: list[str] = Field(
+        min_length=1,
+        description="Shell commands, each run with /bin/sh -c in turn; the first one that "
+        "exits non-zero fails the step. Write outputs to $CONVEYOR_OUTPUT as key=value.",
+    )
+    image: str | None = Field(
+        default=None,
+        description="Container image to run in; without one the commands run locally.",
+    )
+    work_dir: str | None = Field(
+        default=None,
+        description="Working directory: relative to the workspace, or under /workspace. "
+        "Defaults to the workspace.",
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict, description="Extra environment variables for the commands."
+    )
+    mounts: list[dict[str, Any]] = Field(
+        default_factory=list, description="Extra volumes to mount (Docker sandbox only)."
+    )
+    memory_limit: str | int | None = Field(
+        default=None, description="Memory limit such as 512m or 1g, or a number of bytes."
+    )
+    cpu_limit: float | None = Field(
+        default=None, gt=0, description="CPUs the commands may use (Docker sandbox only)."
+    )
+    network_mode: str | None = Field(
+        default=None,
+        description="Container network such as none or bridge (Docker sandbox only).",
+    )
+    timeout: Duration | None = Field(
+        default=None, description="Limit for all the commands together, such as 300s or 10m."
+    )
+
+
+class ShellExec:
+    """Runs shell commands in a sandbox whose workspace lives for the whole run."""
+
+    Config: type[BaseModel] = ShellExecConfig
+    queue = "sandbox"
+    shell_fields = frozenset({"commands"})
+
+    def run(self, ctx: StepContext, config: ShellExecConfig) -> dict[str, Any]:
+        """Run every command; return ``exit_code``, ``stdout`` and the commands' outputs."""
+        sandbox = ctx.sandbox(_sandbox_config(config))
+        try:
+            return _Session(ctx, sandbox, config).run()
+        finally:
+            sandbox.close()
+
+
+class _Session:
+    """One step's commands in one open sandbox."""
+
+    def __init__(self, ctx: StepContext, sandbox: Sandbox, config: ShellExecConfig) -> None:
+        self.ctx = ctx
+        self.sandbox = sandbox
+        self.config = config
+        self.outputs_path = _outputs_path(sandbox.workspace, ctx.step_key, ctx.attempt)
+        self.env = {**ctx.env, **config.env, "CONVEYOR_OUTPUT": self.outputs_path}
+        self.stdout: deque[str] = deque(maxlen=STDOUT_LINES)
+
+    def run(self) -> dict[str, Any]:
+        """Prepare the outputs file, run the commands, read the outputs back."""
+        self._prepare_outputs()
+        for number, command in enumerate(self.config.commands, 1):
+            self._run_command(number, command)
+        outputs = parse_outputs(self._read_outputs())
+        return {"exit_code": 0, "stdout": _joined_tail(self.stdout), **outputs}
+
+    def _prepare_outputs(self) -> None:
+        result = self.sandbox.exec(_PREPARE_OUTPUTS, env=self.env)
+        if result.exit_code != 0:
+            reason = "; ".join(result.tail) or f"exit code {result.exit_code}"
+            raise StepFailed(f"could not create the outputs file: {reason}")
+
+    def _run_command(self, number: int, command: str) -> None:
+        self._echo(command)
+        result = self.sandbox.exec(command, env=self.env, on_line=self._line)
+        if result.exit_code != 0:
+            total = len(self.config.commands)
+            raise StepFailed(
+                f"command {number} of {total} exited with {result.exit_code}: {_shorten(command)}",
+                exit_code=result.exit_code,
+            )
+
+    def _echo(self, command: str) -> None:
+        """Show the command in the log as a shell would: ``$`` first, ``>`` after."""
+        first, *rest = command.splitlines() or [""]
+        self.ctx.log.line(f"$ {first}")
+        for text in rest:
+            self.ctx.log.line(f"> {text}")
+
+    def _line(self, text: str) -> None:
+        self.stdout.append(text)
+        self.ctx.log.line(text)
+
+    def _read_outputs(self) -> str:
+        with tempfile.TemporaryDirectory(prefix="conveyor-outputs-") as tmp:
+            dest = Path(tmp) / "outputs"
+            try:
+                self.sandbox.copy_out(self.outputs_path, dest)
+            except SandboxError as exc:
+                # A command may have cleaned the workspace (git clean -fdx): no outputs.
+                self.ctx.log.line(f"no outputs recorded: {exc.message}", "stderr")
+                return ""
+            if not dest.is_file():
+                raise StepFailed("$CONVEYOR_OUTPUT was replaced by something other than a file")
+            if dest.stat().st_size > MAX_OUTPUTS_BYTES:
+                raise StepFailed("the outputs in $CONVEYOR_OUTPUT are larger than 1 MiB")
+            return dest.read_text("utf-8", errors="replace")
+
+
+def parse_outputs(text: str) -> dict[str, str]:
+    """Parse ``key=value`` lines and ``key<<DELIMITER`` blocks, as GitHub Actions does."""
+    outputs: dict[str, str] = {}
+    lines = enumerate((line.removesuffix("\r") for line in text.split("\n")), 1)
+    for number, line in lines:
+        if line.strip():
+            key, value = _parse_entry(number, line, lines)
+            _check_output_name(number, key)
+            outputs[key] = value
+    return outputs
+
+
+def _parse_entry(number: int, line: str, rest: Iterator[tuple[int, str]]) -> tuple[str, str]:
+    equals, heredoc = line.find("="), line.find("<<")
+    if equals >= 0 and (heredoc < 0 or equals < heredoc):
+        return line[:equals], line[equals + 1 :]
+    if heredoc < 0:
+        raise _outputs_error(number, f"expected key=value or key<<DELIMITER, got {line!r}")
+    key, delimiter = line[:heredoc], line[heredoc + 2 :]
+    if not delimiter:
+        raise _outputs_error(number, f"{key}<< needs a delimiter")
+    body: list[str] = []
+    for _, text in rest:
+        if text == delimiter:
+            return key, "\n".join(body)
+        body.append(text)
+    raise _outputs_error(number, f"{key}<<{delimiter} has no closing {delimiter} line")
+
+
+def _check_output_name(number: int, key: str) -> None:
+    if key in RESERVED_OUTPUTS:
+        raise _outputs_error(number, f"{key!r} is set by step.shell_exec itself; pick another name")
+    if not _OUTPUT_NAME.fullmatch(key):
+        raise _outputs_error(
+            number,
+            f"{key!r} is not an output name (letters, digits, _ and -, not starting with a digit)",
+        )
+
+
+def _outputs_error(number: int, message: str) -> StepFailed:
+    return StepFailed(f"$CONVEYOR_OUTPUT line {number}: {message}")
+
+
+def _sandbox_config(config: ShellExecConfig) -> SandboxConfig:
+    return SandboxConfig(
+        image=config.image,
+        work_dir=config.work_dir,
+        env=config.env,
+        mounts=config.mounts,
+        memory_limit=config.memory_limit,
+        cpu_limit=config.cpu_limit,
+        network_mode=config.network_mode,
+        timeout=config.timeout,
+    )
+
+
+def _outputs_path(workspace: str, step_key: str, attempt: int) -> str:
+    """A fresh file per step attempt, so a retry never reads an old attempt's outputs."""
+    name = _UNSAFE_FILE_CHARS.sub("_", step_key)
+    return f"{workspace.rstrip('/')}/.conveyor/outputs/{name}-{attempt}"
+
+
+def _joined_tail(lines: deque[str]) -> str:
+    """The last lines as one text, cut from the front to at most 64 KiB."""
+    data = "\n".join(lines).encode("utf-8")
+    return data[-STDOUT_BYTES:].decode("utf-8", errors="ignore")
+
+
+def _shorten(text: str, limit: int = 80) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"

@@ -1,0 +1,78 @@
+"""Shared fixtures: settings, stores on SQLite and on this machine's real Postgres."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conveyor.orchestrator.settings import Settings
+from conveyor.orchestrator.store import Store
+
+PG_ADMIN_URL = os.environ.get("CONVEYOR_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def missing(component: str, reason: str) -> None:
+    """Skip on a laptop without ``component``; fail under CI, where a skip proves nothing."""
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"{component} is required under CI: {reason}")
+    pytest.skip(f"{component} not available: {reason}")
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Settings with a fresh data directory and fast timers."""
+    return Settings(data_dir=tmp_path / "data", heartbeat_seconds=0.5, log_flush_seconds=0.05)
+
+
+@pytest.fixture
+def store(settings: Settings) -> Iterator[Store]:
+    """A migrated SQLite store in the test's data directory."""
+    s = Store(settings.resolved_database_url)
+    s.upgrade()
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """A fresh Postgres database for the test session, dropped afterwards."""
+    try:
+        import psycopg
+
+        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5)
+    except Exception as exc:
+        missing("Postgres", str(exc))
+    name = f"conveyor_test_{uuid.uuid4().hex[:10]}"
+    admin.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN_URL.rsplit("/", 1)[0]
+    try:
+        yield f"{base}/{name}"
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture
+def pg_store(pg_database: str) -> Iterator[Store]:
+    """A migrated store on the session's Postgres database, emptied after each test."""
+    s = Store(pg_database)
+    s.upgrade()
+    yield s
+    with s.engine.begin() as conn:
+        conn.exec_driver_sql(
+            "TRUNCATE step_logs, workflow_events, workflow_steps, workflow_instances, "
+            "workflow_definitions"
+        )
+    s.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_store(request: pytest.FixtureRequest) -> Store:
+    """The same test on SQLite and on the real Postgres."""
+    name = "store" if request.param == "sqlite" else "pg_store"
+    result: Store = request.getfixturevalue(name)
+    return result

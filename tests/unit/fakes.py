@@ -1,0 +1,87 @@
+"""In-memory twins of the orchestrator's seams, for unit tests of steps."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from conveyor.orchestrator.contracts import Sandbox, SandboxConfig, SandboxRequest
+from conveyor.orchestrator.settings import Settings
+from conveyor.providers.local_sandbox import LocalSandboxFactory
+
+
+@dataclass
+class FakeLogger:
+    """Keeps every logged line in memory, with the stream it went to."""
+
+    records: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def lines(self) -> list[str]:
+        """The logged texts, in order."""
+        return [text for _, text in self.records]
+
+    def line(self, text: str, stream: str = "stdout") -> None:
+        """Record one line."""
+        self.records.append((stream, text))
+
+    def flush(self) -> None:
+        """Nothing is buffered."""
+
+
+@dataclass
+class FakeContext:
+    """A ``StepContext`` whose sandboxes are real local ones under ``data_dir``."""
+
+    data_dir: Path
+    run_id: str = "run-1"
+    step_key: str = "build"
+    attempt: int = 1
+    pipeline: str = "ci"
+    params: Mapping[str, Any] = field(default_factory=dict)
+    steps: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict)
+    secrets: Mapping[str, str] = field(default_factory=dict)
+    matrix: Mapping[str, Any] = field(default_factory=dict)
+    log: FakeLogger = field(default_factory=FakeLogger)
+    cancel: threading.Event = field(default_factory=threading.Event)
+    deadline: float | None = None
+
+    @property
+    def settings(self) -> Settings:
+        """Settings that keep every workspace under ``data_dir``."""
+        return Settings(data_dir=self.data_dir)
+
+    @property
+    def workspace(self) -> Path:
+        """The host directory of this run's workspace."""
+        return self.settings.workspace_root / self.run_id
+
+    @property
+    def idempotency_key(self) -> str:
+        """``run_id:step_key``."""
+        return f"{self.run_id}:{self.step_key}"
+
+    @property
+    def cancelled(self) -> bool:
+        """True once cancelled or past the deadline."""
+        return self.cancel.is_set() or (self.remaining() or 1) <= 0
+
+    def remaining(self) -> float | None:
+        """Seconds left before the deadline, or None."""
+        return None if self.deadline is None else self.deadline - time.monotonic()
+
+    def sandbox(self, config: SandboxConfig) -> Sandbox:
+        """Open a real local sandbox for this step."""
+        request = SandboxRequest(self.run_id, self.step_key, config, self.cancel, self.deadline)
+        return LocalSandboxFactory(self.settings).open(request)
+
+    def mask(self, text: str) -> str:
+        """Replace secret values with ``***``."""
+        for secret in self.secrets.values():
+            text = text.replace(secret, "***")
+        return text
