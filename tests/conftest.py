@@ -12,7 +12,9 @@ import pytest
 from conveyor.orchestrator.settings import Settings
 from conveyor.orchestrator.store import Store
 
-PG_ADMIN_URL = os.environ.get("CONVEYOR_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+PG_ADMIN_URL = os.environ.get(
+    "CONVEYOR_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 
 
 def missing(component: str, reason: str) -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -58,7 +60,11 @@ def _read(path: str, limit: int) -> str:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="conveyor")
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), help="Where the embedded database and workspaces live (CONVEYOR_DATA_DIR).")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the embedded database and workspaces live (CONVEYOR_DATA_DIR).",
+)
 @click.option("--database-url", help="SQLAlchemy URL of the store (CONVEYOR_DATABASE_URL).")
 @click.pass_context
 def cli(ctx: click.Context, data_dir: Path | None, database_url: str | None) -> None:
@@ -73,9 +79,28 @@ def cli(ctx: click.Context, data_dir: Path | None, database_url: str | None) -> 
 
 @cli.command()
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--param", "-p", "params", multiple=True, metavar="NAME=VALUE", help="A run parameter, seen as {{ .NAME }}.")
-@click.option("--secret", "secrets", multiple=True, metavar="NAME=VALUE", help="A secret, seen as {{ .secrets.NAME }}, masked as *** everywhere.")
-@click.option("--secret-env", "secret_envs", multiple=True, metavar="NAME", help="A secret read from this environment variable.")
+@click.option(
+    "--param",
+    "-p",
+    "params",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A run parameter, seen as {{ .NAME }}.",
+)
+@click.option(
+    "--secret",
+    "secrets",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A secret, seen as {{ .secrets.NAME }}, masked as *** everywhere.",
+)
+@click.option(
+    "--secret-env",
+    "secret_envs",
+    multiple=True,
+    metavar="NAME",
+    help="A secret read from this environment variable.",
+)
 @click.option("--pipeline", help="Which pipeline of the file to run (needed when it has several).")
 @click.pass_context
 def run(
@@ -91,7 +116,9 @@ def run(
     given = _pairs(secrets, "--secret")
     for name in secret_envs:
         if name not in os.environ:
-            raise click.BadParameter(f"environment variable {name} is not set", param_hint="--secret-env")
+            raise click.BadParameter(
+                f"environment variable {name} is not set", param_hint="--secret-env"
+            )
         given[name] = os.environ[name]
     engine = EmbeddedEngine(settings)
     try:
@@ -99,8 +126,12 @@ def run(
         for warning in compiled.warnings:
             err.print(f"[yellow]warning:[/] {warning}")
         plan = compiled.select(pipeline)
-        record = engine.start(plan, compiled.source, _pairs(params, "--param"), secrets=given, submitted_by=_user())
-        out.print(f"run [bold]{record.id}[/] of [bold cyan]{plan.pipeline}[/]: {len(plan.steps)} steps")
+        record = engine.start(
+            plan, compiled.source, _pairs(params, "--param"), secrets=given, submitted_by=_user()
+        )
+        out.print(
+            f"run [bold]{record.id}[/] of [bold cyan]{plan.pipeline}[/]: {len(plan.steps)} steps"
+        )
         final = _follow(engine, record.id)
     finally:
         engine.close()
@@ -113,10 +144,8 @@ def _follow(engine: EmbeddedEngine, run_id: str) -> RunRecord:
         return follow(engine.store, run_id, out, lambda t: engine.wait(run_id, timeout=t, poll=t))
     except KeyboardInterrupt:
         err.print("[yellow]interrupted: cancelling the run…[/]")
-        try:
+        with contextlib.suppress(ConveyorError):  # it may have finished meanwhile
             engine.runtime.cancel(run_id, "cancelled: interrupted")
-        except ConveyorError:
-            pass
         engine.dispatcher.close(wait=True)
         _summary(engine.store, engine.store.get_run(run_id))
         sys.exit(130)
@@ -186,8 +215,6 @@ def show(ctx: click.Context, run_id: str, as_json: bool) -> None:
 
 
 def _run_json(run: Any, steps: Sequence[Any], events: Sequence[Any]) -> dict[str, Any]:
-    from dataclasses import asdict
-
     data = asdict(run)
     data.pop("plan")
     data["steps"] = [asdict(s) | {"duration": s.duration} for s in steps]
@@ -284,5 +311,6 @@ def main() -> None:
     except Exception as exc:
         if os.environ.get("CONVEYOR_DEBUG"):
             raise
-        err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc} (CONVEYOR_DEBUG=1 shows where)")
+        where = "(CONVEYOR_DEBUG=1 shows where)"
+        err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc} {where}", markup=True)
         sys.exit(1)

@@ -66,7 +66,10 @@ def _follow_lines(
                     status = f"retrying in {format_duration(event.payload['retry_in'])}"
                 offset = (event.created_at - run.created_at).total_seconds()
                 line = Text(f"{format_duration(offset):>7} ", style="dim")
-                line.append(f"{ICON.get(status, '?')} {event.step_key} {status}", style=STYLE.get(status, ""))
+                line.append(
+                    f"{ICON.get(status, '?')} {event.step_key} {status}",
+                    style=STYLE.get(status, ""),
+                )
                 error = event.payload.get("error") or event.payload.get("reason")
                 if error:
                     line.append(f": {error}")

@@ -65,12 +65,17 @@ def runs_table(runs: Sequence[RunRecord]) -> Table:
     for column in ("RUN", "PIPELINE", "STATUS", "STARTED", "DURATION"):
         table.add_column(column, no_wrap=True)
     for run in runs:
-        table.add_row(run.id, run.pipeline, status_text(run.status), when(run.created_at), run_duration(run))
+        table.add_row(
+            run.id, run.pipeline, status_text(run.status), when(run.created_at), run_duration(run)
+        )
     return table
 
 
 def steps_table(
-    steps: Sequence[StepRecord], tails: dict[str, list[LogRecord]] | None = None, *, outputs: bool = False
+    steps: Sequence[StepRecord],
+    tails: dict[str, list[LogRecord]] | None = None,
+    *,
+    outputs: bool = False,
 ) -> Table:
     """The steps of a run; with ``tails``, the last log lines under each step."""
     table = Table(box=None, header_style="bold", expand=False)
@@ -87,7 +92,9 @@ def steps_table(
     return table
 
 
-def _detail(step: StepRecord, tails: dict[str, list[LogRecord]] | None, outputs: bool) -> RenderableType:
+def _detail(
+    step: StepRecord, tails: dict[str, list[LogRecord]] | None, outputs: bool
+) -> RenderableType:
     parts: list[RenderableType] = []
     if step.last_error and step.status in ("failed", "cancelled", "skipped", "queued"):
         parts.append(Text(step.last_error, style="red" if step.status == "failed" else "yellow"))
@@ -103,7 +110,11 @@ def _detail(step: StepRecord, tails: dict[str, list[LogRecord]] | None, outputs:
 def run_header(run: RunRecord) -> Text:
     """One line naming the run and how it stands."""
     text = Text.assemble(
-        ("run ", "bold"), (run.id, "bold"), "  ", (run.pipeline, "bold cyan"), "  ",
+        ("run ", "bold"),
+        (run.id, "bold"),
+        "  ",
+        (run.pipeline, "bold cyan"),
+        "  ",
     )
     text.append_text(status_text(run.status))
     text.append(f"  {run_duration(run)}")

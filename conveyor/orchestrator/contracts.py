@@ -122,9 +122,13 @@ class StepContext(Protocol):
     env: Mapping[str, str]
     secrets: Mapping[str, str]
     matrix: Mapping[str, Any]
-    log: StepLogger
     cancel: threading.Event
     deadline: float | None
+
+    @property
+    def log(self) -> StepLogger:
+        """Where the step's log lines go."""
+        ...
 
     @property
     def idempotency_key(self) -> str:

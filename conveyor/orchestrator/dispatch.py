@@ -6,6 +6,7 @@ Used when no broker is configured (``conveyor run``). Celery's dispatcher lives 
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import threading
@@ -51,10 +52,9 @@ class InlineDispatcher:
 
     def _submit(self, ref: StepRef) -> None:
         assert self._execute is not None, "bind() the executor before dispatching"
-        try:
+        # Shutting down: the step stays queued in the store, nothing is lost.
+        with contextlib.suppress(RuntimeError):
             self._pool.submit(self._execute, ref)
-        except RuntimeError:
-            pass  # shutting down: the step stays queued in the store, nothing is lost
 
     def _run_timers(self) -> None:
         with self._wake:

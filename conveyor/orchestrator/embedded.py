@@ -6,6 +6,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+from . import db
 from .contracts import StepType
 from .dispatch import InlineDispatcher
 from .executor import Executor
@@ -22,8 +23,6 @@ def open_store(settings: Settings) -> Store:
     """The store of these settings; the embedded SQLite file is migrated on first use."""
     store = Store(settings.resolved_database_url)
     if store.is_sqlite:
-        from . import db
-
         if db.current_revision(store.engine) != db.head_revision():
             store.upgrade()
     else:

@@ -6,6 +6,7 @@ step type can fail its step but never the worker.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -246,10 +247,9 @@ class Executor:
         if ctx.deadline is not None and now >= ctx.deadline and not ctx.cancel.is_set():
             ctx.timed_out = True
             ctx.cancel.set()
-        try:
+        # The store may be away for a moment: the lines stay buffered for the next tick.
+        with contextlib.suppress(ConveyorError):
             ctx.log.flush()
-        except ConveyorError:
-            pass  # the store is away for a moment: the lines stay buffered for the next tick
 
     def _heartbeat(self, active: list[tuple[StepRef, Context, str]]) -> None:
         until = utcnow() + timedelta(seconds=self.settings.lease_seconds)

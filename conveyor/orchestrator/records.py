@@ -91,7 +91,7 @@ class LogRecord:
     created_at: datetime
 
 
-def run_from_row(row: Mapping[str, Any]) -> RunRecord:
+def run_from_row(row: Mapping[Any, Any]) -> RunRecord:
     """Build a RunRecord from a workflow_instances row."""
     return RunRecord(
         id=row["id"],
@@ -110,7 +110,7 @@ def run_from_row(row: Mapping[str, Any]) -> RunRecord:
     )
 
 
-def step_from_row(row: Mapping[str, Any]) -> StepRecord:
+def step_from_row(row: Mapping[Any, Any]) -> StepRecord:
     """Build a StepRecord from a workflow_steps row."""
     return StepRecord(
         id=row["id"],

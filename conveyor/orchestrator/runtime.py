@@ -295,9 +295,9 @@ class Runtime:
 
     def _cancel_queued(self, tx: RunTx, state: _State, just_queued: set[str]) -> None:
         for key, step in list(state.steps.items()):
-            if step.status == S.QUEUED and key not in just_queued:
-                if not state.plan.step(key).runs_on_failure:
-                    state.move(tx, step, S.CANCELLED, f"not run: step {state.failing!r} failed")
+            keep = key in just_queued or state.plan.step(key).runs_on_failure
+            if step.status == S.QUEUED and not keep:
+                state.move(tx, step, S.CANCELLED, f"not run: step {state.failing!r} failed")
 
     def _settle_run(self, tx: RunTx, state: _State) -> None:
         statuses = {s.status for s in state.steps.values()}

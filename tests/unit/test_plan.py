@@ -39,7 +39,9 @@ def test_a_missing_config_field_is_named_with_its_path_and_line(compiler: Compil
             config:
               work_dir: /workspace
     """
-    assert problems(compiler, text) == ["pipelines.ci.steps[2].config.commands: field required (line 12)"]
+    assert problems(compiler, text) == [
+        "pipelines.ci.steps[2].config.commands: field required (line 12)"
+    ]
 
 
 def test_unknown_keys_are_errors_everywhere(compiler: Compiler) -> None:
@@ -101,7 +103,9 @@ def test_template_syntax_errors_name_the_field(compiler: Compiler) -> None:
     assert problem.endswith("(line 7)")
 
 
-def test_needs_default_to_the_previous_step_and_empty_needs_start_at_once(compiler: Compiler) -> None:
+def test_needs_default_to_the_previous_step_and_empty_needs_start_at_once(
+    compiler: Compiler,
+) -> None:
     text = """\
     pipelines:
       ci:
@@ -175,7 +179,9 @@ def test_a_matrix_expands_into_one_step_per_combination(compiler: Compiler) -> N
 
 
 def test_limits_on_steps_and_matrices(compiler: Compiler) -> None:
-    many = "\n".join(f"      - {{name: s{i}, type: step.log, config: {{message: x}}}}" for i in range(51))
+    many = "\n".join(
+        f"      - {{name: s{i}, type: step.log, config: {{message: x}}}}" for i in range(51)
+    )
     (problem,) = problems(compiler, f"pipelines:\n  big:\n    steps:\n{many}\n")
     assert problem.startswith("pipelines.big: 51 steps; the limit is 50")
     text = """\
@@ -184,7 +190,9 @@ def test_limits_on_steps_and_matrices(compiler: Compiler) -> None:
         steps:
           - {name: t, type: step.log, matrix: {a: [1, 2, 3, 4], b: [1, 2, 3]}, config: {message: x}}
     """
-    assert problems(compiler, text) == ["pipelines.ci.steps[0].matrix: expands to 12 steps; the limit is 10 (line 4)"]
+    assert problems(compiler, text) == [
+        "pipelines.ci.steps[0].matrix: expands to 12 steps; the limit is 10 (line 4)"
+    ]
 
 
 def test_ignored_top_level_keys_are_reported_not_crashed_on(compiler: Compiler) -> None:
@@ -209,7 +217,9 @@ def test_choosing_a_pipeline(compiler: Compiler) -> None:
     """
     compiled = compiler.compile(textwrap.dedent(text))
     assert compiled.select("two").pipeline == "two"
-    with pytest.raises(SpecError, match=r"several pipelines \(one, two\): choose one with --pipeline"):
+    with pytest.raises(
+        SpecError, match=r"several pipelines \(one, two\): choose one with --pipeline"
+    ):
         compiled.select(None)
     with pytest.raises(SpecError, match="no pipeline 'three'"):
         compiled.select("three")
@@ -222,8 +232,14 @@ def test_choosing_a_pipeline(compiler: Compiler) -> None:
         ("- just\n- a list\n", "a pipeline file is a mapping"),
         ("pipelines: {}\n", "pipelines"),
         ("pipelines: {ci: {steps: []}}\n", "pipelines.ci.steps"),
-        ("pipelines: {ci: {timeout: forever, steps: [{name: a, type: step.log, config: {message: x}}]}}\n", "pipelines.ci.timeout"),
-        ("pipelines: {ci: {steps: [{name: 'bad name!', type: step.log}]}}\n", "pipelines.ci.steps[0].name"),
+        (
+            "pipelines: {ci: {timeout: forever, steps: [{name: a, type: step.log, config: {message: x}}]}}\n",
+            "pipelines.ci.timeout",
+        ),
+        (
+            "pipelines: {ci: {steps: [{name: 'bad name!', type: step.log}]}}\n",
+            "pipelines.ci.steps[0].name",
+        ),
     ],
 )
 def test_malformed_files_are_clear_errors(compiler: Compiler, text: str, expected: str) -> None:
@@ -247,5 +263,9 @@ def test_the_seed_format_compiles(compiler: Compiler) -> None:
             config: {commands: [go test ./...], work_dir: /workspace, timeout: 300s, env: {CGO_ENABLED: "0"}}
     """
     plan = compiler.compile(textwrap.dedent(text)).select(None)
-    assert (plan.timeout, plan.env, plan.steps[0].timeout) == (1800.0, {"GO_VERSION": "1.25", "RETRIES": "3"}, 300.0)
+    assert (plan.timeout, plan.env, plan.steps[0].timeout) == (
+        1800.0,
+        {"GO_VERSION": "1.25", "RETRIES": "3"},
+        300.0,
+    )
     assert plan.steps[0].on_error == "continue" and plan.steps[0].queue == "sandbox"

@@ -87,24 +87,113 @@ B = "{name: b, type: noop}"
 C = "{name: c, type: noop}"
 
 CASES = [
-    pytest.param([A, B, C], {}, "succeeded", {"a": "succeeded", "b": "succeeded", "c": "succeeded"}, id="chain"),
-    pytest.param([A, B, C], {"a": [FAIL]}, "failed", {"a": "failed", "b": "cancelled", "c": "cancelled"}, id="stop-on-error"),
-    pytest.param(["{name: a, type: noop, on_error: continue}", B], {"a": [FAIL]}, "succeeded", {"a": "failed", "b": "succeeded"}, id="continue-on-error"),
-    pytest.param(["{name: a, type: noop, retry: {max_attempts: 2}}", B], {"a": [FAIL, "ok"]}, "succeeded", {"a": "succeeded", "b": "succeeded"}, id="retry-then-pass"),
-    pytest.param(["{name: a, type: noop, retry: {max_attempts: 3}}"], {"a": [FAIL, FAIL, FAIL]}, "failed", {"a": "failed"}, id="retries-exhausted"),
-    pytest.param(["{name: a, type: noop, retry: {max_attempts: 3, on_exit_codes: [75]}}"], {"a": [FAIL]}, "failed", {"a": "failed"}, id="retry-only-on-listed-codes"),
-    pytest.param(["{name: a, type: noop, retry: {max_attempts: 2, on_errors: ['reset']}}"], {"a": [Outcome("connection reset"), "ok"]}, "succeeded", {"a": "succeeded"}, id="retry-on-error-text"),
-    pytest.param(["{name: a, type: noop, if: 'false'}", B], {}, "succeeded", {"a": "skipped", "b": "succeeded"}, id="if-false-skips"),
-    pytest.param(["{name: a, type: noop, skip_if: '{{ .v == \"1\" }}'}"], {}, "succeeded", {"a": "skipped"}, id="skip-if-true"),
-    pytest.param([A, "{name: b, type: noop, if: '{{ .steps.a.value == \"a\" }}'}"], {}, "succeeded", {"a": "succeeded", "b": "succeeded"}, id="if-reads-outputs"),
-    pytest.param([A, B, "{name: cleanup, type: noop, if: '{{ always() }}'}", "{name: alert, type: noop, needs: [a], if: '{{ failure() }}'}"], {"a": [FAIL]}, "failed", {"a": "failed", "b": "cancelled", "cleanup": "succeeded", "alert": "succeeded"}, id="always-and-failure-run-after-failure"),
-    pytest.param([A, "{name: alert, type: noop, if: '{{ failure() }}'}"], {}, "succeeded", {"a": "succeeded", "alert": "skipped"}, id="failure-skips-on-success"),
-    pytest.param([A, "{name: b, type: noop, if: '{{ .nope.x }}'}"], {}, "failed", {"a": "succeeded", "b": "failed"}, id="condition-error-fails-step"),
+    pytest.param(
+        [A, B, C],
+        {},
+        "succeeded",
+        {"a": "succeeded", "b": "succeeded", "c": "succeeded"},
+        id="chain",
+    ),
+    pytest.param(
+        [A, B, C],
+        {"a": [FAIL]},
+        "failed",
+        {"a": "failed", "b": "cancelled", "c": "cancelled"},
+        id="stop-on-error",
+    ),
+    pytest.param(
+        ["{name: a, type: noop, on_error: continue}", B],
+        {"a": [FAIL]},
+        "succeeded",
+        {"a": "failed", "b": "succeeded"},
+        id="continue-on-error",
+    ),
+    pytest.param(
+        ["{name: a, type: noop, retry: {max_attempts: 2}}", B],
+        {"a": [FAIL, "ok"]},
+        "succeeded",
+        {"a": "succeeded", "b": "succeeded"},
+        id="retry-then-pass",
+    ),
+    pytest.param(
+        ["{name: a, type: noop, retry: {max_attempts: 3}}"],
+        {"a": [FAIL, FAIL, FAIL]},
+        "failed",
+        {"a": "failed"},
+        id="retries-exhausted",
+    ),
+    pytest.param(
+        ["{name: a, type: noop, retry: {max_attempts: 3, on_exit_codes: [75]}}"],
+        {"a": [FAIL]},
+        "failed",
+        {"a": "failed"},
+        id="retry-only-on-listed-codes",
+    ),
+    pytest.param(
+        ["{name: a, type: noop, retry: {max_attempts: 2, on_errors: ['reset']}}"],
+        {"a": [Outcome("connection reset"), "ok"]},
+        "succeeded",
+        {"a": "succeeded"},
+        id="retry-on-error-text",
+    ),
+    pytest.param(
+        ["{name: a, type: noop, if: 'false'}", B],
+        {},
+        "succeeded",
+        {"a": "skipped", "b": "succeeded"},
+        id="if-false-skips",
+    ),
+    pytest.param(
+        ["{name: a, type: noop, skip_if: '{{ .v == \"1\" }}'}"],
+        {},
+        "succeeded",
+        {"a": "skipped"},
+        id="skip-if-true",
+    ),
+    pytest.param(
+        [A, "{name: b, type: noop, if: '{{ .steps.a.value == \"a\" }}'}"],
+        {},
+        "succeeded",
+        {"a": "succeeded", "b": "succeeded"},
+        id="if-reads-outputs",
+    ),
+    pytest.param(
+        [
+            A,
+            B,
+            "{name: cleanup, type: noop, if: '{{ always() }}'}",
+            "{name: alert, type: noop, needs: [a], if: '{{ failure() }}'}",
+        ],
+        {"a": [FAIL]},
+        "failed",
+        {"a": "failed", "b": "cancelled", "cleanup": "succeeded", "alert": "succeeded"},
+        id="always-and-failure-run-after-failure",
+    ),
+    pytest.param(
+        [A, "{name: alert, type: noop, if: '{{ failure() }}'}"],
+        {},
+        "succeeded",
+        {"a": "succeeded", "alert": "skipped"},
+        id="failure-skips-on-success",
+    ),
+    pytest.param(
+        [A, "{name: b, type: noop, if: '{{ .nope.x }}'}"],
+        {},
+        "failed",
+        {"a": "succeeded", "b": "failed"},
+        id="condition-error-fails-step",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("steps", "script", "run_status", "expected"), CASES)
-def test_runs_end_as_their_steps_decide(h: Harness, steps: list[str], script: dict[str, list[Any]], run_status: str, expected: dict[str, str]) -> None:
+def test_runs_end_as_their_steps_decide(
+    h: Harness,
+    steps: list[str],
+    script: dict[str, list[Any]],
+    run_status: str,
+    expected: dict[str, str],
+) -> None:
     run_id = h.start(pipeline(*steps), {"v": "1"})
 
     h.drive(run_id, {k: list(v) for k, v in script.items()})
@@ -114,7 +203,13 @@ def test_runs_end_as_their_steps_decide(h: Harness, steps: list[str], script: di
 
 
 def test_steps_with_no_needs_start_together(h: Harness) -> None:
-    h.start(pipeline("{name: a, type: noop, needs: []}", "{name: b, type: noop, needs: []}", "{name: c, type: noop, needs: [a, b]}"))
+    h.start(
+        pipeline(
+            "{name: a, type: noop, needs: []}",
+            "{name: b, type: noop, needs: []}",
+            "{name: c, type: noop, needs: [a, b]}",
+        )
+    )
 
     assert sorted(ref.step_key for ref, _ in h.recorder.sent) == ["a", "b"]
 
@@ -129,7 +224,9 @@ def test_a_failed_run_names_the_step_and_its_error(h: Harness) -> None:
 
 
 def test_a_retry_waits_for_its_backoff(h: Harness) -> None:
-    run_id = h.start(pipeline("{name: a, type: noop, retry: {max_attempts: 3, backoff: 10s, backoff_factor: 3}}"))
+    run_id = h.start(
+        pipeline("{name: a, type: noop, retry: {max_attempts: 3, backoff: 10s, backoff_factor: 3}}")
+    )
     ref, _ = h.recorder.sent.pop()
     h.runtime.claim(ref, "w")
 

@@ -9,7 +9,13 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from conveyor.orchestrator.errors import Conflict, IllegalTransition, NotFound, SchemaOutdated, StoreUnavailable
+from conveyor.orchestrator.errors import (
+    Conflict,
+    IllegalTransition,
+    NotFound,
+    SchemaOutdated,
+    StoreUnavailable,
+)
 from conveyor.orchestrator.schema import metadata
 from conveyor.orchestrator.status import RunStatus, StepStatus
 from conveyor.orchestrator.store import NewRun, StepSeed, Store, utcnow
@@ -20,7 +26,14 @@ SOURCE = "pipelines: {p: {steps: [{name: a, type: step.log, config: {message: hi
 def new_run(store: Store, source: str = SOURCE, key: str | None = None, steps: int = 2) -> str:
     seeds = [StepSeed(f"s{i}", "step.log", "control") for i in range(steps)]
     run = store.create_run(
-        NewRun(pipeline="p", source=source, plan={"steps": []}, params={"v": "1"}, steps=seeds, idempotency_key=key)
+        NewRun(
+            pipeline="p",
+            source=source,
+            plan={"steps": []},
+            params={"v": "1"},
+            steps=seeds,
+            idempotency_key=key,
+        )
     )
     return run.id
 
@@ -122,8 +135,14 @@ def test_logs_keep_their_order_and_can_be_tailed(db_store: Store) -> None:
     db_store.append_logs(run_id, "s0", 1, [("stdout", f"line {i}") for i in range(10)])
     db_store.append_logs(run_id, "s1", 1, [("stdout", "other")])
 
-    assert [line.text for line in db_store.list_logs(run_id, "s0")] == [f"line {i}" for i in range(10)]
-    assert [line.text for line in db_store.tail_logs(run_id, "s0", 3)] == ["line 7", "line 8", "line 9"]
+    assert [line.text for line in db_store.list_logs(run_id, "s0")] == [
+        f"line {i}" for i in range(10)
+    ]
+    assert [line.text for line in db_store.tail_logs(run_id, "s0", 3)] == [
+        "line 7",
+        "line 8",
+        "line 9",
+    ]
     assert len(db_store.list_logs(run_id)) == 11
 
 
@@ -166,4 +185,14 @@ def test_a_conflicting_write_is_a_conflict(db_store: Store) -> None:
     with pytest.raises(Conflict), db_store.transaction(run_id) as tx:
         from conveyor.orchestrator.schema import steps
 
-        tx.conn.execute(steps.insert().values(id=db_store.list_steps(run_id)[0].id, instance_id=run_id, step_key="x", position=9, type="t", status="pending", queue="q"))
+        tx.conn.execute(
+            steps.insert().values(
+                id=db_store.list_steps(run_id)[0].id,
+                instance_id=run_id,
+                step_key="x",
+                position=9,
+                type="t",
+                status="pending",
+                queue="q",
+            )
+        )
