@@ -216,7 +216,6 @@ def show(ctx: click.Context, run_id: str, as_json: bool) -> None:
 
 def _run_json(run: Any, steps: Sequence[Any], events: Sequence[Any]) -> dict[str, Any]:
     data = asdict(run)
-    data.pop("plan")
     data["steps"] = [asdict(s) | {"duration": s.duration} for s in steps]
     data["events"] = [asdict(e) for e in events]
     return data

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Mapping
 from typing import Any
 
 from .contracts import Sandbox, SandboxConfig, SandboxRequest
+from .errors import ConveyorError
 from .plugins import Sandboxes
 from .store import Store
 from .variables import Masker
@@ -31,6 +33,9 @@ class StoreLogger:
         self.mask = mask
         self._buffer: list[tuple[str, str]] = []
         self._lock = threading.Lock()
+        # Held from taking a batch until it is written: the monitor and the step both
+        # flush, and two batches written concurrently could land out of order.
+        self._flushing = threading.Lock()
         self.lines = 0
 
     def line(self, text: str, stream: str = "stdout") -> None:
@@ -43,20 +48,23 @@ class StoreLogger:
             self.lines += 1
             full = len(self._buffer) >= 500
         if full:
-            self.flush()
+            # A store away for a moment must not fail the step: the monitor retries.
+            with contextlib.suppress(ConveyorError):
+                self.flush()
 
     def flush(self) -> None:
-        """Write what is buffered."""
-        with self._lock:
-            batch, self._buffer = self._buffer, []
-        if not batch:
-            return
-        try:
-            self.store.append_logs(self.run_id, self.step_key, self.attempt, batch)
-        except Exception:
-            with self._lock:  # keep the lines for the next flush rather than lose them
-                self._buffer[:0] = batch
-            raise
+        """Write what is buffered, in the order it was logged."""
+        with self._flushing:
+            with self._lock:
+                batch, self._buffer = self._buffer, []
+            if not batch:
+                return
+            try:
+                self.store.append_logs(self.run_id, self.step_key, self.attempt, batch)
+            except Exception:
+                with self._lock:  # keep the lines for the next flush rather than lose them
+                    self._buffer[:0] = batch
+                raise
 
 
 class Context:
@@ -77,11 +85,14 @@ class Context:
         log: StoreLogger,
         sandboxes: Sandboxes,
         deadline: float | None,
+        timeout_message: str = "timed out",
     ) -> None:
         self.run_id, self.step_key, self.attempt = run_id, step_key, attempt
         self.pipeline, self.params, self.steps = pipeline, params, steps
         self.env, self.secrets, self.matrix = env, secrets, matrix
         self.log, self.deadline = log, deadline
+        #: Why ``deadline`` is what it is, as the step's error says it once reached.
+        self.timeout_message = timeout_message
         self.cancel = threading.Event()
         self.timed_out = False
         self._sandboxes = sandboxes
@@ -100,6 +111,10 @@ class Context:
     def remaining(self) -> float | None:
         """Seconds left before the step's deadline, or None."""
         return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+
+    def past_deadline(self) -> bool:
+        """True once the step's deadline (its timeout or the run's) has passed."""
+        return self.deadline is not None and time.monotonic() >= self.deadline
 
     def mask(self, text: str) -> str:
         """Replace secret values in ``text`` with ``***``."""

@@ -46,7 +46,11 @@ class ExecResult:
 
 @runtime_checkable
 class Sandbox(Protocol):
-    """A place to run commands, with a workspace that lives for the whole run."""
+    """A place to run commands, with a workspace that lives for the whole run.
+
+    The workspace holds a ``.conveyor/outputs`` directory from the moment the sandbox
+    opens: steps write their outputs files there without preparing anything.
+    """
 
     #: The workspace path as commands inside the sandbox see it.
     workspace: str

@@ -15,7 +15,7 @@ from .plugins import Sandboxes, StepTypes
 from .records import RunRecord
 from .runtime import Runtime
 from .settings import Settings
-from .store import Store
+from .store import Store, utcnow
 from .templates import TemplateEngine
 
 
@@ -97,7 +97,8 @@ class EmbeddedEngine:
                 return run
             if timeout is not None and waited >= timeout:
                 return run
-            self.runtime.expire(run_id)
+            if run.deadline is not None and run.deadline <= utcnow():
+                self.runtime.expire(run_id)
             event.wait(poll)
             waited += poll
 

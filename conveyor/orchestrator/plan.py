@@ -71,6 +71,15 @@ class ExecutionPlan(BaseModel):
         """One step by key."""
         return self.by_key[key]
 
+    @cached_property
+    def dependents(self) -> dict[str, tuple[str, ...]]:
+        """For each step, the steps that need it, in plan order."""
+        found: dict[str, list[str]] = {s.key: [] for s in self.steps}
+        for step in self.steps:
+            for need in step.needs:
+                found[need].append(step.key)
+        return {k: tuple(v) for k, v in found.items()}
+
 
 @dataclass
 class Compiled:

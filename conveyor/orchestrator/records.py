@@ -19,7 +19,6 @@ class RunRecord:
     pipeline: str
     status: RunStatus
     params: dict[str, Any]
-    plan: dict[str, Any]
     submitted_by: str | None
     error: str | None
     event_seq: int
@@ -99,19 +98,19 @@ def run_from_row(row: Mapping[Any, Any]) -> RunRecord:
         pipeline=row["pipeline"],
         status=RunStatus(row["status"]),
         params=row["params"] or {},
-        plan=row["plan"] or {},
         submitted_by=row["submitted_by"],
         error=row["error"],
         event_seq=row["event_seq"],
         deadline=row["deadline"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
-        completed_at=row["completed_at"],
+        completed_at=row.get("completed_at"),
     )
 
 
 def step_from_row(row: Mapping[Any, Any]) -> StepRecord:
     """Build a StepRecord from a workflow_steps row."""
+    row = dict(row)  # a plain dict: .get on a driver row is slow for missing keys
     return StepRecord(
         id=row["id"],
         run_id=row["instance_id"],
@@ -122,11 +121,11 @@ def step_from_row(row: Mapping[Any, Any]) -> StepRecord:
         attempts=row["attempts"],
         queue=row["queue"],
         last_error=row["last_error"],
-        exit_code=row["exit_code"],
-        outputs=row["outputs"],
-        lease_owner=row["lease_owner"],
-        lease_expires_at=row["lease_expires_at"],
-        available_at=row["available_at"],
-        started_at=row["started_at"],
-        completed_at=row["completed_at"],
+        exit_code=row.get("exit_code"),
+        outputs=row.get("outputs"),
+        lease_owner=row.get("lease_owner"),
+        lease_expires_at=row.get("lease_expires_at"),
+        available_at=row.get("available_at"),
+        started_at=row.get("started_at"),
+        completed_at=row.get("completed_at"),
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -68,12 +68,13 @@ class Runtime:
         """The run's plan, parsed once per process (plans never change)."""
         with self._lock:
             plan = self._plans.get(run.id)
-            if plan is None:
-                plan = ExecutionPlan.model_validate(run.plan)
+        if plan is None:
+            plan = ExecutionPlan.model_validate(self.store.get_plan(run.id))
+            with self._lock:
                 self._plans[run.id] = plan
                 while len(self._plans) > 512:
                     self._plans.popitem(last=False)
-            return plan
+        return plan
 
     # -- starting ----------------------------------------------------------------------
 
@@ -152,7 +153,7 @@ class Runtime:
                 last_error=None,
                 **_done(tx.now),
             )
-            return self._advance(tx)
+            return self._advance(tx, step.key)
 
         self._write(ref.run_id, work)
 
@@ -244,18 +245,33 @@ class Runtime:
 
     # -- advancing ---------------------------------------------------------------------
 
-    def _advance(self, tx: RunTx) -> list[Dispatch]:
+    def _advance(self, tx: RunTx, changed: str | None = None) -> list[Dispatch]:
+        """Start what is ready, cancel what cannot run, settle the run.
+
+        After a success (``changed``) only that step's dependents can have become ready,
+        so only they and their needs are read: a long chain stays linear. Anything else
+        (a failure, a first pass) reads every step.
+        """
         if tx.run.status.terminal:
             return []
         plan = self.plan(tx.run)
-        state = _State(plan, {s.key: s for s in tx.steps()})
+        counts = tx.status_counts()
+        if changed is None or counts[S.FAILED] or counts[S.CANCELLED]:
+            candidates = plan.steps
+            state = _State(plan, {s.key: s for s in tx.steps()}, counts)
+        else:
+            candidates = tuple(plan.step(k) for k in plan.dependents[changed])
+            wanted = {k for p in candidates for k in (p.key, *p.needs)}
+            state = _State(plan, {s.key: s for s in tx.steps(wanted)}, counts)
         out: list[Dispatch] = []
-        for plan_step in plan.steps:
+        for plan_step in candidates:
             step = state.steps[plan_step.key]
             if step.status == S.PENDING and state.needs_done(plan_step):
                 ref = self._start_or_skip(tx, state, plan_step, step)
                 if ref is not None:
                     out.append((ref, None))
+        if state.failing and candidates is not plan.steps:
+            return out + self._advance(tx)  # a condition failed: see the whole run again
         if state.failing:
             self._cancel_queued(tx, state, {r.step_key for r, _ in out})
         self._settle_run(tx, state)
@@ -280,9 +296,17 @@ class Runtime:
         if plan_step.if_ is None and plan_step.skip_if is None:
             return None
         context = condition_context(
-            tx.run, plan_step, state.outputs(), self.secrets.get(tx.run.id, {}), state.failing
+            tx.run,
+            state.plan,
+            plan_step,
+            tx.outputs(),
+            self.secrets.get(tx.run.id, {}),
+            state.failing,
         )
         try:
+            # Conditions see the pipeline env as steps do: with its templates rendered.
+            env = self.templates.render_value(context["env"], context)
+            context.update(env=env, Env=env)
             if plan_step.if_ is not None and not self.templates.evaluate(plan_step.if_, context):
                 return f"`if: {plan_step.if_}` is false"
             if plan_step.skip_if is not None and self.templates.evaluate(
@@ -300,7 +324,7 @@ class Runtime:
                 state.move(tx, step, S.CANCELLED, f"not run: step {state.failing!r} failed")
 
     def _settle_run(self, tx: RunTx, state: _State) -> None:
-        statuses = {s.status for s in state.steps.values()}
+        statuses = {status for status, count in state.counts.items() if count}
         if all(s.terminal for s in statuses):
             if state.failing:
                 failed = state.steps[state.failing]
@@ -334,9 +358,12 @@ class Runtime:
 class _State:
     """The steps of a run as one advance pass sees and changes them."""
 
-    def __init__(self, plan: ExecutionPlan, steps: dict[str, StepRecord]) -> None:
+    def __init__(
+        self, plan: ExecutionPlan, steps: dict[str, StepRecord], counts: Counter[StepStatus]
+    ) -> None:
         self.plan = plan
         self.steps = steps
+        self.counts = counts  # of every step of the run, kept up to date by move()
         self.failing = next(
             (
                 k
@@ -358,9 +385,6 @@ class _State:
                 return need
         return None
 
-    def outputs(self) -> dict[str, dict[str, Any]]:
-        return {k: s.outputs or {} for k, s in self.steps.items() if s.status == S.SUCCEEDED}
-
     def move(
         self, tx: RunTx, step: StepRecord, new: StepStatus, reason: str | None
     ) -> StepRef | None:
@@ -370,6 +394,8 @@ class _State:
         else:
             fields = {"last_error": reason, "completed_at": tx.now}
         tx.move_step(step, new, event={"reason": reason} if reason else None, **fields)
+        self.counts[step.status] -= 1
+        self.counts[new] += 1
         self.steps[step.key] = replace(
             step, status=new, attempts=fields.get("attempts", step.attempts), last_error=reason
         )

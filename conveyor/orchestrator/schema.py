@@ -78,6 +78,9 @@ runs = sa.Table(
     sa.Index("ix_workflow_instances_pipeline_created", "pipeline", "created_at"),
 )
 
+#: Every column of a run but its plan, which is large and read once per process.
+RUN_COLUMNS = tuple(c for c in runs.c if c.name != "plan")
+
 steps = sa.Table(
     "workflow_steps",
     metadata,
@@ -99,6 +102,22 @@ steps = sa.Table(
     sa.Column("completed_at", UTCDateTime),
     sa.UniqueConstraint("instance_id", "step_key"),
     sa.Index("ix_workflow_steps_status", "status"),
+)
+
+#: What an advance needs of every step; the rest (outputs above all) is read when needed.
+STEP_STATE_COLUMNS = tuple(
+    steps.c[name]
+    for name in (
+        "id",
+        "instance_id",
+        "step_key",
+        "position",
+        "type",
+        "status",
+        "attempts",
+        "queue",
+        "last_error",
+    )
 )
 
 events = sa.Table(

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from . import db
 from .errors import Conflict, NotFound, StoreUnavailable
 from .records import EventRecord, LogRecord, RunRecord, StepRecord, run_from_row, step_from_row
-from .schema import definitions, events, runs, step_logs, steps
+from .schema import RUN_COLUMNS, definitions, events, runs, step_logs, steps
 from .status import RunStatus, StepStatus
 from .transaction import RunTx
 
@@ -112,7 +112,7 @@ class Store:
             if new.idempotency_key:
                 existing = (
                     conn.execute(
-                        sa.select(runs).where(runs.c.idempotency_key == new.idempotency_key)
+                        sa.select(*RUN_COLUMNS).where(runs.c.idempotency_key == new.idempotency_key)
                     )
                     .mappings()
                     .first()
@@ -160,16 +160,16 @@ class Store:
 
     def get_run(self, run_id: str) -> RunRecord:
         """One run by its full id."""
-        rows = self._rows(sa.select(runs).where(runs.c.id == run_id))
+        rows = self._rows(sa.select(*RUN_COLUMNS).where(runs.c.id == run_id))
         if not rows:
             raise NotFound(f"no run {run_id}")
         return run_from_row(rows[0])
 
     def find_run(self, ref: str) -> RunRecord:
         """One run by its id or a unique prefix of it (at least 4 characters)."""
-        rows = self._rows(sa.select(runs).where(runs.c.id == ref))
+        rows = self._rows(sa.select(*RUN_COLUMNS).where(runs.c.id == ref))
         if not rows and len(ref) >= 4:
-            rows = self._rows(sa.select(runs).where(runs.c.id.startswith(ref)).limit(5))
+            rows = self._rows(sa.select(*RUN_COLUMNS).where(runs.c.id.startswith(ref)).limit(5))
         if not rows:
             raise NotFound(f"no run {ref}")
         if len(rows) > 1:
@@ -185,7 +185,7 @@ class Store:
         before: datetime | None = None,
     ) -> list[RunRecord]:
         """Newest runs first, optionally filtered."""
-        query = sa.select(runs).order_by(runs.c.created_at.desc(), runs.c.id).limit(limit)
+        query = sa.select(*RUN_COLUMNS).order_by(runs.c.created_at.desc(), runs.c.id).limit(limit)
         if status:
             query = query.where(runs.c.status == status)
         if pipeline:
@@ -193,6 +193,14 @@ class Store:
         if before:
             query = query.where(runs.c.created_at < before)
         return [run_from_row(r) for r in self._rows(query)]
+
+    def get_plan(self, run_id: str) -> dict[str, Any]:
+        """The compiled plan a run executes (JSON)."""
+        rows = self._rows(sa.select(runs.c.plan).where(runs.c.id == run_id))
+        if not rows:
+            raise NotFound(f"no run {run_id}")
+        plan: dict[str, Any] = rows[0]["plan"]
+        return plan
 
     def list_steps(self, run_id: str) -> list[StepRecord]:
         """The steps of a run in plan order."""

@@ -1,7 +1,13 @@
-"""One locked transaction on one run: the only place statuses change."""
+"""One locked transaction on one run: the only place statuses change.
+
+Statements are built once, at import, with bound parameters: building a SQLAlchemy
+statement costs more than running it on SQLite, and these run several times per step.
+"""
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Collection
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -10,8 +16,34 @@ import sqlalchemy as sa
 
 from .errors import NotFound
 from .records import RunRecord, StepRecord, run_from_row, step_from_row
-from .schema import events, runs, steps
+from .schema import RUN_COLUMNS, STEP_STATE_COLUMNS, events, runs, steps
 from .status import RunStatus, StepStatus, check_run_move, check_step_move
+
+_RUN = sa.bindparam("b_run")
+_LOCK_RUN = sa.select(*RUN_COLUMNS).where(runs.c.id == _RUN).with_for_update()
+_STEPS = (
+    sa.select(*STEP_STATE_COLUMNS).where(steps.c.instance_id == _RUN).order_by(steps.c.position)
+)
+_SOME_STEPS = _STEPS.where(steps.c.step_key.in_(sa.bindparam("b_keys", expanding=True)))
+_ONE_STEP = sa.select(steps).where(
+    steps.c.instance_id == _RUN, steps.c.step_key == sa.bindparam("b_key")
+)
+_COUNTS = (
+    sa.select(steps.c.status, sa.func.count())
+    .where(steps.c.instance_id == _RUN)
+    .group_by(steps.c.status)
+)
+_OUTPUTS = sa.select(steps.c.step_key, steps.c.outputs).where(
+    steps.c.instance_id == _RUN, steps.c.status == StepStatus.SUCCEEDED.value
+)
+_UPDATE_RUN = runs.update().where(runs.c.id == _RUN)
+_MOVE_STEP = steps.update().where(
+    steps.c.id == sa.bindparam("b_id"),
+    steps.c.status == sa.bindparam("b_status"),
+    steps.c.attempts == sa.bindparam("b_attempts"),
+)
+_UPDATE_STEP = steps.update().where(steps.c.id == sa.bindparam("b_id"))
+_INSERT_EVENTS = events.insert()
 
 
 class RunTx:
@@ -27,30 +59,33 @@ class RunTx:
         self.conn = conn
         self.now = now
         self._pending: list[dict[str, Any]] = []
-        row = (
-            conn.execute(sa.select(runs).where(runs.c.id == run_id).with_for_update())
-            .mappings()
-            .first()
-        )
+        row = conn.execute(_LOCK_RUN, {"b_run": run_id}).mappings().first()
         if row is None:
             raise NotFound(f"no run {run_id}")
         self.run: RunRecord = run_from_row(row)
+        self._ids = {"b_run": run_id}
 
-    def steps(self) -> list[StepRecord]:
-        """Every step of the run, in plan order."""
-        query = sa.select(steps).where(steps.c.instance_id == self.run.id)
-        rows = self.conn.execute(query.order_by(steps.c.position)).mappings()
-        return [step_from_row(r) for r in rows]
+    def steps(self, keys: Collection[str] | None = None) -> list[StepRecord]:
+        """The run's steps (or those in ``keys``) in plan order, without their outputs."""
+        if keys is None:
+            rows = self.conn.execute(_STEPS, self._ids)
+        else:
+            rows = self.conn.execute(_SOME_STEPS, {**self._ids, "b_keys": list(keys)})
+        return [step_from_row(r) for r in rows.mappings()]
+
+    def status_counts(self) -> Counter[StepStatus]:
+        """How many of the run's steps are in each status."""
+        rows = self.conn.execute(_COUNTS, self._ids)
+        return Counter({StepStatus(status): count for status, count in rows})
+
+    def outputs(self) -> dict[str, dict[str, Any]]:
+        """Outputs of the run's succeeded steps, by key."""
+        rows = self.conn.execute(_OUTPUTS, self._ids)
+        return {r.step_key: r.outputs or {} for r in rows}
 
     def step(self, key: str) -> StepRecord:
         """One step of the run by key."""
-        row = (
-            self.conn.execute(
-                sa.select(steps).where(steps.c.instance_id == self.run.id, steps.c.step_key == key)
-            )
-            .mappings()
-            .first()
-        )
+        row = self.conn.execute(_ONE_STEP, {**self._ids, "b_key": key}).mappings().first()
         if row is None:
             raise NotFound(f"run {self.run.id} has no step {key!r}")
         return step_from_row(row)
@@ -58,11 +93,10 @@ class RunTx:
     def move_run(self, new: RunStatus, *, error: str | None = None, **payload: Any) -> None:
         """Change the run's status (checked), recording ``run.<status>``."""
         status = check_run_move(self.run.status, new)
-        values: dict[str, Any] = {"status": status.value, "updated_at": self.now}
-        values["completed_at"] = self.now if status.terminal else None
-        values["error"] = error
-        self.conn.execute(runs.update().where(runs.c.id == self.run.id).values(**values))
-        self.run = _replace_run(self.run, status, error, values["completed_at"])
+        completed = self.now if status.terminal else None
+        values = {"status": status.value, "updated_at": self.now, "completed_at": completed}
+        self.conn.execute(_UPDATE_RUN, {**self._ids, **values, "error": error})
+        self.run = replace(self.run, status=status, error=error, completed_at=completed)
         self.event(f"run.{status.value}", **({"error": error} if error else {}), **payload)
 
     def move_step(
@@ -78,15 +112,8 @@ class RunTx:
         Returns False (and changes nothing) when another writer got there first.
         """
         status = check_step_move(step.status, new)
-        result = self.conn.execute(
-            steps.update()
-            .where(
-                steps.c.id == step.id,
-                steps.c.status == step.status.value,
-                steps.c.attempts == step.attempts,
-            )
-            .values(status=status.value, **fields)
-        )
+        params = {"b_id": step.id, "b_status": step.status.value, "b_attempts": step.attempts}
+        result = self.conn.execute(_MOVE_STEP, {**params, "status": status.value, **fields})
         if result.rowcount != 1:
             return False
         payload = {"attempt": fields.get("attempts", step.attempts), **(event or {})}
@@ -95,7 +122,7 @@ class RunTx:
 
     def update_step(self, step: StepRecord, **fields: Any) -> None:
         """Change a step's fields without changing its status."""
-        self.conn.execute(steps.update().where(steps.c.id == step.id).values(**fields))
+        self.conn.execute(_UPDATE_STEP, {"b_id": step.id, **fields})
 
     def event(self, type_: str, step_key: str | None = None, **payload: Any) -> None:
         """Append an event; it is numbered and written when the transaction commits."""
@@ -116,21 +143,8 @@ class RunTx:
         base = self.run.event_seq
         for offset, row in enumerate(self._pending, start=1):
             row["seq"] = base + offset
-        self.conn.execute(events.insert(), self._pending)
-        self.conn.execute(
-            runs.update()
-            .where(runs.c.id == self.run.id)
-            .values(event_seq=base + len(self._pending), updated_at=self.now)
-        )
-        self.run = _with_seq(self.run, base + len(self._pending))
+        self.conn.execute(_INSERT_EVENTS, self._pending)
+        seq = base + len(self._pending)
+        self.conn.execute(_UPDATE_RUN, {**self._ids, "event_seq": seq, "updated_at": self.now})
+        self.run = replace(self.run, event_seq=seq)
         self._pending = []
-
-
-def _replace_run(
-    run: RunRecord, status: RunStatus, error: str | None, completed: datetime | None
-) -> RunRecord:
-    return replace(run, status=status, error=error, completed_at=completed)
-
-
-def _with_seq(run: RunRecord, seq: int) -> RunRecord:
-    return replace(run, event_seq=seq)

@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from .plan import PlanStep
+from .plan import ExecutionPlan, PlanStep
 from .records import RunRecord
 
 MASK = "***"
@@ -46,13 +46,14 @@ def base_context(
 
 def condition_context(
     run: RunRecord,
+    plan: ExecutionPlan,
     plan_step: PlanStep,
     outputs: Mapping[str, Mapping[str, Any]],
     secrets: Mapping[str, str],
     failing: str | None,
 ) -> dict[str, Any]:
     """The context of ``if``/``skip_if``, with GitHub-style status functions."""
-    context = base_context(run, plan_step, outputs, secrets, run.plan.get("env") or {})
+    context = base_context(run, plan_step, outputs, secrets, plan.env)
     context.update(
         success=lambda: failing is None,
         failure=lambda: failing is not None,

@@ -57,7 +57,7 @@ class LocalSandboxFactory:
         _refuse_unsupported(request.config)
         memory = parse_memory(request.config.memory_limit)
         root = self._workspace(request.run_id)
-        root.mkdir(parents=True, exist_ok=True)
+        (root / ".conveyor" / "outputs").mkdir(parents=True, exist_ok=True)  # the contract's
         return LocalSandbox(root.resolve(), request, memory_bytes=memory)
 
     def cleanup_run(self, run_id: str) -> None:
@@ -222,8 +222,10 @@ class _Command:
             pipe_open = True
             while pipe_open and not self._shell_exited():
                 pipe_open = self._read(selector, POLL)
+            pause = 0.0005  # EOF usually comes a moment before the exit: poll fast at first
             while not self._shell_exited():  # it closed its output but still runs
-                time.sleep(POLL)
+                time.sleep(pause)
+                pause = min(pause * 2, POLL)
             self._exited.set()  # what remains is cleanup, not the command: no timeout now
             self.signal(signal.SIGTERM)
             if pipe_open:

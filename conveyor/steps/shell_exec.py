@@ -30,7 +30,6 @@ RESERVED_OUTPUTS = frozenset({"exit_code", "stdout"})
 _OUTPUT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 _UNSAFE_FILE_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
 # Run inside the sandbox, so the file belongs to whoever runs the commands there.
-_PREPARE_OUTPUTS = 'mkdir -p "$(dirname "$CONVEYOR_OUTPUT")" && : > "$CONVEYOR_OUTPUT"'
 
 
 class ShellExecConfig(BaseModel):
@@ -101,18 +100,11 @@ class _Session:
         self.stdout: deque[str] = deque(maxlen=STDOUT_LINES)
 
     def run(self) -> dict[str, Any]:
-        """Prepare the outputs file, run the commands, read the outputs back."""
-        self._prepare_outputs()
+        """Run the commands, then read back what they wrote to ``$CONVEYOR_OUTPUT``."""
         for number, command in enumerate(self.config.commands, 1):
             self._run_command(number, command)
         outputs = parse_outputs(self._read_outputs())
         return {"exit_code": 0, "stdout": _joined_tail(self.stdout), **outputs}
-
-    def _prepare_outputs(self) -> None:
-        result = self.sandbox.exec(_PREPARE_OUTPUTS, env=self.env)
-        if result.exit_code != 0:
-            reason = "; ".join(result.tail) or f"exit code {result.exit_code}"
-            raise StepFailed(f"could not create the outputs file: {reason}")
 
     def _run_command(self, number: int, command: str) -> None:
         self._echo(command)
@@ -140,10 +132,8 @@ class _Session:
             dest = Path(tmp) / "outputs"
             try:
                 self.sandbox.copy_out(self.outputs_path, dest)
-            except SandboxError as exc:
-                # A command may have cleaned the workspace (git clean -fdx): no outputs.
-                self.ctx.log.line(f"no outputs recorded: {exc.message}", "stderr")
-                return ""
+            except SandboxError:
+                return ""  # no command wrote an output (or one cleaned the workspace)
             if not dest.is_file():
                 raise StepFailed("$CONVEYOR_OUTPUT was replaced by something other than a file")
             if dest.stat().st_size > MAX_OUTPUTS_BYTES:
