@@ -2,32 +2,32 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict
+from datetime import datetime
+from enum import Enum
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
-from rich.console import Console
+from pydantic import ValidationError
+from rich.markup import escape
 
 from conveyor import __version__
-from conveyor.orchestrator.embedded import EmbeddedEngine, make_compiler, open_store
 from conveyor.orchestrator.errors import ConveyorError, SpecError
 from conveyor.orchestrator.plugins import StepTypes
-from conveyor.orchestrator.records import RunRecord
+from conveyor.orchestrator.records import EventRecord, RunRecord, StepRecord
 from conveyor.orchestrator.settings import Settings
-from conveyor.orchestrator.store import Store
+from conveyor.orchestrator.spec import format_path
+from conveyor.orchestrator.status import RunStatus
 
-from .progress import follow
+from . import backend
+from .consoles import err, out, silence_stdout
 from .render import event_line, run_header, runs_table, steps_table
-
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _settings(ctx: click.Context) -> Settings:
@@ -45,17 +45,22 @@ def _pairs(values: Sequence[str], what: str) -> dict[str, str]:
     return result
 
 
-def _read(path: str, limit: int) -> str:
+def _read(path: str, limit: int) -> bytes:
+    """The file's bytes; the compiler decodes them and points at the line of a bad byte."""
     file = Path(path)
     try:
         size = file.stat().st_size
         if size > limit:
-            raise SpecError(f"{path} is {size / 1e6:.1f} MB; the limit is {limit / 1e6:.1f} MB")
-        return file.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise SpecError(f"{path} is not UTF-8 text") from None
+            raise SpecError(f"{path} is {_mib(size)}; the limit is {_mib(limit)}")
+        return file.read_bytes()
+    except IsADirectoryError:
+        raise ConveyorError(f"{path} is a directory, not a pipeline file") from None
     except OSError as exc:
-        raise ConveyorError(f"cannot read {path}: {exc.strerror}") from None
+        raise ConveyorError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _mib(size: int) -> str:
+    return f"{size / 1_048_576:.1f} MB"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -74,7 +79,13 @@ def cli(ctx: click.Context, data_dir: Path | None, database_url: str | None) -> 
         overrides["data_dir"] = data_dir
     if database_url:
         overrides["database_url"] = database_url
-    ctx.obj = Settings(**overrides)
+    try:
+        ctx.obj = Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"CONVEYOR_{format_path(e['loc']).upper()}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConveyorError(f"bad settings: {problems}") from None
 
 
 @cli.command()
@@ -111,7 +122,11 @@ def run(
     secret_envs: tuple[str, ...],
     pipeline: str | None,
 ) -> None:
-    """Run a pipeline here and now, showing each step as it goes."""
+    """Run a pipeline here and now, showing each step as it goes.
+
+    Exits 0 when the run succeeds, 1 when it fails or is cancelled, and 128 + the
+    signal's number when Ctrl-C (or SIGTERM) stops it; the run is cancelled then.
+    """
     settings = _settings(ctx)
     given = _pairs(secrets, "--secret")
     for name in secret_envs:
@@ -120,47 +135,21 @@ def run(
                 f"environment variable {name} is not set", param_hint="--secret-env"
             )
         given[name] = os.environ[name]
-    engine = EmbeddedEngine(settings)
-    try:
-        compiled = engine.compile(_read(file, settings.max_definition_bytes))
-        for warning in compiled.warnings:
-            err.print(f"[yellow]warning:[/] {warning}")
-        plan = compiled.select(pipeline)
-        record = engine.start(
-            plan, compiled.source, _pairs(params, "--param"), secrets=given, submitted_by=_user()
-        )
-        out.print(
-            f"run [bold]{record.id}[/] of [bold cyan]{plan.pipeline}[/]: {len(plan.steps)} steps"
-        )
-        final = _follow(engine, record.id)
-    finally:
-        engine.close()
-    _summary(engine.store, final)
-    sys.exit(0 if final.status == "succeeded" else 1)
+    run_params = _pairs(params, "--param")
+    # Compile before touching the store: a bad file leaves no trace in the database.
+    compiler = backend.compiler(settings)
+    compiled = compiler.compile(_read(file, settings.max_definition_bytes))
+    _warn(compiled.warnings)
+    plan = compiled.select(pipeline)
+    from .running import execute  # noqa: PLC0415  (loads the store: see backend.py)
+
+    engine = backend.engine(settings, compiler.step_types)
+    sys.exit(execute(engine, plan, compiled.source, run_params, given, _user()))
 
 
-def _follow(engine: EmbeddedEngine, run_id: str) -> RunRecord:
-    try:
-        return follow(engine.store, run_id, out, lambda t: engine.wait(run_id, timeout=t, poll=t))
-    except KeyboardInterrupt:
-        err.print("[yellow]interrupted: cancelling the run…[/]")
-        with contextlib.suppress(ConveyorError):  # it may have finished meanwhile
-            engine.runtime.cancel(run_id, "cancelled: interrupted")
-        engine.dispatcher.close(wait=True)
-        _summary(engine.store, engine.store.get_run(run_id))
-        sys.exit(130)
-
-
-def _summary(store: Store, run: RunRecord) -> None:
-    out.print(run_header(run))
-    if run.status == "succeeded":
-        return
-    err.print(f"[bold red]✗ {run.error or run.status}[/]")
-    for step in store.list_steps(run.id):
-        if step.status == "failed":
-            err.print(f"[bold]--- last lines of {step.key} (attempt {step.attempts}) ---[/]")
-            for line in store.tail_logs(run.id, step.key, 15):
-                err.print(line.text, markup=False, highlight=False)
+def _warn(warnings: Sequence[str]) -> None:
+    for warning in warnings:
+        err.print(f"[yellow]warning:[/] {escape(warning)}")
 
 
 def _user() -> str:
@@ -173,22 +162,26 @@ def _user() -> str:
 def validate(ctx: click.Context, file: str) -> None:
     """Check a pipeline file without running it; print every problem with its line."""
     settings = _settings(ctx)
-    compiled = make_compiler(settings).compile(_read(file, settings.max_definition_bytes))
-    for warning in compiled.warnings:
-        err.print(f"[yellow]warning:[/] {warning}")
+    compiled = backend.compiler(settings).compile(_read(file, settings.max_definition_bytes))
+    _warn(compiled.warnings)
     for name, plan in compiled.plans.items():
-        out.print(f"[green]✓[/] pipeline [bold]{name}[/]: {len(plan.steps)} steps")
+        out.print(f"[green]✓[/] pipeline [bold]{escape(name)}[/]: {len(plan.steps)} steps")
 
 
 @cli.command()
-@click.option("--limit", default=20, show_default=True)
-@click.option("--status", help="Only runs in this status.")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--status", type=click.Choice([s.value for s in RunStatus]), help="Only runs in this status."
+)
 @click.option("--pipeline", help="Only runs of this pipeline.")
 @click.pass_context
 def runs(ctx: click.Context, limit: int, status: str | None, pipeline: str | None) -> None:
     """List past runs, newest first."""
-    store = open_store(_settings(ctx))
-    out.print(runs_table(store.list_runs(limit=limit, status=status, pipeline=pipeline)))
+    store = backend.open_store(_settings(ctx))
+    try:
+        out.print(runs_table(store.list_runs(limit=limit, status=status, pipeline=pipeline)))
+    finally:
+        store.close()
 
 
 @cli.command()
@@ -197,28 +190,42 @@ def runs(ctx: click.Context, limit: int, status: str | None, pipeline: str | Non
 @click.pass_context
 def show(ctx: click.Context, run_id: str, as_json: bool) -> None:
     """Print a run: its steps with status, attempts, duration and outputs, and its event log."""
-    store = open_store(_settings(ctx))
-    run = store.find_run(run_id)
-    steps = store.list_steps(run.id)
-    events = store.list_events(run.id)
+    store = backend.open_store(_settings(ctx))
+    try:
+        run = store.find_run(run_id)
+        steps = store.list_steps(run.id)
+        events = store.list_events(run.id)
+    finally:
+        store.close()
     if as_json:
-        out.print_json(json.dumps(_run_json(run, steps, events), default=str))
+        click.echo(json.dumps(_run_json(run, steps, events), indent=2, default=_json_value))
         return
     out.print(run_header(run))
     if run.error:
-        out.print(f"[red]{run.error}[/]", markup=True)
+        out.print(run.error, style="red", markup=False)
     out.print(f"params: {json.dumps(run.params)}", markup=False)
     out.print(steps_table(steps, outputs=True))
     out.print("[bold]events[/]")
     for event in events:
-        out.print(event_line(event), soft_wrap=True)
+        out.print(event_line(event))
 
 
-def _run_json(run: Any, steps: Sequence[Any], events: Sequence[Any]) -> dict[str, Any]:
+def _run_json(
+    run: RunRecord, steps: Sequence[StepRecord], events: Sequence[EventRecord]
+) -> dict[str, Any]:
     data = asdict(run)
+    data["duration"] = run.duration
     data["steps"] = [asdict(s) | {"duration": s.duration} for s in steps]
     data["events"] = [asdict(e) for e in events]
     return data
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Enum):
+        return value.value
+    return str(value)
 
 
 @cli.command()
@@ -228,14 +235,27 @@ def _run_json(run: Any, steps: Sequence[Any], events: Sequence[Any]) -> dict[str
 @click.pass_context
 def logs(ctx: click.Context, run_id: str, step: str | None, attempt: int | None) -> None:
     """Print the log of a step (or of every step of the run)."""
-    store = open_store(_settings(ctx))
-    run = store.find_run(run_id)
-    keys = [s.key for s in store.list_steps(run.id)]
-    if step is not None and step not in keys:
-        raise ConveyorError(f"run {run.id} has no step {step!r} (steps: {', '.join(keys)})")
-    for line in store.list_logs(run.id, step, attempt=attempt):
-        prefix = "" if step else f"[{line.step_key}] "
-        click.echo(f"{prefix}{line.text}")
+    store = backend.open_store(_settings(ctx))
+    try:
+        run = store.find_run(run_id)
+        steps = {s.key: s for s in store.list_steps(run.id)}
+        if step is not None and step not in steps:
+            known = ", ".join(steps)
+            raise ConveyorError(f"run {run.id} has no step {step!r} (steps: {known})")
+        lines = store.list_logs(run.id, step, attempt=attempt)
+    finally:
+        store.close()
+    shown: str | None = None
+    for line in lines:
+        retried = steps[line.step_key].attempts > 1
+        if step is None:
+            label = f"{line.step_key} #{line.attempt}" if retried else line.step_key
+            click.echo(f"[{label}] {line.text}")
+            continue
+        if retried and attempt is None and shown != f"{line.attempt}":
+            shown = f"{line.attempt}"
+            click.echo(f"--- attempt {line.attempt} ---")
+        click.echo(line.text)
 
 
 @cli.command()
@@ -244,7 +264,7 @@ def logs(ctx: click.Context, run_id: str, step: str | None, attempt: int | None)
 def cancel(ctx: click.Context, run_id: str) -> None:
     """Cancel a run: steps not started are cancelled and running ones are stopped."""
     settings = _settings(ctx)
-    engine = EmbeddedEngine(settings)
+    engine = backend.engine(settings)
     try:
         run = engine.store.find_run(run_id)
         engine.runtime.cancel(run.id)
@@ -268,7 +288,8 @@ def step_types(name: str | None, as_json: bool) -> None:
         return
     for n in names:
         doc = (type(types[n]).__doc__ or "").strip().splitlines()
-        out.print(f"[bold cyan]{n}[/]  queue={types[n].queue}  {doc[0] if doc else ''}")
+        summary = escape(doc[0]) if doc else ""
+        out.print(f"[bold cyan]{escape(n)}[/]  queue={escape(types[n].queue)}  {summary}")
         out.print_json(json.dumps(schemas[n]))
 
 
@@ -282,15 +303,18 @@ def db() -> None:
 def upgrade(ctx: click.Context) -> None:
     """Apply database migrations up to the newest."""
     settings = _settings(ctx.find_root())
-    store = Store(settings.resolved_database_url)
-    store.upgrade()
+    store = backend.bare_store(settings)
+    try:
+        store.upgrade()
+    finally:
+        store.close()
     out.print("database schema is current")
 
 
 def main() -> None:
     """Entry point: every Conveyor error is one line and a non-zero exit, never a traceback."""
     try:
-        cli.main(standalone_mode=False)
+        cli.main(prog_name="conveyor", standalone_mode=False)
     except click.exceptions.Abort:
         err.print("aborted")
         sys.exit(130)
@@ -300,16 +324,19 @@ def main() -> None:
     except SpecError as exc:
         err.print(f"[bold red]invalid pipeline:[/] {len(exc.problems)} problem(s)")
         for problem in exc.problems:
-            err.print(f"  {problem}", markup=False, highlight=False)
+            err.print(f"  {problem}", markup=False)
         sys.exit(1)
     except ConveyorError as exc:
-        err.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+        err.print(f"[bold red]error:[/] {escape(exc.message)}")
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
+    except BrokenPipeError:  # `conveyor logs RUN | head`: the reader has all it wanted
+        silence_stdout()
+        sys.exit(128 + signal.SIGPIPE)
     except Exception as exc:
         if os.environ.get("CONVEYOR_DEBUG"):
             raise
         where = "(CONVEYOR_DEBUG=1 shows where)"
-        err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc} {where}", markup=True)
+        err.print(f"[bold red]internal error:[/] {escape(f'{type(exc).__name__}: {exc}')} {where}")
         sys.exit(1)

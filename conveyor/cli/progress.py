@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
 
 from conveyor.orchestrator.durations import format_duration
-from conveyor.orchestrator.records import LogRecord, RunRecord
-from conveyor.orchestrator.store import Store
+from conveyor.orchestrator.records import EventRecord, LogRecord, RunRecord
 
 from .render import ICON, STYLE, run_header, steps_table
 
+if TYPE_CHECKING:
+    from conveyor.orchestrator.store import Store
+
 TAIL_LINES = 3
+RETRY_ICON = "↻"
 
 
 def follow(
@@ -60,19 +64,26 @@ def _follow_lines(
         run = wait(interval)
         for event in store.list_events(run_id, after=seen):
             seen = event.seq
-            if event.step_key and event.type.startswith("step."):
-                status = event.type.split(".", 1)[1]
-                if "retry_in" in event.payload:
-                    status = f"retrying in {format_duration(event.payload['retry_in'])}"
-                offset = (event.created_at - run.created_at).total_seconds()
-                line = Text(f"{format_duration(offset):>7} ", style="dim")
-                line.append(
-                    f"{ICON.get(status, '?')} {event.step_key} {status}",
-                    style=STYLE.get(status, ""),
-                )
-                error = event.payload.get("error") or event.payload.get("reason")
-                if error:
-                    line.append(f": {error}")
+            line = progress_line(event, run)
+            if line is not None:
                 console.print(line, soft_wrap=True)
         if run.status.terminal:
             return run
+
+
+def progress_line(event: EventRecord, run: RunRecord) -> Text | None:
+    """A step event as one line of progress (None for events that are not a step's)."""
+    if not event.step_key or not event.type.startswith("step."):
+        return None
+    status = event.type.split(".", 1)[1]
+    icon, style = ICON.get(status, "?"), STYLE.get(status, "")
+    if "retry_in" in event.payload:
+        status = f"failed, retrying in {format_duration(event.payload['retry_in'])}"
+        icon, style = RETRY_ICON, "yellow"
+    offset = (event.created_at - run.created_at).total_seconds()
+    line = Text(f"{format_duration(offset):>7} ", style="dim")
+    line.append(f"{icon} {event.step_key} {status}", style=style)
+    error = event.payload.get("error") or event.payload.get("reason")
+    if error:
+        line.append(f": {error}")
+    return line

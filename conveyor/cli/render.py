@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 
 from rich.console import Group, RenderableType
 from rich.table import Table
@@ -12,7 +12,6 @@ from rich.text import Text
 
 from conveyor.orchestrator.durations import format_duration
 from conveyor.orchestrator.records import EventRecord, LogRecord, RunRecord, StepRecord
-from conveyor.orchestrator.store import utcnow
 
 STYLE = {
     "pending": "dim",
@@ -49,24 +48,29 @@ def when(moment: datetime | None) -> str:
 def step_duration(step: StepRecord) -> str:
     """How long a step ran, or has been running."""
     if step.started_at and step.status == "running":
-        return format_duration((utcnow() - step.started_at).total_seconds())
+        return format_duration((datetime.now(UTC) - step.started_at).total_seconds())
     return format_duration(step.duration)
 
 
 def run_duration(run: RunRecord) -> str:
     """How long a run took, or has taken so far."""
-    end = run.completed_at or utcnow()
+    end = run.completed_at or datetime.now(UTC)
     return format_duration((end - run.created_at).total_seconds())
 
 
 def runs_table(runs: Sequence[RunRecord]) -> Table:
     """``conveyor runs``."""
     table = Table(box=None, header_style="bold")
-    for column in ("RUN", "PIPELINE", "STATUS", "STARTED", "DURATION"):
+    table.add_column("RUN", no_wrap=True, min_width=36)  # ids are copied: never cut them
+    for column in ("PIPELINE", "STATUS", "STARTED", "DURATION"):
         table.add_column(column, no_wrap=True)
     for run in runs:
         table.add_row(
-            run.id, run.pipeline, status_text(run.status), when(run.created_at), run_duration(run)
+            run.id,
+            Text(run.pipeline),
+            status_text(run.status),
+            when(run.created_at),
+            run_duration(run),
         )
     return table
 
@@ -83,7 +87,7 @@ def steps_table(
         table.add_column(column, overflow="fold")
     for step in steps:
         table.add_row(
-            step.key,
+            Text(step.key),  # a Text, not markup: `test[python=3.12]` is a step's key
             status_text(step.status),
             str(step.attempts) if step.attempts else "-",
             step_duration(step),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from .contracts import Sandbox, SandboxConfig, SandboxRequest
@@ -40,7 +40,8 @@ class StoreLogger:
 
     def line(self, text: str, stream: str = "stdout") -> None:
         """Record one line (masked, cut at MAX_LINE characters)."""
-        text = self.mask(text.rstrip("\r\n"))
+        # NUL cannot be stored in Postgres text; a binary blurt shows as U+FFFD instead.
+        text = self.mask(text.rstrip("\r\n").replace("\x00", "\ufffd"))
         if len(text) > MAX_LINE:
             text = text[:MAX_LINE] + " …[line cut]"
         with self._lock:
@@ -51,6 +52,12 @@ class StoreLogger:
             # A store away for a moment must not fail the step: the monitor retries.
             with contextlib.suppress(ConveyorError):
                 self.flush()
+
+    def take(self) -> list[tuple[str, str]]:
+        """Hand over what is buffered, to be written with the step's result."""
+        with self._flushing, self._lock:
+            batch, self._buffer = self._buffer, []
+        return batch
 
     def flush(self) -> None:
         """Write what is buffered, in the order it was logged."""
@@ -65,6 +72,30 @@ class StoreLogger:
                 with self._lock:  # keep the lines for the next flush rather than lose them
                     self._buffer[:0] = batch
                 raise
+
+
+class LazyOutputs(Mapping[str, Mapping[str, Any]]):
+    """Earlier steps' outputs, read from the store the first time a step looks."""
+
+    def __init__(self, load: Callable[[], dict[str, dict[str, Any]]]) -> None:
+        self._load = load
+        self._data: dict[str, dict[str, Any]] | None = None
+
+    @property
+    def data(self) -> dict[str, dict[str, Any]]:
+        """The outputs, loaded once."""
+        if self._data is None:
+            self._data = self._load()
+        return self._data
+
+    def __getitem__(self, key: str) -> Mapping[str, Any]:
+        return self.data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.data)
+
+    def __len__(self) -> int:
+        return len(self.data)
 
 
 class Context:

@@ -11,7 +11,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from .errors import SchemaOutdated, StoreUnavailable
+from .errors import ConveyorError, SchemaOutdated, StoreUnavailable
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -33,7 +33,10 @@ def create_engines(url: str) -> tuple[sa.Engine, sa.Engine]:
     """
     url = normalise_url(url)
     if not url.startswith("sqlite"):
-        engine = sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        try:
+            engine = sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        except sa.exc.ArgumentError as exc:  # unknown dialect or a malformed URL
+            raise ConveyorError(f"the database URL is not usable: {exc}") from None
         return engine, engine
     _make_parent(url)
     return _sqlite_engine(url, immediate=True), _sqlite_engine(url, immediate=False)

@@ -90,6 +90,14 @@ class EmbeddedEngine:
     def wait(self, run_id: str, timeout: float | None = None, poll: float = 0.25) -> RunRecord:
         """Block until the run is over (or ``timeout`` passes) and return it."""
         event = self._finished.setdefault(run_id, threading.Event())
+        try:
+            return self._wait(run_id, event, timeout, poll)
+        finally:
+            self._finished.pop(run_id, None)
+
+    def _wait(
+        self, run_id: str, event: threading.Event, timeout: float | None, poll: float
+    ) -> RunRecord:
         waited = 0.0
         while True:
             run = self.store.get_run(run_id)
@@ -115,5 +123,7 @@ class EmbeddedEngine:
         self.store.close()
 
     def _on_finished(self, run: RunRecord) -> None:
-        self.sandboxes.cleanup_run(run.id)
-        self._finished.setdefault(run.id, threading.Event()).set()
+        # The executor removes the run's workspace (once no step of it runs here).
+        event = self._finished.get(run.id)
+        if event is not None:
+            event.set()

@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .context import Context, StoreLogger
+from .context import Context, LazyOutputs, StoreLogger
 from .contracts import StepRef, StepType
 from .durations import format_duration
 from .errors import ConveyorError, StepCancelled, StepFailed, StepTimeout, TemplateError
@@ -29,10 +29,12 @@ from .records import RunRecord
 from .runtime import Outcome, Runtime
 from .settings import Settings
 from .spec import format_path
-from .status import StepStatus
 from .store import utcnow
 from .templates import has_template
 from .variables import Masker, base_context
+
+#: Errors longer than this are cut; a traceback goes to the step log in full.
+MAX_ERROR = 4000
 
 
 class Executor:
@@ -53,7 +55,11 @@ class Executor:
         self._lock = threading.Lock()
         self._monitor: threading.Thread | None = None
         self._stopping = threading.Event()
+        # Runs that ended while some of their steps still ran here: their workspaces go
+        # once the last of those steps is done.
+        self._over: set[str] = set()
         runtime.on_cancel.append(self.signal_cancel)
+        runtime.on_finished.append(lambda run: self.run_over(run.id))
 
     def execute(self, ref: StepRef) -> None:
         """Claim ``ref`` and run it; a duplicate or stale delivery does nothing."""
@@ -69,11 +75,15 @@ class Executor:
         self._track(step.id, ref, ctx)
         try:
             outputs = self._run(run, plan_step, ctx)
+            if ctx.cancelled:  # it returned after it was told to stop: that result is void
+                raise StepCancelled("the step returned after it was cancelled")
             self._finish(ref, ctx, masker, outputs=outputs)
         except BaseException as exc:  # the worker's top: every failure becomes the step's
             self._finish(ref, ctx, masker, error=exc)
             if not isinstance(exc, Exception):
                 raise
+        finally:
+            self._release(ref.run_id)
 
     def _context(
         self,
@@ -83,6 +93,7 @@ class Executor:
         logger: StoreLogger,
         secrets: Mapping[str, str],
     ) -> Context:
+        deadline, timeout_message = self._deadline(run, plan_step)
         return Context(
             run_id=run.id,
             step_key=ref.step_key,
@@ -95,24 +106,36 @@ class Executor:
             matrix=plan_step.matrix,
             log=logger,
             sandboxes=self.sandboxes,
-            deadline=self._deadline(run, plan_step),
+            deadline=deadline,
+            timeout_message=timeout_message,
         )
 
-    def _deadline(self, run: RunRecord, plan_step: PlanStep) -> float | None:
-        limits = []
+    def _deadline(self, run: RunRecord, plan_step: PlanStep) -> tuple[float | None, str]:
+        """The step's deadline (its own timeout or the run's, the sooner) and its reason."""
+        limits: list[tuple[float, str]] = []
         if plan_step.timeout:
-            limits.append(plan_step.timeout)
+            limits.append(
+                (plan_step.timeout, f"timed out after {format_duration(plan_step.timeout)}")
+            )
         if run.deadline:
-            limits.append((run.deadline - utcnow()).total_seconds())
-        return time.monotonic() + max(0.0, min(limits)) if limits else None
+            total = self.runtime.plan(run).timeout
+            left = (run.deadline - utcnow()).total_seconds()
+            limits.append((left, f"run timed out after {format_duration(total)}"))
+        if not limits:
+            return None, "timed out"
+        seconds, message = min(limits, key=lambda limit: limit[0])
+        return time.monotonic() + max(0.0, seconds), message
 
     def _run(self, run: RunRecord, plan_step: PlanStep, ctx: Context) -> Mapping[str, Any]:
-        step_type = self.step_types[plan_step.type]
+        step_type = self.step_types.get(plan_step.type)
+        if step_type is None:  # the run was planned where a plugin is that is missing here
+            raise StepFailed(f"step type {plan_step.type!r} is not installed here")
         plan = self.runtime.plan(run)
         templated = _any_template(plan_step.config) or _any_template(plan.env)
         context: dict[str, Any] = {}
+        # The contract: every step sees earlier outputs; read only when something looks.
+        ctx.steps = LazyOutputs(lambda: self.runtime.store.step_outputs(run.id))
         if templated:
-            ctx.steps = self._outputs(run.id)
             context = base_context(run, plan_step, ctx.steps, ctx.secrets)
             env = self._render(plan.env, context, "env")
             context.update(env=env, Env=env)
@@ -147,10 +170,6 @@ class Executor:
         except TemplateError as exc:
             raise StepFailed(f"{where}: {exc.message}") from None
 
-    def _outputs(self, run_id: str) -> dict[str, dict[str, Any]]:
-        steps = self.runtime.store.list_steps(run_id)
-        return {s.key: s.outputs or {} for s in steps if s.status == StepStatus.SUCCEEDED}
-
     def _finish(
         self,
         ref: StepRef,
@@ -171,39 +190,41 @@ class Executor:
                 error = exc
         if error is not None:
             outcome = self._outcome(ctx, error, masker)
-            ctx.log.line(f"step failed: {outcome.error}", "system")
+            ctx.log.line(_ending(outcome), "system")
         self._untrack(ref)
-        ctx.log.flush()
+        logs = ctx.log.take()  # written in the same transaction as the result
         if error is None:
-            self.runtime.succeed(ref, clean)
-        else:
-            self.runtime.fail(ref, outcome)
+            self.runtime.succeed(ref, clean, logs)
+            return
+        if outcome.kind == "timeout":
+            # When it was the run's deadline, the run fails for that (and its other
+            # steps stop) rather than for this step; otherwise this does nothing.
+            self.runtime.expire(ref.run_id)
+        self.runtime.fail(ref, outcome, logs)
 
     def _outcome(self, ctx: Context, error: BaseException, masker: Masker) -> Outcome:
         if ctx.timed_out or isinstance(error, StepTimeout):
-            message = (
-                error.message if isinstance(error, StepTimeout) else self._timeout_message(ctx)
-            )
-            return Outcome(masker(message), None, "timeout")
+            return Outcome(_cut(masker(_timeout_reason(ctx, error))), None, "timeout")
         if isinstance(error, StepCancelled) or (
             ctx.cancelled and not isinstance(error, StepFailed)
         ):
-            return Outcome("cancelled", None, "cancelled")
+            return Outcome(self._cancel_reason(ctx.run_id), None, "cancelled")
         if isinstance(error, StepFailed):
-            return Outcome(masker(error.message), error.exit_code)
+            return Outcome(_cut(masker(error.message)), error.exit_code)
         if isinstance(error, ConveyorError):
-            return Outcome(masker(error.message))
+            return Outcome(_cut(masker(error.message)))
         for line in traceback.format_exception(error):
             for part in line.rstrip().splitlines():
                 ctx.log.line(part, "system")
-        return Outcome(masker(f"{type(error).__name__}: {error}"))
+        return Outcome(_cut(masker(f"{type(error).__name__}: {error}")))
 
-    def _timeout_message(self, ctx: Context) -> str:
-        run = self.runtime.store.get_run(ctx.run_id)
-        step = self.runtime.plan(run).step(ctx.step_key)
-        return (
-            f"timed out after {format_duration(step.timeout)}" if step.timeout else "run timed out"
-        )
+    def _cancel_reason(self, run_id: str) -> str:
+        """Why the run stopped (``cancelled by user``, ``run timed out after 1h``)."""
+        with contextlib.suppress(ConveyorError):
+            run = self.runtime.store.get_run(run_id)
+            if run.status.terminal and run.error:
+                return run.error
+        return "cancelled"
 
     # -- the monitor: log flushes, deadlines, leases, cancellation ---------------------
 
@@ -219,6 +240,25 @@ class Executor:
     def _untrack(self, ref: StepRef) -> None:
         with self._lock:
             self._active.pop(ref.run_id + "\0" + ref.step_key, None)
+
+    def run_over(self, run_id: str) -> None:
+        """Remove the run's workspaces, now or once its last step running here is done."""
+        with self._lock:
+            if self._busy(run_id):
+                self._over.add(run_id)
+                return
+        self.sandboxes.cleanup_run(run_id)
+
+    def _release(self, run_id: str) -> None:
+        """After a step: clean up if its run ended while it (the last one here) ran."""
+        with self._lock:
+            if self._busy(run_id) or run_id not in self._over:
+                return
+            self._over.discard(run_id)
+        self.sandboxes.cleanup_run(run_id)
+
+    def _busy(self, run_id: str) -> bool:
+        return any(ref.run_id == run_id for ref, _, _ in self._active.values())
 
     def signal_cancel(self, run_id: str) -> None:
         """Tell every step of ``run_id`` running here to stop."""
@@ -241,14 +281,16 @@ class Executor:
                 self._tick(ctx, now)
             if now - last_beat >= self.settings.heartbeat_seconds:
                 last_beat = now
-                self._heartbeat(active)
+                # This thread keeps every step's deadline: one bad beat must not end it.
+                with contextlib.suppress(Exception):
+                    self._heartbeat(active)
 
     def _tick(self, ctx: Context, now: float) -> None:
         if ctx.deadline is not None and now >= ctx.deadline and not ctx.cancel.is_set():
             ctx.timed_out = True
             ctx.cancel.set()
         # The store may be away for a moment: the lines stay buffered for the next tick.
-        with contextlib.suppress(ConveyorError):
+        with contextlib.suppress(Exception):
             ctx.log.flush()
 
     def _heartbeat(self, active: list[tuple[StepRef, Context, str]]) -> None:
@@ -257,8 +299,10 @@ class Executor:
             states = self.runtime.store.renew_leases([sid for *_, sid in active], self.owner, until)
         except ConveyorError:
             return
-        for _, ctx, step_id in active:
-            if states.get(step_id) == "cancelled":
+        for ref, ctx, step_id in active:
+            if states.get(step_id) == "cancelled":  # cancelled elsewhere, another process
+                with self._lock:
+                    self._over.add(ref.run_id)
                 ctx.cancel.set()
 
 
@@ -285,11 +329,43 @@ def _checked_outputs(outputs: Mapping[str, Any] | None, limit: int) -> dict[str,
         return {}
     if not isinstance(outputs, Mapping):
         raise StepFailed(f"the step returned {type(outputs).__name__}, not a mapping of outputs")
+    # Strict JSON: a value that is not (a set, an object, NaN) is the step type's bug,
+    # reported as such rather than stored as its repr.
     try:
-        text = json.dumps(dict(outputs), default=str)
+        text = json.dumps(dict(outputs), allow_nan=False)
     except (TypeError, ValueError) as exc:
-        raise StepFailed(f"outputs are not JSON: {exc}") from None
-    if len(text) > limit:
-        raise StepFailed(f"outputs are {len(text)} bytes; the limit is {limit}")
+        raise StepFailed(f"outputs are not JSON: {_culprit(outputs)}{exc}") from None
+    size = len(text.encode())
+    if size > limit:
+        raise StepFailed(f"outputs are {size} bytes of JSON; the limit is {limit} bytes")
     result: dict[str, Any] = json.loads(text)
     return result
+
+
+def _culprit(outputs: Mapping[str, Any]) -> str:
+    """``output 'name': `` for the first output that is not JSON, or nothing."""
+    for key, value in outputs.items():
+        try:
+            json.dumps({key: value}, allow_nan=False)
+        except (TypeError, ValueError):
+            return f"output {key!r}: "
+    return ""
+
+
+def _ending(outcome: Outcome) -> str:
+    """The step log's last line for an attempt that did not succeed."""
+    if outcome.kind != "cancelled":
+        return f"step failed: {outcome.error}"
+    return "step cancelled" if outcome.error == "cancelled" else f"step cancelled: {outcome.error}"
+
+
+def _timeout_reason(ctx: Context, error: BaseException) -> str:
+    """The step's own limit when it was reached; else what the sandbox said (its timeout)."""
+    if ctx.timed_out or ctx.past_deadline() or not isinstance(error, StepTimeout):
+        return ctx.timeout_message
+    return error.message
+
+
+def _cut(text: str, limit: int = MAX_ERROR) -> str:
+    """An error short enough for a status line; the log has the rest."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"

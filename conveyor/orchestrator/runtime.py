@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import threading
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -26,7 +26,7 @@ from .status import RunStatus, StepStatus
 from .store import NewRun, StepSeed, Store, utcnow
 from .templates import TemplateEngine
 from .transaction import RunTx
-from .variables import condition_context
+from .variables import Masker, condition_context
 
 S = StepStatus
 Dispatch = tuple[StepRef, datetime | None]
@@ -136,10 +136,13 @@ class Runtime:
         self._write(ref.run_id, work)
         return claimed[0] if claimed else None
 
-    def succeed(self, ref: StepRef, outputs: Mapping[str, Any]) -> None:
-        """Record a successful attempt and move the run on."""
+    def succeed(
+        self, ref: StepRef, outputs: Mapping[str, Any], logs: Sequence[tuple[str, str]] = ()
+    ) -> None:
+        """Record a successful attempt (and its last log lines) and move the run on."""
 
         def work(tx: RunTx) -> list[Dispatch]:
+            tx.append_logs(ref.step_key, ref.attempt, logs)
             step = self._running(tx, ref)
             if step is None:
                 return []
@@ -157,10 +160,11 @@ class Runtime:
 
         self._write(ref.run_id, work)
 
-    def fail(self, ref: StepRef, outcome: Outcome) -> None:
+    def fail(self, ref: StepRef, outcome: Outcome, logs: Sequence[tuple[str, str]] = ()) -> None:
         """Record a failed attempt: retry it, fail it, or mark it cancelled."""
 
         def work(tx: RunTx) -> list[Dispatch]:
+            tx.append_logs(ref.step_key, ref.attempt, logs)
             step = self._running(tx, ref)
             if step is None:
                 return []
@@ -282,12 +286,14 @@ class Runtime:
     ) -> StepRef | None:
         broken = state.broken_need(plan_step)
         if (state.failing or broken) and not plan_step.runs_on_failure:
-            reason = f"not run: step {broken or state.failing!r} failed"
+            # Name the step that failed, not a need that was only cancelled because of it.
+            reason = f"not run: step {state.failing or broken!r} failed"
             return state.move(tx, step, S.CANCELLED, reason)
         try:
             skip_reason = self._skip_reason(tx, state, plan_step)
-        except TemplateError as exc:
-            return state.move(tx, step, S.FAILED, exc.message)
+        except TemplateError as exc:  # the message may quote a secret's value
+            masked = Masker(self.secrets.get(tx.run.id, {}))(exc.message)
+            return state.move(tx, step, S.FAILED, masked)
         if skip_reason:
             return state.move(tx, step, S.SKIPPED, skip_reason)
         return state.move(tx, step, S.QUEUED, None)

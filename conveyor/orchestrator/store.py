@@ -23,7 +23,7 @@ from .errors import Conflict, NotFound, StoreUnavailable
 from .records import EventRecord, LogRecord, RunRecord, StepRecord, run_from_row, step_from_row
 from .schema import RUN_COLUMNS, definitions, events, runs, step_logs, steps
 from .status import RunStatus, StepStatus
-from .transaction import RunTx
+from .transaction import RunTx, log_rows
 
 
 def utcnow() -> datetime:
@@ -202,6 +202,13 @@ class Store:
         plan: dict[str, Any] = rows[0]["plan"]
         return plan
 
+    def step_outputs(self, run_id: str) -> dict[str, dict[str, Any]]:
+        """Outputs of the run's succeeded steps, by key."""
+        query = sa.select(steps.c.step_key, steps.c.outputs).where(
+            steps.c.instance_id == run_id, steps.c.status == StepStatus.SUCCEEDED.value
+        )
+        return {r["step_key"]: r["outputs"] or {} for r in self._rows(query)}
+
     def list_steps(self, run_id: str) -> list[StepRecord]:
         """The steps of a run in plan order."""
         query = sa.select(steps).where(steps.c.instance_id == run_id).order_by(steps.c.position)
@@ -266,18 +273,7 @@ class Store:
         """Append (stream, text) lines to a step's log."""
         if not lines:
             return
-        now = utcnow()
-        rows = [
-            {
-                "instance_id": run_id,
-                "step_key": step_key,
-                "attempt": attempt,
-                "stream": stream,
-                "text": text,
-                "created_at": now,
-            }
-            for stream, text in lines
-        ]
+        rows = log_rows(run_id, step_key, attempt, lines, utcnow())
         with translate_errors(), self.engine.begin() as conn:
             conn.execute(step_logs.insert(), rows)
 

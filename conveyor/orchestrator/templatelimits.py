@@ -10,13 +10,50 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from typing import Any
+
+from jinja2 import nodes
+from jinja2.exceptions import SecurityError
 
 #: Operators the sandbox must hand to :func:`check_binop`.
 INTERCEPTED_BINOPS = frozenset({"**", "*", "+", "%"})
 MAX_INT_BITS = 16_384  # about 4,900 digits; Python will not print more than 4,300 anyway
 _FORMAT_FIELD = re.compile(r"%[-#0 +]*(?:\*|\d+)?(?:\.(?:\*|\d+))?[a-zA-Z]|\{[^{}]*\}")
+
+
+def refuse_internals(tree: nodes.Node) -> None:
+    """Refuse ``x.__class__``, ``x['__globals__']`` and ``x|attr('__init__')`` on sight.
+
+    The sandbox blocks them when a template renders too; finding them in the syntax tree
+    lets ``conveyor validate`` report them before anything runs. No pipeline value or
+    output is named like a Python internal, so nothing legitimate is refused.
+    """
+    for node in _innermost_first(tree):
+        name = _accessed_name(node)
+        if name is not None and name.startswith("__"):
+            raise SecurityError(f"{name!r} is a Python internal; templates cannot reach it")
+
+
+def _innermost_first(node: nodes.Node) -> Iterator[nodes.Node]:
+    """Nodes in the order they are written: ``a.__class__`` before ``a.__class__.__mro__``."""
+    for child in node.iter_child_nodes():
+        yield from _innermost_first(child)
+    yield node
+
+
+def _accessed_name(node: nodes.Node) -> str | None:
+    if isinstance(node, nodes.Getattr):
+        return str(node.attr)
+    if isinstance(node, nodes.Getitem):
+        argument = node.arg
+    elif isinstance(node, nodes.Filter) and node.name == "attr" and node.args:
+        argument = node.args[0]
+    else:
+        return None
+    if isinstance(argument, nodes.Const) and isinstance(argument.value, str):
+        return argument.value
+    return None
 
 
 def size(value: Any) -> int:

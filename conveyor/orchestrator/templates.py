@@ -25,6 +25,7 @@ import jinja2
 from jinja2 import nodes
 from jinja2.compiler import CodeGenerator, Frame
 from jinja2.exceptions import SecurityError
+from jinja2.parser import Parser
 from jinja2.runtime import ChainableUndefined, Context, StrictUndefined, Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -37,6 +38,7 @@ from .templatelimits import (
     check_size,
     check_str_call,
     guard_filters,
+    refuse_internals,
 )
 
 __all__ = ["TemplateEngine", "has_template", "translate"]
@@ -346,13 +348,18 @@ class TemplateEngine:
         return value
 
     def _compile(self, shell: bool, text: str) -> jinja2.Template:
+        env = self._shell_env if shell else self._env
         with _errors(text):
-            return (self._shell_env if shell else self._env).from_string(translate(text))
+            tree = env.parse(translate(text))
+            refuse_internals(tree)
+            return env.from_string(tree)
 
     def _compile_expression(self, condition: str) -> Callable[..., Any]:
         with _errors(condition):
             source = translate_expression(condition)
-            return self._env.compile_expression(source, undefined_to_none=False)
+            expression = self._env.compile_expression(source, undefined_to_none=False)
+            refuse_internals(Parser(self._env, source, state="variable").parse_expression())
+            return expression
 
     def _render(self, shell: bool, text: str, context: Mapping[str, Any]) -> str:
         template = self._template(shell, text)

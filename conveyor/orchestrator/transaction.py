@@ -7,7 +7,7 @@ statement costs more than running it on SQLite, and these run several times per 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -16,10 +16,10 @@ import sqlalchemy as sa
 
 from .errors import NotFound
 from .records import RunRecord, StepRecord, run_from_row, step_from_row
-from .schema import RUN_COLUMNS, STEP_STATE_COLUMNS, events, runs, steps
+from .schema import RUN_COLUMNS, STEP_STATE_COLUMNS, events, runs, step_logs, steps
 from .status import RunStatus, StepStatus, check_run_move, check_step_move
 
-_RUN = sa.bindparam("b_run")
+_RUN: sa.BindParameter[str] = sa.bindparam("b_run")
 _LOCK_RUN = sa.select(*RUN_COLUMNS).where(runs.c.id == _RUN).with_for_update()
 _STEPS = (
     sa.select(*STEP_STATE_COLUMNS).where(steps.c.instance_id == _RUN).order_by(steps.c.position)
@@ -44,6 +44,24 @@ _MOVE_STEP = steps.update().where(
 )
 _UPDATE_STEP = steps.update().where(steps.c.id == sa.bindparam("b_id"))
 _INSERT_EVENTS = events.insert()
+_INSERT_LOGS = step_logs.insert()
+
+
+def log_rows(
+    run_id: str, step_key: str, attempt: int, lines: Sequence[tuple[str, str]], now: datetime
+) -> list[dict[str, Any]]:
+    """Rows of step_logs for (stream, text) lines."""
+    return [
+        {
+            "instance_id": run_id,
+            "step_key": step_key,
+            "attempt": attempt,
+            "stream": stream,
+            "text": text,
+            "created_at": now,
+        }
+        for stream, text in lines
+    ]
 
 
 class RunTx:
@@ -123,6 +141,12 @@ class RunTx:
     def update_step(self, step: StepRecord, **fields: Any) -> None:
         """Change a step's fields without changing its status."""
         self.conn.execute(_UPDATE_STEP, {"b_id": step.id, **fields})
+
+    def append_logs(self, step_key: str, attempt: int, lines: Sequence[tuple[str, str]]) -> None:
+        """Write a step's last log lines in the same transaction as its result."""
+        if lines:
+            rows = log_rows(self.run.id, step_key, attempt, lines, self.now)
+            self.conn.execute(_INSERT_LOGS, rows)
 
     def event(self, type_: str, step_key: str | None = None, **payload: Any) -> None:
         """Append an event; it is numbered and written when the transaction commits."""

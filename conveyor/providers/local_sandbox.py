@@ -195,7 +195,12 @@ class LocalSandbox:
 
 
 class _Command:
-    """One script running in its own process group: output pump, watcher and kill."""
+    """One script running in its own process group: output pump, limits and kill.
+
+    One thread does it all: a selector waits on the output pipe and on a pidfd of the
+    shell (readable once it exits, without reaping it), and wakes at least every POLL
+    seconds to check the deadline and the cancel flag.
+    """
 
     def __init__(
         self,
@@ -206,41 +211,44 @@ class _Command:
     ) -> None:
         self.proc = proc
         self.lines = _LineSplitter(sink)
-        self.reason: str | None = None  # "timeout" or "cancel" once the watcher fired
+        self.reason: str | None = None  # "timeout" or "cancel" once a limit fired
         self._cancel = cancel
         self._deadline = deadline
-        self._done = threading.Event()
-        self._exited = threading.Event()
-        self._watcher = threading.Thread(target=self._watch, name="conveyor-watch", daemon=True)
-        self._watcher.start()
+        self._pidfd = os.pidfd_open(proc.pid)
+        self._term_sent: float | None = None
+        self._exited = False
 
     def pump(self) -> None:
         """Read output until the shell exits, then stop whatever it left running."""
         assert self.proc.stdout is not None
+        out = self.proc.stdout.fileno()
         with selectors.DefaultSelector() as selector:
-            selector.register(self.proc.stdout.fileno(), selectors.EVENT_READ)
+            selector.register(out, selectors.EVENT_READ)
+            selector.register(self._pidfd, selectors.EVENT_READ)
             pipe_open = True
-            while pipe_open and not self._shell_exited():
-                pipe_open = self._read(selector, POLL)
-            pause = 0.0005  # EOF usually comes a moment before the exit: poll fast at first
-            while not self._shell_exited():  # it closed its output but still runs
-                time.sleep(pause)
-                pause = min(pause * 2, POLL)
-            self._exited.set()  # what remains is cleanup, not the command: no timeout now
-            self.signal(signal.SIGTERM)
-            if pipe_open:
-                self._drain_leftovers(selector)
+            while pipe_open or not self._exited:
+                for key, _ in selector.select(POLL):
+                    if key.fd == self._pidfd:
+                        self._exited = True  # what remains is cleanup: no limit applies now
+                        selector.unregister(self._pidfd)
+                    elif not self._read_chunk(out):
+                        pipe_open = False
+                        selector.unregister(out)
+                if self._exited and pipe_open:  # children (`sleep 100 &`) hold the pipe
+                    self.signal(signal.SIGTERM)
+                    self._drain_leftovers(selector)
+                    pipe_open = False
+                self._check_limits()
         self.lines.flush()
 
     def finish(self) -> int:
-        """Stop the watcher, kill what is left, reap the shell; return its exit code."""
-        self._done.set()
-        self._watcher.join()
+        """Kill what is left, reap the shell; return its exit code."""
         # The shell is not reaped yet, so its pid cannot name another process group.
         self.signal(signal.SIGKILL)
         assert self.proc.stdout is not None
         self.proc.stdout.close()
         code = self.proc.wait()
+        os.close(self._pidfd)
         return 128 - code if code < 0 else code  # killed by a signal: the shell's way
 
     def signal(self, signum: int) -> None:
@@ -248,27 +256,36 @@ class _Command:
         with contextlib.suppress(ProcessLookupError, PermissionError):  # group gone already
             os.killpg(self.proc.pid, signum)
 
-    def _read(self, selector: selectors.BaseSelector, timeout: float) -> bool:
-        """Read what is available within ``timeout``; False at EOF."""
-        if not selector.select(timeout):
-            return True
-        assert self.proc.stdout is not None
-        chunk = os.read(self.proc.stdout.fileno(), 65536)
+    def _check_limits(self) -> None:
+        """SIGTERM the group when a limit is reached, SIGKILL it TERM_GRACE later."""
+        if self._exited:
+            return
+        if self.reason is None:
+            self.reason = _limit_reached(self._cancel, self._deadline)
+            if self.reason is not None:
+                self.signal(signal.SIGTERM)
+                self._term_sent = time.monotonic()
+        elif self._term_sent is not None and time.monotonic() - self._term_sent >= TERM_GRACE:
+            self.signal(signal.SIGKILL)
+            self._term_sent = None
+
+    def _read_chunk(self, fd: int) -> bool:
+        """Read what the pipe has; False at EOF."""
+        chunk = os.read(fd, 65536)
         if not chunk:
             return False
         self.lines.feed(chunk)
         return True
 
-    def _shell_exited(self) -> bool:
-        # WNOWAIT leaves the shell a zombie, keeping its pid (the group id) reserved.
-        flags = os.WEXITED | os.WNOHANG | os.WNOWAIT
-        try:
-            return os.waitid(os.P_PID, self.proc.pid, flags) is not None
-        except ChildProcessError:
+    def _read(self, selector: selectors.BaseSelector, timeout: float) -> bool:
+        """Read what is available within ``timeout``; False at EOF."""
+        if not selector.select(timeout):
             return True
+        assert self.proc.stdout is not None
+        return self._read_chunk(self.proc.stdout.fileno())
 
     def _drain_leftovers(self, selector: selectors.BaseSelector) -> None:
-        """Background children (``sleep 100 &``) would otherwise hold the pipe forever."""
+        """Background children would otherwise hold the pipe forever."""
         if not self._drain(selector, TERM_GRACE):
             self.signal(signal.SIGKILL)
             self._drain(selector, DRAIN_AFTER_KILL)
@@ -280,17 +297,6 @@ class _Command:
             if not self._read(selector, min(POLL, left)):
                 return True
         return False
-
-    def _watch(self) -> None:
-        """Kill the group once the deadline passes or cancel is set."""
-        while not self._done.wait(POLL) and not self._exited.is_set():
-            reason = _limit_reached(self._cancel, self._deadline)
-            if reason is not None:
-                self.reason = reason
-                self.signal(signal.SIGTERM)
-                if not self._done.wait(TERM_GRACE):
-                    self.signal(signal.SIGKILL)
-                return
 
 
 class _LineSplitter:

@@ -8,7 +8,9 @@ by ``$CONVEYOR_OUTPUT``.
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import tempfile
 from collections import deque
 from collections.abc import Iterator
@@ -128,8 +130,10 @@ class _Session:
         self.ctx.log.line(text)
 
     def _read_outputs(self) -> str:
-        with tempfile.TemporaryDirectory(prefix="conveyor-outputs-") as tmp:
-            dest = Path(tmp) / "outputs"
+        handle, name = tempfile.mkstemp(prefix="conveyor-outputs-")
+        os.close(handle)
+        dest = Path(name)
+        try:
             try:
                 self.sandbox.copy_out(self.outputs_path, dest)
             except SandboxError:
@@ -139,6 +143,16 @@ class _Session:
             if dest.stat().st_size > MAX_OUTPUTS_BYTES:
                 raise StepFailed("the outputs in $CONVEYOR_OUTPUT are larger than 1 MiB")
             return dest.read_text("utf-8", errors="replace")
+        finally:
+            _remove(dest)
+
+
+def _remove(path: Path) -> None:
+    """Remove a file or a directory tree (copy_out of a directory makes a tree)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def parse_outputs(text: str) -> dict[str, str]:

@@ -12,7 +12,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from conveyor.orchestrator.contracts import StepContext, StepType
+from conveyor.orchestrator.contracts import SandboxConfig, StepContext, StepType
 from conveyor.orchestrator.embedded import EmbeddedEngine
 from conveyor.orchestrator.plugins import StepTypes
 from conveyor.orchestrator.records import EventRecord, RunRecord
@@ -20,7 +20,17 @@ from conveyor.orchestrator.settings import Settings
 
 T = TypeVar("T")
 
-Action = Literal["raise", "non_json", "huge", "ignore_cancel", "cooperative", "leak_secret"]
+Action = Literal[
+    "raise",
+    "non_json",
+    "not_mapping",
+    "huge",
+    "ignore_cancel",
+    "cooperative",
+    "leak_secret",
+    "read_steps",
+    "chatty",
+]
 
 
 class ProbeConfig(BaseModel):
@@ -30,7 +40,7 @@ class ProbeConfig(BaseModel):
 
     action: Action = Field(description="What to do.")
     seconds: float = Field(default=0.0, description="How long to work.")
-    size: int = Field(default=0, description="Size of the huge output.")
+    size: int = Field(default=0, description="Size of the huge output, or lines to log.")
 
 
 class Probe:
@@ -46,6 +56,12 @@ class Probe:
             raise ValueError("the probe broke on purpose")
         if config.action == "non_json":
             return {"ok": "yes", "when": {1, 2, 3}}
+        if config.action == "not_mapping":
+            return ["a", "list"]  # type: ignore[return-value]
+        if config.action == "read_steps":
+            return {"seen": {key: dict(outputs) for key, outputs in ctx.steps.items()}}
+        if config.action == "chatty":
+            return _chatter(ctx, config.size)
         if config.action == "huge":
             return {"blob": "x" * config.size}
         if config.action == "leak_secret":
@@ -55,8 +71,21 @@ class Probe:
         if config.action == "ignore_cancel":
             ctx.log.line("working, deaf to cancellation")
             time.sleep(config.seconds)
+            box = ctx.sandbox(SandboxConfig())  # and then it touches the workspace
+            try:
+                box.exec("touch deaf-was-here")
+            finally:
+                box.close()
             return {"finished": "yes"}
         return _cooperate(ctx, config.seconds)
+
+
+def _chatter(ctx: StepContext, lines: int) -> Mapping[str, Any]:
+    for number in range(lines):
+        ctx.log.line(f"line {number}")
+        if number % 50 == 0:
+            time.sleep(0.002)  # let the monitor flush in between
+    return {"lines": lines}
 
 
 def _cooperate(ctx: StepContext, seconds: float) -> Mapping[str, Any]:

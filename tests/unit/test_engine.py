@@ -150,6 +150,7 @@ def test_template_values_reach_the_shell_as_data_not_code(
     # Then the value was printed, never executed: no file was created anywhere
     assert result.status == "succeeded", result.error
     logs = log_text(engine, result.id, "a")
+    assert '$ echo "$CONVEYOR_VALUE_1"' in logs  # the command text holds a reference only
     assert logs.count("$(touch pwned)`touch pwned2`") == 1
     assert "$(touch pwned)`touch pwned2` $(touch pwned)`touch pwned2`" in logs
     assert "pwned" not in step(engine, result.id, "a").outputs["seen"]
@@ -256,6 +257,8 @@ def test_a_secret_works_in_commands_and_is_masked_everywhere(
     leak = step(engine, result.id, "leak")
     assert leak.last_error == "ValueError: refused token ***"
     assert "the token is ***" in log_text(engine, result.id, "leak")
+    failed = [e for e in engine.store.list_events(result.id) if e.type == "step.failed"]
+    assert failed[-1].payload["error"] == "ValueError: refused token ***"
     # ...and the value itself was never written to the database
     engine.close()
     assert SECRET not in _database_text(settings)
@@ -274,7 +277,7 @@ def test_conditions_and_on_error_decide_what_runs(engine: EmbeddedEngine) -> Non
         - {name: deploy, type: step.log, needs: [gate], if: '{{ eq .steps.gate.go "yes" }}', config: {message: deploying}}
         - {name: docs, type: step.log, needs: [gate], skip_if: '{{ .env.DOCS == "off" }}', config: {message: docs}}
         - {name: prod, type: step.log, needs: [gate], if: '{{ .target == "prod" }}', config: {message: prod}}
-        - {name: break, type: step.shell_exec, needs: [deploy], config: {commands: ["exit 2"]}}
+        - {name: break, type: step.shell_exec, needs: [deploy, happy], config: {commands: ["exit 2"]}}
         - {name: after, type: step.log, needs: [break], config: {message: never}}
         - {name: alert, type: step.log, needs: [break], if: "{{ failure() }}", config: {message: alerting}}
         - {name: cleanup, type: step.log, needs: [break], if: "{{ always() }}", config: {message: cleaning}}
@@ -353,7 +356,8 @@ def test_steps_of_a_run_share_a_workspace_that_goes_when_the_run_ends(
 
     # Then the second step read the first one's file, and the workspace is gone
     assert step(engine, result.id, "read").outputs["got"] == "built"
-    assert not (settings.workspace_root / result.id).exists()
+    workspace = settings.workspace_root / result.id
+    eventually(lambda: not workspace.exists(), 2, "the workspace to go")
 
 
 def test_two_runs_do_not_see_each_others_files(engine: EmbeddedEngine) -> None:

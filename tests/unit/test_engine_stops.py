@@ -1,6 +1,6 @@
 """The embedded engine stopping steps: retries, timeouts and cancellation, for real.
 
-Every process a test starts writes its pid, so the test can check it was killed.
+A long-running command writes its pid first, so that the test can check it was killed.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def test_a_failing_step_is_retried_with_growing_waits(engine: EmbeddedEngine) ->
     text = pipeline("""
         - name: flaky
           type: step.shell_exec
-          retry: {max_attempts: 3, backoff: 200ms, backoff_factor: 2}
+          retry: {max_attempts: 3, backoff: 200ms, backoff_factor: 2, on_exit_codes: [75]}
           config:
             commands:
               - n=$(cat count 2>/dev/null || echo 0); n=$((n+1)); echo $n > count; echo "try $n"
@@ -157,8 +157,8 @@ def test_a_run_past_its_timeout_fails_and_stops_its_step(
     assert (result.status, result.error) == ("failed", "run timed out after 500ms")
     eventually(lambda: statuses(engine, result.id)["slow"] != "running", 5, "the step to stop")
     record = step(engine, result.id, "slow")
-    assert record.last_error == "run timed out after 500ms"
-    assert statuses(engine, result.id) == {"slow": record.status.value, "next": "cancelled"}
+    assert (record.status, record.last_error) == ("cancelled", "run timed out after 500ms")
+    assert statuses(engine, result.id)["next"] == "cancelled"
     eventually(lambda: not alive(int(pidfile.read_text())), 5, "the process to die")
 
 
@@ -191,6 +191,8 @@ def test_cancel_stops_a_running_step_and_the_rest(engine: EmbeddedEngine, tmp_pa
         "next": "cancelled",
         "last": "cancelled",
     }
+    assert step(engine, run_id, "slow").last_error == "cancelled by user"
+    assert log_text(engine, run_id, "slow")[-1] == "step cancelled: cancelled by user"
 
 
 def test_a_cancel_from_another_process_reaches_the_running_step(
@@ -216,6 +218,7 @@ def test_a_cancel_from_another_process_reaches_the_running_step(
     eventually(lambda: statuses(engine, run_id)["slow"] == "cancelled", 5, "slow cancelled")
     assert time.monotonic() - began < settings.heartbeat_seconds + 2
     assert not alive(pid)
+    assert step(engine, run_id, "slow").last_error == "cancelled by user"
     # ...and the run's workspace is removed here, where the step ran
     eventually(lambda: not (settings.workspace_root / run_id).exists(), 2, "workspace removed")
 

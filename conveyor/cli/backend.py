@@ -1,0 +1,53 @@
+"""The store side of the CLI, loaded on first use.
+
+SQLAlchemy and alembic take about a third of a second to import, which ``validate``,
+``step-types``, ``--help`` and the refusal of a bad pipeline file never need; so the
+modules that bring them in are imported here, inside the functions that use them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from conveyor.orchestrator.contracts import StepType
+from conveyor.orchestrator.plan import Compiler, Limits
+from conveyor.orchestrator.plugins import StepTypes
+from conveyor.orchestrator.settings import Settings
+from conveyor.orchestrator.templates import TemplateEngine
+
+if TYPE_CHECKING:
+    from conveyor.orchestrator.embedded import EmbeddedEngine
+    from conveyor.orchestrator.store import Store
+
+
+def compiler(settings: Settings) -> Compiler:
+    """The compiler ``embedded.make_compiler`` builds, without importing the store."""
+    limits = Limits(
+        max_bytes=settings.max_definition_bytes,
+        max_nodes=settings.max_yaml_nodes,
+        max_steps=settings.max_steps,
+        max_matrix=settings.max_matrix,
+    )
+    return Compiler(StepTypes(), TemplateEngine(max_output=settings.max_template_output), limits)
+
+
+def open_store(settings: Settings) -> Store:
+    """The settings' store, migrated (SQLite) or checked to be current (others)."""
+    from conveyor.orchestrator.embedded import open_store  # noqa: PLC0415  (see above)
+
+    return open_store(settings)
+
+
+def bare_store(settings: Settings) -> Store:
+    """The settings' store as it is, for ``db upgrade``."""
+    from conveyor.orchestrator.store import Store  # noqa: PLC0415  (see above)
+
+    return Store(settings.resolved_database_url)
+
+
+def engine(settings: Settings, step_types: Mapping[str, StepType] | None = None) -> EmbeddedEngine:
+    """An embedded engine: store, runtime, executor and a thread pool."""
+    from conveyor.orchestrator.embedded import EmbeddedEngine  # noqa: PLC0415  (see above)
+
+    return EmbeddedEngine(settings, step_types=step_types)
