@@ -72,9 +72,7 @@ def main() -> None:
     print(f"steps in chain:                          {n}")
     print(f"plain loop of subprocess calls:          {b * 1000 / n:7.2f} ms/step")
     print(f"conveyor run, step.shell_exec 'true':    {o * 1000 / n:7.2f} ms/step")
-    print(
-        f"conveyor run, step.set (no subprocess):  {s * 1000 / n:7.2f} ms/step (orchestration alone)"
-    )
+    print(f"conveyor run, step.set (no subprocess):  {s * 1000 / n:7.2f} ms/step (orchestration)")
     print(f"ratio conveyor / plain loop:             {o / b:7.2f}x   (target <= 3x)")
 
 
