@@ -13,7 +13,7 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -22,7 +22,14 @@ from pydantic import ValidationError
 from .context import Context, LazyOutputs, StoreLogger
 from .contracts import StepRef, StepType
 from .durations import format_duration
-from .errors import ConveyorError, StepCancelled, StepFailed, StepTimeout, TemplateError
+from .errors import (
+    ConveyorError,
+    StepCancelled,
+    StepFailed,
+    StepTimeout,
+    StoreUnavailable,
+    TemplateError,
+)
 from .plan import PlanStep
 from .plugins import Sandboxes
 from .records import RunRecord
@@ -194,13 +201,13 @@ class Executor:
         self._untrack(ref)
         logs = ctx.log.take()  # written in the same transaction as the result
         if error is None:
-            self.runtime.succeed(ref, clean, logs)
+            _record(lambda: self.runtime.succeed(ref, clean, logs))
             return
         if outcome.kind == "timeout":
             # When it was the run's deadline, the run fails for that (and its other
             # steps stop) rather than for this step; otherwise this does nothing.
             self.runtime.expire(ref.run_id)
-        self.runtime.fail(ref, outcome, logs)
+        _record(lambda: self.runtime.fail(ref, outcome, logs))
 
     def _outcome(self, ctx: Context, error: BaseException, masker: Masker) -> Outcome:
         if ctx.timed_out or isinstance(error, StepTimeout):
@@ -304,6 +311,26 @@ class Executor:
                 with self._lock:
                     self._over.add(ref.run_id)
                 ctx.cancel.set()
+
+
+def _record(write: Callable[[], None], patience: float = 120.0) -> None:
+    """Write a step's result, waiting out a store that is away for a while.
+
+    The step's work is done; losing its result would make it run again. So a store
+    that is unavailable (a Postgres restart) is retried with backoff for ``patience``
+    seconds before the error goes up to the dispatcher, which delivers the step again.
+    """
+    delay, waited = 0.2, 0.0
+    while True:
+        try:
+            write()
+            return
+        except StoreUnavailable:
+            if waited >= patience:
+                raise
+            time.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, 5.0)
 
 
 def _any_template(value: Any) -> bool:
