@@ -102,6 +102,9 @@ class EmbeddedEngine:
         while True:
             run = self.store.get_run(run_id)
             if run.status.terminal:
+                # Ended elsewhere (`conveyor cancel` in another terminal, say): stop what
+                # still runs here now rather than at the next heartbeat.
+                self.executor.signal_cancel(run_id)
                 return run
             if timeout is not None and waited >= timeout:
                 return run

@@ -463,7 +463,9 @@ def test_cancel_from_another_process_stops_the_run(cli: Cli, tmp_path: Path) -> 
     assert again.code == 1 and "is already cancelled" in again.stderr
 
 
-@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize(
+    ("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"]
+)
 def test_a_signal_to_conveyor_run_cancels_the_run(
     cli: Cli, tmp_path: Path, signum: signal.Signals, code: int
 ) -> None:
