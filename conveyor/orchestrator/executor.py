@@ -13,9 +13,9 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -32,8 +32,8 @@ from .errors import (
 )
 from .plan import PlanStep
 from .plugins import Sandboxes
-from .records import RunRecord
-from .runtime import Outcome, Runtime
+from .records import RunRecord, StepRecord
+from .runtime import Claim, Outcome, Runtime
 from .settings import Settings
 from .spec import format_path
 from .store import utcnow
@@ -42,6 +42,9 @@ from .variables import Masker, base_context
 
 #: Errors longer than this are cut; a traceback goes to the step log in full.
 MAX_ERROR = 4000
+
+
+T = TypeVar("T")
 
 
 class Executor:
@@ -54,8 +57,11 @@ class Executor:
         sandboxes: Sandboxes,
         settings: Settings,
         owner: str | None = None,
+        queues: Collection[str] | None = None,
     ) -> None:
         self.runtime, self.step_types, self.sandboxes = runtime, step_types, sandboxes
+        #: The queues this executor serves (None: all); it continues only with those.
+        self.queues = frozenset(queues) if queues is not None else None
         self.settings = settings
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
         self._active: dict[str, tuple[StepRef, Context, str]] = {}
@@ -69,11 +75,16 @@ class Executor:
         runtime.on_finished.append(lambda run: self.run_over(run.id))
 
     def execute(self, ref: StepRef) -> None:
-        """Claim ``ref`` and run it; a duplicate or stale delivery does nothing."""
+        """Claim ``ref`` and run it; a duplicate or stale delivery does nothing.
+
+        When it succeeds and makes another step ready, that step is claimed with the
+        result and run here next (see ``Runtime.succeed``).
+        """
         claimed = self.runtime.claim(ref, self.owner)
-        if claimed is None:
-            return
-        run, step = claimed
+        while claimed is not None:
+            claimed = self._attempt(*claimed)
+
+    def _attempt(self, run: RunRecord, step: StepRecord, ref: StepRef) -> Claim | None:
         plan_step = self.runtime.plan(run).step(ref.step_key)
         secrets = self.runtime.secrets.get(run.id, {})
         masker = Masker(secrets)
@@ -84,11 +95,12 @@ class Executor:
             outputs = self._run(run, plan_step, ctx)
             if ctx.cancelled:  # it returned after it was told to stop: that result is void
                 raise StepCancelled("the step returned after it was cancelled")
-            self._finish(ref, ctx, masker, outputs=outputs)
+            return self._finish(ref, ctx, masker, outputs=outputs)
         except BaseException as exc:  # the worker's top: every failure becomes the step's
             self._finish(ref, ctx, masker, error=exc)
             if not isinstance(exc, Exception):
                 raise
+            return None
         finally:
             self._release(ref.run_id)
 
@@ -185,7 +197,7 @@ class Executor:
         *,
         outputs: Mapping[str, Any] | None = None,
         error: BaseException | None = None,
-    ) -> None:
+    ) -> Claim | None:
         try:
             ctx.close()
         except Exception as exc:  # cleanup trouble is reported, never hides the result
@@ -201,13 +213,17 @@ class Executor:
         self._untrack(ref)
         logs = ctx.log.take()  # written in the same transaction as the result
         if error is None:
-            _record(lambda: self.runtime.succeed(ref, clean, logs))
-            return
+            return _record(
+                lambda: self.runtime.succeed(
+                    ref, clean, logs, continue_as=self.owner, queues=self.queues
+                )
+            )
         if outcome.kind == "timeout":
             # When it was the run's deadline, the run fails for that (and its other
             # steps stop) rather than for this step; otherwise this does nothing.
             self.runtime.expire(ref.run_id)
         _record(lambda: self.runtime.fail(ref, outcome, logs))
+        return None
 
     def _outcome(self, ctx: Context, error: BaseException, masker: Masker) -> Outcome:
         if ctx.timed_out or isinstance(error, StepTimeout):
@@ -313,7 +329,7 @@ class Executor:
                 ctx.cancel.set()
 
 
-def _record(write: Callable[[], None], patience: float = 120.0) -> None:
+def _record(write: Callable[[], T], patience: float = 120.0) -> T:
     """Write a step's result, waiting out a store that is away for a while.
 
     The step's work is done; losing its result would make it run again. So a store
@@ -323,8 +339,7 @@ def _record(write: Callable[[], None], patience: float = 120.0) -> None:
     delay, waited = 0.2, 0.0
     while True:
         try:
-            write()
-            return
+            return write()
         except StoreUnavailable:
             if waited >= patience:
                 raise

@@ -12,10 +12,10 @@ from __future__ import annotations
 import re
 import threading
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from .contracts import Dispatcher, StepRef
 from .durations import format_duration
@@ -30,6 +30,14 @@ from .variables import Masker, condition_context
 
 S = StepStatus
 Dispatch = tuple[StepRef, datetime | None]
+
+
+class Claim(NamedTuple):
+    """A step attempt taken by a worker: the run, the step as claimed, its ref."""
+
+    run: RunRecord
+    step: StepRecord
+    ref: StepRef
 
 
 @dataclass(frozen=True)
@@ -113,35 +121,66 @@ class Runtime:
 
     # -- one attempt -------------------------------------------------------------------
 
-    def claim(self, ref: StepRef, owner: str) -> tuple[RunRecord, StepRecord] | None:
+    def claim(self, ref: StepRef, owner: str) -> Claim | None:
         """Take ``ref`` for this owner, or None if it is not (or no longer) queued."""
-        claimed: list[tuple[RunRecord, StepRecord]] = []
+        claimed: list[Claim] = []
 
         def work(tx: RunTx) -> list[Dispatch]:
-            step = tx.step(ref.step_key)
-            if step.status != S.QUEUED or step.attempts != ref.attempt or tx.run.status.terminal:
-                return []
-            if step.available_at and step.available_at > tx.now:
-                return []  # an early delivery; the message with the right eta comes later
-            fields = {
-                "started_at": tx.now,
-                "completed_at": None,
-                "lease_owner": owner,
-                "lease_expires_at": tx.now + self.lease,
-            }
-            if tx.move_step(step, S.RUNNING, event={"owner": owner}, **fields):
-                claimed.append((tx.run, replace(step, status=S.RUNNING, started_at=tx.now)))
+            claim = self._claim_in(tx, ref, owner)
+            if claim is not None:
+                claimed.append(claim)
             return []
 
         self._write(ref.run_id, work)
         return claimed[0] if claimed else None
 
+    def _claim_in(self, tx: RunTx, ref: StepRef, owner: str) -> Claim | None:
+        step = tx.step(ref.step_key)
+        if step.status != S.QUEUED or step.attempts != ref.attempt or tx.run.status.terminal:
+            return None
+        if step.available_at and step.available_at > tx.now:
+            return None  # an early delivery; the message with the right eta comes later
+        fields = {
+            "started_at": tx.now,
+            "completed_at": None,
+            "lease_owner": owner,
+            "lease_expires_at": tx.now + self.lease,
+        }
+        if not tx.move_step(step, S.RUNNING, event={"owner": owner}, **fields):
+            return None
+        return Claim(tx.run, replace(step, status=S.RUNNING, started_at=tx.now), ref)
+
     def succeed(
-        self, ref: StepRef, outputs: Mapping[str, Any], logs: Sequence[tuple[str, str]] = ()
-    ) -> None:
-        """Record a successful attempt (and its last log lines) and move the run on."""
+        self,
+        ref: StepRef,
+        outputs: Mapping[str, Any],
+        logs: Sequence[tuple[str, str]] = (),
+        *,
+        continue_as: str | None = None,
+        queues: Collection[str] | None = None,
+    ) -> Claim | None:
+        """Record a successful attempt (and its last log lines) and move the run on.
+
+        With ``continue_as``, one step this made ready (on one of ``queues``, or any when
+        None) is claimed for that owner in the same transaction and returned: the caller
+        runs it next, sparing a dispatch, a thread hop and a transaction per step of a
+        chain. The others are dispatched as usual.
+        """
+        claimed: list[Claim] = []
 
         def work(tx: RunTx) -> list[Dispatch]:
+            dispatches = record(tx)
+            if continue_as is None:
+                return dispatches
+            for index, (next_ref, eta) in enumerate(dispatches):
+                if eta is None and (queues is None or next_ref.queue in queues):
+                    claim = self._claim_in(tx, next_ref, continue_as)
+                    if claim is not None:
+                        claimed.append(claim)
+                        return dispatches[:index] + dispatches[index + 1 :]
+            return dispatches
+
+        def record(tx: RunTx) -> list[Dispatch]:
             tx.append_logs(ref.step_key, ref.attempt, logs)
             step = self._running(tx, ref)
             if step is None:
@@ -159,6 +198,7 @@ class Runtime:
             return self._advance(tx, step.key)
 
         self._write(ref.run_id, work)
+        return claimed[0] if claimed else None
 
     def fail(self, ref: StepRef, outcome: Outcome, logs: Sequence[tuple[str, str]] = ()) -> None:
         """Record a failed attempt: retry it, fail it, or mark it cancelled."""

@@ -8,10 +8,10 @@ by ``$CONVEYOR_OUTPUT``.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import tempfile
+import uuid
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
@@ -130,9 +130,9 @@ class _Session:
         self.ctx.log.line(text)
 
     def _read_outputs(self) -> str:
-        handle, name = tempfile.mkstemp(prefix="conveyor-outputs-")
-        os.close(handle)
-        dest = Path(name)
+        # A fresh, unguessable name that nothing creates unless there are outputs: most
+        # steps write none, and then this costs no file at all.
+        dest = Path(tempfile.gettempdir()) / f"conveyor-outputs-{uuid.uuid4().hex}"
         try:
             try:
                 self.sandbox.copy_out(self.outputs_path, dest)
