@@ -49,7 +49,7 @@ def _follow_live(
 def _screen(store: Store, run: RunRecord) -> Group:
     steps = store.list_steps(run.id)
     tails: dict[str, list[LogRecord]] = {
-        s.key: store.tail_logs(run.id, s.key, TAIL_LINES)
+        s.key: store.tail_logs(run.id, s.key, TAIL_LINES, attempt=s.attempts)
         for s in steps
         if s.status in ("running", "failed")
     }

@@ -49,6 +49,8 @@ def step_duration(step: StepRecord) -> str:
     """How long a step ran, or has been running."""
     if step.started_at and step.status == "running":
         return format_duration((datetime.now(UTC) - step.started_at).total_seconds())
+    if step.status in ("queued", "pending"):
+        return "-"  # a retry waiting for its turn: the last attempt's time is in `show`
     return format_duration(step.duration)
 
 

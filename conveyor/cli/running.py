@@ -91,7 +91,8 @@ def execute(
         finally:
             engine.close()
     final = engine.store.get_run(record.id)
-    summary(engine.store, final)
+    # On a terminal the live table already ends with the run's line.
+    summary(engine.store, final, header=not out.is_terminal or signals.received is not None)
     if signals.received is not None:
         return 128 + signals.received
     return 0 if final.status == "succeeded" else 1
@@ -116,9 +117,10 @@ def _abandon(engine: EmbeddedEngine, run_id: str, error: Exception) -> None:
         engine.runtime.cancel(run_id, f"cancelled: conveyor run failed ({type(error).__name__})")
 
 
-def summary(store: Store, run: RunRecord) -> None:
+def summary(store: Store, run: RunRecord, *, header: bool = True) -> None:
     """The run's last line; for a run that did not succeed, why, and the log tails."""
-    out.print(run_header(run))
+    if header:
+        out.print(run_header(run))
     if run.status == "succeeded":
         return
     err.print(Text(f"✗ {run.error or run.status}", style="bold red"))
@@ -126,7 +128,7 @@ def summary(store: Store, run: RunRecord) -> None:
         stopped = step.status == "cancelled" and step.started_at is not None
         if step.status != "failed" and not stopped:
             continue
-        tail = store.tail_logs(run.id, step.key, TAIL_LINES)
+        tail = store.tail_logs(run.id, step.key, TAIL_LINES, attempt=step.attempts)
         if tail:  # a step whose condition failed has no log
             title = f"--- last lines of {step.key} (attempt {step.attempts}, {step.status}) ---"
             err.print(Text(title, style="bold"))

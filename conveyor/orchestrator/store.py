@@ -255,14 +255,18 @@ class Store:
             query = query.where(step_logs.c.attempt == attempt)
         return [_log_record(r) for r in self._rows(query)]
 
-    def tail_logs(self, run_id: str, step_key: str, lines: int = 3) -> list[LogRecord]:
-        """The last ``lines`` lines of a step's log, oldest first."""
+    def tail_logs(
+        self, run_id: str, step_key: str, lines: int = 3, attempt: int | None = None
+    ) -> list[LogRecord]:
+        """The last ``lines`` lines of a step's log (of one attempt), oldest first."""
         query = (
             sa.select(step_logs)
             .where(step_logs.c.instance_id == run_id, step_logs.c.step_key == step_key)
             .order_by(step_logs.c.id.desc())
             .limit(lines)
         )
+        if attempt is not None:
+            query = query.where(step_logs.c.attempt == attempt)
         return [_log_record(r) for r in reversed(self._rows(query))]
 
     # -- writes outside a run transaction ----------------------------------------------
