@@ -66,7 +66,7 @@ def pg_store(pg_database: str) -> Iterator[Store]:
     yield s
     with s.engine.begin() as conn:
         conn.exec_driver_sql(
-            "TRUNCATE step_logs, workflow_events, workflow_steps, workflow_instances, "
+            "TRUNCATE api_tokens, step_logs, workflow_events, workflow_steps, workflow_instances, "
             "workflow_definitions"
         )
     s.close()

@@ -117,7 +117,7 @@ class Runtime:
 
     def advance(self, run_id: str) -> None:
         """Queue whatever became ready; finish the run when nothing is left."""
-        self._write(run_id, self._advance)
+        self.write(run_id, self.advance_in)
 
     # -- one attempt -------------------------------------------------------------------
 
@@ -131,7 +131,7 @@ class Runtime:
                 claimed.append(claim)
             return []
 
-        self._write(ref.run_id, work)
+        self.write(ref.run_id, work)
         return claimed[0] if claimed else None
 
     def _claim_in(self, tx: RunTx, ref: StepRef, owner: str) -> Claim | None:
@@ -195,9 +195,9 @@ class Runtime:
                 last_error=None,
                 **_done(tx.now),
             )
-            return self._advance(tx, step.key)
+            return self.advance_in(tx, step.key)
 
-        self._write(ref.run_id, work)
+        self.write(ref.run_id, work)
         return claimed[0] if claimed else None
 
     def fail(self, ref: StepRef, outcome: Outcome, logs: Sequence[tuple[str, str]] = ()) -> None:
@@ -217,9 +217,9 @@ class Runtime:
             if _should_retry(plan_step, step, outcome):
                 return self._retry(tx, plan_step, step, event, fields)
             tx.move_step(step, S.FAILED, event=event, **fields)
-            return self._advance(tx)
+            return self.advance_in(tx)
 
-        self._write(ref.run_id, work)
+        self.write(ref.run_id, work)
 
     def _retry(
         self,
@@ -257,17 +257,17 @@ class Runtime:
             tx.move_run(RunStatus.CANCELLED, error=reason)
             return []
 
-        self._write(run_id, work)
+        self.write(run_id, work)
         for callback in self.on_cancel:
             callback(run_id)
 
-    def expire(self, run_id: str) -> bool:
-        """Fail a run whose timeout has passed; True if it did."""
+    def expire(self, run_id: str, now: datetime | None = None) -> bool:
+        """Fail a run whose timeout has passed (by ``now``); True if it did."""
         expired: list[bool] = []
 
         def work(tx: RunTx) -> list[Dispatch]:
             run = tx.run
-            if run.status.terminal or not run.deadline or run.deadline > tx.now:
+            if run.status.terminal or not run.deadline or run.deadline > (now or tx.now):
                 return []
             plan = self.plan(run)
             reason = f"run timed out after {format_duration(plan.timeout)}"
@@ -276,7 +276,7 @@ class Runtime:
             expired.append(True)
             return []
 
-        self._write(run_id, work)
+        self.write(run_id, work)
         if expired:
             for callback in self.on_cancel:
                 callback(run_id)
@@ -289,7 +289,7 @@ class Runtime:
 
     # -- advancing ---------------------------------------------------------------------
 
-    def _advance(self, tx: RunTx, changed: str | None = None) -> list[Dispatch]:
+    def advance_in(self, tx: RunTx, changed: str | None = None) -> list[Dispatch]:
         """Start what is ready, cancel what cannot run, settle the run.
 
         After a success (``changed``) only that step's dependents can have become ready,
@@ -315,7 +315,7 @@ class Runtime:
                 if ref is not None:
                     out.append((ref, None))
         if state.failing and candidates is not plan.steps:
-            return out + self._advance(tx)  # a condition failed: see the whole run again
+            return out + self.advance_in(tx)  # a condition failed: see the whole run again
         if state.failing:
             self._cancel_queued(tx, state, {r.step_key for r, _ in out})
         self._settle_run(tx, state)
@@ -387,7 +387,8 @@ class Runtime:
 
     # -- plumbing ----------------------------------------------------------------------
 
-    def _write(self, run_id: str, work: Callable[[RunTx], list[Dispatch]]) -> None:
+    def write(self, run_id: str, work: Callable[[RunTx], list[Dispatch]]) -> None:
+        """Run ``work`` in a transaction on the run; dispatch what it returns after commit."""
         with self.store.transaction(run_id) as tx:
             was_terminal = tx.run.status.terminal
             dispatches = work(tx)
@@ -436,7 +437,7 @@ class _State:
     ) -> StepRef | None:
         fields: dict[str, Any] = {}
         if new == S.QUEUED:
-            fields = {"attempts": step.attempts + 1, "available_at": None}
+            fields = {"attempts": step.attempts + 1, "available_at": tx.now}
         else:
             fields = {"last_error": reason, "completed_at": tx.now}
         tx.move_step(step, new, event={"reason": reason} if reason else None, **fields)

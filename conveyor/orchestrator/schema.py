@@ -145,3 +145,15 @@ step_logs = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Index("ix_step_logs_instance_id_step_key_id", "instance_id", "step_key", "id"),
 )
+
+api_tokens = sa.Table(
+    "api_tokens",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("name", sa.String(100), nullable=False),
+    sa.Column("role", sa.String(20), nullable=False),
+    sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("last_used_at", UTCDateTime),
+    sa.Column("revoked_at", UTCDateTime),
+)

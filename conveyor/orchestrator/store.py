@@ -8,7 +8,6 @@ locked run row and is bumped in the same transaction as the events it numbers.
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -21,9 +20,9 @@ import sqlalchemy as sa
 from . import db
 from .errors import Conflict, NotFound, StoreUnavailable
 from .records import EventRecord, LogRecord, RunRecord, StepRecord, run_from_row, step_from_row
-from .schema import RUN_COLUMNS, definitions, events, runs, step_logs, steps
+from .schema import RUN_COLUMNS, events, runs, step_logs, steps
 from .status import RunStatus, StepStatus
-from .transaction import RunTx, log_rows
+from .transaction import RunTx, log_rows, version_definition
 
 
 def utcnow() -> datetime:
@@ -119,7 +118,7 @@ class Store:
                 )
                 if existing:
                     return run_from_row(existing)
-            definition_id, version = self._definition(conn, new.pipeline, new.source)
+            definition_id, version, _ = version_definition(conn, new.pipeline, new.source)
             run_id, now = new_id(), utcnow()
             conn.execute(runs.insert().values(_run_row(new, run_id, definition_id, now)))
             conn.execute(steps.insert(), [_step_row(run_id, i, s) for i, s in enumerate(new.steps)])
@@ -127,30 +126,6 @@ class Store:
             tx.event("run.created", pipeline=new.pipeline, version=version, steps=len(new.steps))
             tx.flush_events()
         return self.get_run(run_id)
-
-    def _definition(self, conn: sa.Connection, name: str, source: str) -> tuple[str, int]:
-        checksum = hashlib.sha256(source.encode()).hexdigest()
-        latest = conn.execute(
-            sa.select(definitions.c.id, definitions.c.version, definitions.c.checksum)
-            .where(definitions.c.name == name)
-            .order_by(definitions.c.version.desc())
-            .limit(1)
-        ).first()
-        if latest is not None and latest.checksum == checksum:
-            return latest.id, latest.version
-        version = 1 if latest is None else latest.version + 1
-        definition_id = new_id()
-        conn.execute(
-            definitions.insert().values(
-                id=definition_id,
-                name=name,
-                version=version,
-                checksum=checksum,
-                definition={"source": source},
-                created_at=utcnow(),
-            )
-        )
-        return definition_id, version
 
     # -- reads -------------------------------------------------------------------------
 
@@ -268,6 +243,39 @@ class Store:
         if attempt is not None:
             query = query.where(step_logs.c.attempt == attempt)
         return [_log_record(r) for r in reversed(self._rows(query))]
+
+    # -- what the reconciler looks for --------------------------------------------------
+
+    def overdue_runs(self, now: datetime, limit: int = 500) -> list[str]:
+        """Runs still going whose deadline has passed."""
+        query = (
+            sa.select(runs.c.id)
+            .where(runs.c.status.in_(("running", "blocked")), runs.c.deadline < now)
+            .limit(limit)
+        )
+        return [r["id"] for r in self._rows(query)]
+
+    def expired_leases(self, now: datetime, limit: int = 500) -> list[tuple[str, str]]:
+        """(run, step) of running steps whose worker stopped renewing its lease."""
+        query = (
+            sa.select(steps.c.instance_id, steps.c.step_key)
+            .where(steps.c.status == StepStatus.RUNNING.value, steps.c.lease_expires_at < now)
+            .limit(limit)
+        )
+        return [(r["instance_id"], r["step_key"]) for r in self._rows(query)]
+
+    def stale_queued(self, before: datetime, limit: int = 500) -> list[tuple[str, str]]:
+        """(run, step) of steps queued (and due) since before ``before``."""
+        query = (
+            sa.select(steps.c.instance_id, steps.c.step_key)
+            .where(
+                steps.c.status == StepStatus.QUEUED.value,
+                sa.or_(steps.c.available_at.is_(None), steps.c.available_at < before),
+            )
+            .order_by(steps.c.available_at)
+            .limit(limit)
+        )
+        return [(r["instance_id"], r["step_key"]) for r in self._rows(query)]
 
     # -- writes outside a run transaction ----------------------------------------------
 

@@ -6,17 +6,19 @@ statement costs more than running it on SQLite, and these run several times per 
 
 from __future__ import annotations
 
+import hashlib
+import uuid
 from collections import Counter
 from collections.abc import Collection, Sequence
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 
 from .errors import NotFound
 from .records import RunRecord, StepRecord, run_from_row, step_from_row
-from .schema import RUN_COLUMNS, STEP_STATE_COLUMNS, events, runs, step_logs, steps
+from .schema import RUN_COLUMNS, STEP_STATE_COLUMNS, definitions, events, runs, step_logs, steps
 from .status import RunStatus, StepStatus, check_run_move, check_step_move
 
 _RUN: sa.BindParameter[str] = sa.bindparam("b_run")
@@ -62,6 +64,36 @@ def log_rows(
         }
         for stream, text in lines
     ]
+
+
+def version_definition(conn: sa.Connection, name: str, source: str) -> tuple[str, int, bool]:
+    """(id, version, created) of the definition ``name`` with this source.
+
+    The latest version is reused when its source is the same; otherwise a new version
+    is written, so every run points at exactly what it ran.
+    """
+    checksum = hashlib.sha256(source.encode()).hexdigest()
+    latest = conn.execute(
+        sa.select(definitions.c.id, definitions.c.version, definitions.c.checksum)
+        .where(definitions.c.name == name)
+        .order_by(definitions.c.version.desc())
+        .limit(1)
+    ).first()
+    if latest is not None and latest.checksum == checksum:
+        return latest.id, latest.version, False
+    version = 1 if latest is None else latest.version + 1
+    definition_id = str(uuid.uuid4())
+    conn.execute(
+        definitions.insert().values(
+            id=definition_id,
+            name=name,
+            version=version,
+            checksum=checksum,
+            definition={"source": source},
+            created_at=datetime.now(UTC),
+        )
+    )
+    return definition_id, version, True
 
 
 class RunTx:
@@ -137,6 +169,11 @@ class RunTx:
         payload = {"attempt": fields.get("attempts", step.attempts), **(event or {})}
         self.event(f"step.{status.value}", step.key, **payload)
         return True
+
+    def update_run(self, **fields: Any) -> None:
+        """Change the run's fields (never its status: see ``move_run``)."""
+        self.conn.execute(_UPDATE_RUN, {**self._ids, **fields})
+        self.run = replace(self.run, **fields)
 
     def update_step(self, step: StepRecord, **fields: Any) -> None:
         """Change a step's fields without changing its status."""

@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import pytest
 
+from conveyor.orchestrator.runtime import Runtime
 from conveyor.orchestrator.store import Store
+from conveyor.orchestrator.templates import TemplateEngine
+from tests.unit.runtime_kit import Harness, Recorder
 
 
 @pytest.fixture
 def db_store(store: Store) -> Store:
     """The store the shared store tests run against (SQLite here, Postgres in integration/)."""
     return store
+
+
+@pytest.fixture
+def h(store: Store) -> Harness:
+    """A runtime on SQLite whose dispatches are recorded, driven by the test."""
+    recorder = Recorder()
+    return Harness(Runtime(store, TemplateEngine(), recorder), recorder, store)

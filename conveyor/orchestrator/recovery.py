@@ -1,0 +1,143 @@
+"""Putting runs right after things went wrong: retries of whole runs and the reconciler.
+
+The reconciler is what makes the broker a wake-up call rather than the truth: it runs
+periodically (Celery beat in the distributed shape) and, from the database alone,
+re-dispatches queued steps whose message may have been lost, takes back steps whose
+worker stopped heartbeating, and fails runs past their timeout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from .contracts import StepRef
+from .errors import Conflict
+from .records import RunRecord
+from .runtime import Dispatch, Runtime
+from .status import RunStatus, StepStatus
+from .store import utcnow
+from .transaction import RunTx
+
+S = StepStatus
+#: Re-runs allowed for steps whose worker was lost, on top of their retry policy.
+LOST_WORKER_RERUNS = 2
+
+
+def retry_run(runtime: Runtime, run_id: str, by: str | None = None) -> RunRecord:
+    """Run again the failed and cancelled steps of a finished run, and what depends on them.
+
+    Steps that succeeded (or were skipped) keep their outputs and are not run again.
+    """
+
+    def work(tx: RunTx) -> list[Dispatch]:
+        if tx.run.status not in (RunStatus.FAILED, RunStatus.CANCELLED):
+            status = tx.run.status.value
+            raise Conflict(f"run {run_id} is {status}: only failed or cancelled runs are retried")
+        again = [s for s in tx.steps() if s.status in (S.FAILED, S.CANCELLED)]
+        for step in again:
+            tx.move_step(
+                step, S.PENDING, event={"reason": "run retried"}, last_error=None, completed_at=None
+            )
+        plan = runtime.plan(tx.run)
+        deadline = tx.now + timedelta(seconds=plan.timeout) if plan.timeout else None
+        tx.move_run(RunStatus.RUNNING, retried_by=by, steps=[s.key for s in again])
+        tx.update_run(deadline=deadline)
+        return runtime.advance_in(tx)
+
+    runtime.write(run_id, work)
+    return runtime.store.get_run(run_id)
+
+
+@dataclass
+class Report:
+    """What one reconciler pass did."""
+
+    expired_runs: int = 0
+    reclaimed: int = 0
+    redispatched: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.expired_runs or self.reclaimed or self.redispatched)
+
+
+class Reconciler:
+    """Finds, from the database alone, work the broker or a worker dropped."""
+
+    def __init__(self, runtime: Runtime, *, stale_after: float = 30.0, batch: int = 500) -> None:
+        self.runtime = runtime
+        self.stale_after = timedelta(seconds=stale_after)
+        self.batch = batch
+
+    def run_once(self, now: datetime | None = None) -> Report:
+        """One pass over overdue runs, expired leases and stale queued steps."""
+        now = now or utcnow()
+        store, report = self.runtime.store, Report()
+        for run_id in store.overdue_runs(now, self.batch):
+            report.expired_runs += self.runtime.expire(run_id, now)
+        # Stale messages before leases, so a step requeued just now is not sent twice.
+        for run_id, key in store.stale_queued(now - self.stale_after, self.batch):
+            report.redispatched += self.redispatch(run_id, key, now - self.stale_after)
+        for run_id, key in store.expired_leases(now, self.batch):
+            report.reclaimed += self.reclaim(run_id, key, now)
+        return report
+
+    def reclaim(self, run_id: str, key: str, now: datetime) -> bool:
+        """Take back a running step whose lease expired: its worker is gone."""
+        done: list[bool] = []
+
+        def work(tx: RunTx) -> list[Dispatch]:
+            step = tx.step(key)
+            expired = step.lease_expires_at is not None and step.lease_expires_at < now
+            if step.status != S.RUNNING or not expired:
+                return []
+            done.append(True)
+            reason = f"lost its worker {step.lease_owner or ''}".strip()
+            fields: dict[str, Any] = {
+                "lease_owner": None,
+                "lease_expires_at": None,
+                "last_error": reason,
+            }
+            if tx.run.status.terminal:
+                tx.move_step(
+                    step, S.CANCELLED, event={"reason": reason}, completed_at=tx.now, **fields
+                )
+                return []
+            allowed = self.runtime.plan(tx.run).step(key).retry.max_attempts + LOST_WORKER_RERUNS
+            if step.attempts >= allowed:
+                tx.move_step(step, S.FAILED, event={"error": reason}, completed_at=tx.now, **fields)
+                return self.runtime.advance_in(tx)
+            attempt = step.attempts + 1
+            tx.move_step(
+                step,
+                S.QUEUED,
+                event={"reason": reason},
+                attempts=attempt,
+                available_at=tx.now,
+                **fields,
+            )
+            return [(StepRef(run_id, key, attempt, step.queue), None)]
+
+        self.runtime.write(run_id, work)
+        return bool(done)
+
+    def redispatch(self, run_id: str, key: str, cutoff: datetime) -> bool:
+        """Send again a step queued since before ``cutoff`` (its message may be lost).
+
+        A duplicate is harmless: only one delivery can claim the attempt.
+        """
+        done: list[bool] = []
+
+        def work(tx: RunTx) -> list[Dispatch]:
+            step = tx.step(key)
+            stale = step.available_at is None or step.available_at < cutoff
+            if step.status != S.QUEUED or not stale or tx.run.status.terminal:
+                return []
+            done.append(True)
+            tx.update_step(step, available_at=tx.now)
+            tx.event("step.redispatched", key, attempt=step.attempts)
+            return [(StepRef(run_id, key, step.attempts, step.queue), None)]
+
+        self.runtime.write(run_id, work)
+        return bool(done)
