@@ -34,6 +34,16 @@ class Settings(BaseSettings):
     max_template_output: int = Field(default=1_048_576, ge=1024)
     max_output_bytes: int = Field(default=1_048_576, ge=1024, description="Outputs of one step.")
     log_flush_seconds: float = Field(default=0.2, gt=0)
+    reconcile_seconds: float = Field(
+        default=10.0, gt=0, description="How often the reconciler looks for lost work."
+    )
+    stale_after_seconds: float = Field(
+        default=30.0, gt=0, description="A queued step unclaimed this long is sent again."
+    )
+    api_url: str = Field(
+        default="http://127.0.0.1:8080", description="Where `conveyor submit` finds the API."
+    )
+    token: str | None = Field(default=None, description="Bearer token the CLI sends to the API.")
 
     @property
     def resolved_database_url(self) -> str:
