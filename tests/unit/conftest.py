@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
+from conveyor.orchestrator.embedded import EmbeddedEngine
 from conveyor.orchestrator.runtime import Runtime
+from conveyor.orchestrator.settings import Settings
 from conveyor.orchestrator.store import Store
 from conveyor.orchestrator.templates import TemplateEngine
+from tests.unit.engine_kit import open_engine
 from tests.unit.runtime_kit import Harness, Recorder
 
 
@@ -21,3 +26,10 @@ def h(store: Store) -> Harness:
     """A runtime on SQLite whose dispatches are recorded, driven by the test."""
     recorder = Recorder()
     return Harness(Runtime(store, TemplateEngine(), recorder), recorder, store)
+
+
+@pytest.fixture
+def engine(settings: Settings) -> Iterator[EmbeddedEngine]:
+    """An embedded engine on the test's data directory, closed afterwards."""
+    with open_engine(settings) as e:
+        yield e

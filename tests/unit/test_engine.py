@@ -8,10 +8,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from conveyor.orchestrator.contracts import StepRef
 from conveyor.orchestrator.embedded import EmbeddedEngine
@@ -27,13 +24,6 @@ from tests.unit.engine_kit import (
     statuses,
     step,
 )
-
-
-@pytest.fixture
-def engine(settings: Settings) -> Iterator[EmbeddedEngine]:
-    with open_engine(settings) as e:
-        yield e
-
 
 # --- parallelism ------------------------------------------------------------------
 

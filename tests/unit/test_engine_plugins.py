@@ -7,7 +7,6 @@ what is not JSON, ignore cancellation or poll for it. The engine must survive th
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -17,19 +16,12 @@ from tests.unit.engine_kit import (
     eventually,
     finish,
     log_text,
-    open_engine,
     pipeline,
     run,
     start,
     statuses,
     step,
 )
-
-
-@pytest.fixture
-def engine(settings: Settings) -> Iterator[EmbeddedEngine]:
-    with open_engine(settings) as e:
-        yield e
 
 
 def probe(action: str, name: str = "p", extra: str = "", **config: object) -> str:

@@ -6,7 +6,6 @@ A long-running command writes its pid first, so that the test can check it was k
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,6 @@ from tests.unit.engine_kit import (
     eventually,
     finish,
     log_text,
-    open_engine,
     pipeline,
     run,
     start,
@@ -29,12 +27,6 @@ from tests.unit.engine_kit import (
     step,
     step_events,
 )
-
-
-@pytest.fixture
-def engine(settings: Settings) -> Iterator[EmbeddedEngine]:
-    with open_engine(settings) as e:
-        yield e
 
 
 def wait_pid(pidfile: Path) -> int:
