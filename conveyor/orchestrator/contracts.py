@@ -7,14 +7,15 @@ the orchestrator package; they meet it only through these shapes.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, BinaryIO, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .artifacts import Artifact
 from .durations import Duration
 
 LineSink = Callable[[str], None]
@@ -194,20 +195,28 @@ class Dispatcher(Protocol):
 
 
 class ArtifactStore(Protocol):
-    """Files kept per run; implemented by providers (local, s3)."""
+    """Files kept per run (local disk, S3): streamed, checksummed, all-or-nothing."""
 
-    def put(self, run_id: str, key: str, src: Path) -> Mapping[str, Any]:
-        """Store ``src`` under ``key``; returns size, checksum, created_at."""
+    def put(self, run_id: str, key: str, src: Path) -> Artifact:
+        """Store the file ``src`` under ``key``; a half-written upload is never visible."""
         ...
 
-    def get(self, run_id: str, key: str, dest: Path) -> Mapping[str, Any]:
-        """Write the artifact to ``dest``, checking its checksum."""
+    def get(self, run_id: str, key: str, dest: Path) -> Artifact:
+        """Write the artifact to ``dest``; a checksum mismatch is an error, not a file."""
         ...
 
-    def list(self, run_id: str) -> Sequence[Mapping[str, Any]]:
-        """Every artifact of a run."""
+    def open(self, run_id: str, key: str) -> tuple[Artifact, BinaryIO]:
+        """The artifact and a stream of its content (for serving it)."""
+        ...
+
+    def list(self, run_id: str) -> list[Artifact]:
+        """Every artifact of a run, by key."""
         ...
 
     def delete(self, run_id: str, key: str) -> None:
         """Remove one artifact."""
+        ...
+
+    def delete_run(self, run_id: str) -> int:
+        """Remove every artifact of a run; how many there were."""
         ...

@@ -40,6 +40,15 @@ class Settings(BaseSettings):
     stale_after_seconds: float = Field(
         default=30.0, gt=0, description="A queued step unclaimed this long is sent again."
     )
+    artifact_store: str = Field(
+        default="local", description="Where artifacts go: local (under data_dir) or s3."
+    )
+    s3_bucket: str | None = Field(default=None, description="Bucket of the s3 artifact store.")
+    s3_prefix: str = Field(default="conveyor", description="Key prefix inside the bucket.")
+    s3_endpoint_url: str | None = Field(
+        default=None, description="For MinIO, DigitalOcean Spaces and other S3 servers."
+    )
+    s3_region: str | None = None
     api_url: str = Field(
         default="http://127.0.0.1:8080", description="Where `conveyor submit` finds the API."
     )

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
+from conveyor.orchestrator.contracts import ArtifactStore
 from conveyor.orchestrator.embedded import EmbeddedEngine
 from conveyor.orchestrator.runtime import Runtime
 from conveyor.orchestrator.settings import Settings
 from conveyor.orchestrator.store import Store
 from conveyor.orchestrator.templates import TemplateEngine
+from conveyor.providers.artifacts_local import LocalArtifactStore
 from tests.unit.engine_kit import open_engine
 from tests.unit.runtime_kit import Harness, Recorder
 
@@ -33,3 +35,19 @@ def engine(settings: Settings) -> Iterator[EmbeddedEngine]:
     """An embedded engine on the test's data directory, closed afterwards."""
     with open_engine(settings) as e:
         yield e
+
+
+@pytest.fixture
+def artifacts(settings: Settings) -> ArtifactStore:
+    """The artifact store the shared artifact tests run against: local disk here."""
+    return LocalArtifactStore(settings)
+
+
+@pytest.fixture
+def corrupt(settings: Settings) -> Callable[[str, str, bytes], None]:
+    """Overwrite an artifact's bytes behind the store's back."""
+
+    def overwrite(run_id: str, key: str, data: bytes) -> None:
+        (settings.data_dir / "artifacts" / run_id / key).write_bytes(data)
+
+    return overwrite

@@ -1,0 +1,147 @@
+"""Artifacts in S3 or anything that speaks its API (MinIO, DigitalOcean Spaces, R2).
+
+Objects live at ``<prefix>/<run_id>/<key>`` with their SHA-256 in the object metadata.
+An upload becomes visible only when it is complete (S3's own guarantee for single and
+multipart uploads), so readers never see half an artifact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, BinaryIO, cast
+
+import boto3
+from boto3.s3.transfer import TransferConfig
+from botocore.exceptions import BotoCoreError, ClientError
+
+from conveyor.orchestrator.artifacts import (
+    Artifact,
+    ArtifactError,
+    ArtifactNotFound,
+    ChecksumMismatch,
+    chunks,
+    new_hash,
+    validate_key,
+    validate_run_id,
+)
+from conveyor.orchestrator.settings import Settings
+
+MIB = 1024 * 1024
+
+MISSING = ("404", "NoSuchKey", "NotFound")
+#: Multipart in 8 MiB parts, two at a time: memory stays bounded whatever the file size.
+TRANSFER = TransferConfig(
+    multipart_threshold=8 * MIB, multipart_chunksize=8 * MIB, max_concurrency=2
+)
+
+
+class S3ArtifactStore:
+    """The ArtifactStore of the distributed shape: every worker sees the same files."""
+
+    def __init__(self, settings: Settings, client: Any = None) -> None:
+        if not settings.s3_bucket:
+            raise ArtifactError("the s3 artifact store needs CONVEYOR_S3_BUCKET")
+        self.bucket = settings.s3_bucket
+        self.prefix = settings.s3_prefix.strip("/")
+        self.client = client or boto3.client(
+            "s3", endpoint_url=settings.s3_endpoint_url, region_name=settings.s3_region
+        )
+
+    def put(self, run_id: str, key: str, src: Path) -> Artifact:
+        """Upload ``src`` (streamed, multipart when large) with its checksum."""
+        name = self._name(run_id, key)
+        digest, size = new_hash(), 0
+        with _errors(key):
+            with open(src, "rb") as source:
+                for piece in chunks(source):
+                    digest.update(piece)
+                    size += len(piece)
+            # By file name, so parts are read from disk as they go (upload_fileobj would
+            # read ahead into memory).
+            metadata = {"sha256": digest.hexdigest()}
+            self.client.upload_file(
+                str(src), self.bucket, name, ExtraArgs={"Metadata": metadata}, Config=TRANSFER
+            )
+        return Artifact(key, size, digest.hexdigest(), datetime.now(UTC))
+
+    def get(self, run_id: str, key: str, dest: Path) -> Artifact:
+        """Download to ``dest``, checking the SHA-256 as it streams."""
+        artifact, body = self.open(run_id, key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        digest = new_hash()
+        with _errors(key), body, open(dest, "wb") as out:
+            for piece in chunks(body):
+                digest.update(piece)
+                out.write(piece)
+        if digest.hexdigest() != artifact.checksum:
+            dest.unlink(missing_ok=True)
+            raise ChecksumMismatch(f"artifact {key} of run {run_id} is corrupt (checksum mismatch)")
+        return artifact
+
+    def open(self, run_id: str, key: str) -> tuple[Artifact, BinaryIO]:
+        """The artifact and a stream of its content."""
+        with _errors(key):
+            answer = self.client.get_object(Bucket=self.bucket, Key=self._name(run_id, key))
+        return _artifact(key, answer), cast(BinaryIO, answer["Body"])
+
+    def list(self, run_id: str) -> list[Artifact]:
+        """Every artifact of a run, by key."""
+        base = f"{self.prefix}/{validate_run_id(run_id)}/"
+        found = []
+        with _errors(run_id):
+            for name in self._names(base):
+                head = self.client.head_object(Bucket=self.bucket, Key=name)
+                found.append(_artifact(name[len(base) :], head))
+        return sorted(found, key=lambda a: a.key)
+
+    def delete(self, run_id: str, key: str) -> None:
+        """Remove one artifact."""
+        name = self._name(run_id, key)
+        with _errors(key):
+            self.client.head_object(Bucket=self.bucket, Key=name)
+            self.client.delete_object(Bucket=self.bucket, Key=name)
+
+    def delete_run(self, run_id: str) -> int:
+        """Remove every artifact of a run."""
+        names = list(self._names(f"{self.prefix}/{validate_run_id(run_id)}/"))
+        with _errors(run_id):
+            for start in range(0, len(names), 1000):
+                batch: list[Any] = [{"Key": n} for n in names[start : start + 1000]]
+                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch})
+        return len(names)
+
+    def _names(self, base: str) -> Iterator[str]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=base):
+            for item in page.get("Contents", []):
+                yield item["Key"]
+
+    def _name(self, run_id: str, key: str) -> str:
+        return f"{self.prefix}/{validate_run_id(run_id)}/{validate_key(key)}"
+
+
+def _artifact(key: str, answer: Mapping[str, Any]) -> Artifact:
+    checksum = answer.get("Metadata", {}).get("sha256")
+    if not checksum:
+        raise ArtifactError(f"object {key} has no sha256 metadata: it was not stored by Conveyor")
+    modified = answer.get("LastModified") or datetime.now(UTC)
+    return Artifact(key, int(answer["ContentLength"]), checksum, modified)
+
+
+@contextmanager
+def _errors(what: str) -> Iterator[None]:
+    """S3 and network errors as Conveyor's, with the reason in one line."""
+    try:
+        yield
+    except ClientError as exc:
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        if code in MISSING:
+            raise ArtifactNotFound(f"no artifact {what}") from None
+        raise ArtifactError(f"S3 refused {what}: {code} {exc}") from None
+    except BotoCoreError as exc:
+        raise ArtifactError(f"S3 request for {what} failed: {exc}") from None
+    except OSError as exc:  # the local side: the file to upload, the place to write
+        raise ArtifactError(f"could not read or write {what}: {exc.strerror or exc}") from None
