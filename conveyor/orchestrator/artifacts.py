@@ -43,6 +43,8 @@ class Artifact:
     size: int
     checksum: str
     created_at: datetime
+    #: ``file``, or ``dir`` for a directory stored as a tar (pulls unpack it again).
+    kind: str = "file"
 
 
 def validate_key(key: str) -> str:

@@ -8,9 +8,10 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from .contracts import Sandbox, SandboxConfig, SandboxRequest
-from .errors import ConveyorError
+from .contracts import ArtifactStore, Sandbox, SandboxConfig, SandboxRequest
+from .errors import ConveyorError, PluginError
 from .plugins import Sandboxes
+from .settings import Settings
 from .store import Store
 from .variables import Masker
 
@@ -117,7 +118,11 @@ class Context:
         sandboxes: Sandboxes,
         deadline: float | None,
         timeout_message: str = "timed out",
+        artifacts: Callable[[], ArtifactStore] | None = None,
+        previous_run: Callable[[], str | None] | None = None,
+        settings: Settings | None = None,
     ) -> None:
+        self.settings = settings or Settings()
         self.run_id, self.step_key, self.attempt = run_id, step_key, attempt
         self.pipeline, self.params, self.steps = pipeline, params, steps
         self.env, self.secrets, self.matrix = env, secrets, matrix
@@ -128,6 +133,19 @@ class Context:
         self.timed_out = False
         self._sandboxes = sandboxes
         self._opened: list[Sandbox] = []
+        self._artifacts = artifacts
+        self._previous_run = previous_run
+
+    @property
+    def artifacts(self) -> ArtifactStore:
+        """The artifact store (local or S3, as the settings say)."""
+        if self._artifacts is None:
+            raise PluginError("no artifact store is configured here")
+        return self._artifacts()
+
+    def previous_run(self) -> str | None:
+        """The latest earlier run of this pipeline that succeeded, if any."""
+        return self._previous_run() if self._previous_run else None
 
     @property
     def idempotency_key(self) -> str:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .artifacts import Artifact
 from .durations import Duration
+from .settings import Settings
 
 LineSink = Callable[[str], None]
 
@@ -136,6 +137,20 @@ class StepContext(Protocol):
         ...
 
     @property
+    def settings(self) -> Settings:
+        """The operator's settings (policies such as allow_private_urls)."""
+        ...
+
+    @property
+    def artifacts(self) -> ArtifactStore:
+        """The artifact store (PluginError when none is configured)."""
+        ...
+
+    def previous_run(self) -> str | None:
+        """The id of the latest earlier run of this pipeline that succeeded, if any."""
+        ...
+
+    @property
     def idempotency_key(self) -> str:
         """``run_id:step_key``: the key for effects outside Conveyor."""
         ...
@@ -197,7 +212,7 @@ class Dispatcher(Protocol):
 class ArtifactStore(Protocol):
     """Files kept per run (local disk, S3): streamed, checksummed, all-or-nothing."""
 
-    def put(self, run_id: str, key: str, src: Path) -> Artifact:
+    def put(self, run_id: str, key: str, src: Path, kind: str = "file") -> Artifact:
         """Store the file ``src`` under ``key``; a half-written upload is never visible."""
         ...
 

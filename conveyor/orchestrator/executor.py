@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 
 from .context import Context, LazyOutputs, StoreLogger
-from .contracts import StepRef, StepType
+from .contracts import ArtifactStore, StepRef, StepType
 from .durations import format_duration
 from .errors import (
     ConveyorError,
@@ -31,7 +31,7 @@ from .errors import (
     TemplateError,
 )
 from .plan import PlanStep
-from .plugins import Sandboxes
+from .plugins import Sandboxes, load_artifact_store
 from .records import RunRecord, StepRecord
 from .runtime import Claim, Outcome, Runtime
 from .settings import Settings
@@ -71,8 +71,15 @@ class Executor:
         # Runs that ended while some of their steps still ran here: their workspaces go
         # once the last of those steps is done.
         self._over: set[str] = set()
+        self._artifact_store: ArtifactStore | None = None
         runtime.on_cancel.append(self.signal_cancel)
         runtime.on_finished.append(lambda run: self.run_over(run.id))
+
+    def artifacts(self) -> ArtifactStore:
+        """The configured artifact store, made on first use and shared by every step."""
+        if self._artifact_store is None:
+            self._artifact_store = load_artifact_store(self.settings)
+        return self._artifact_store
 
     def execute(self, ref: StepRef) -> None:
         """Claim ``ref`` and run it; a duplicate or stale delivery does nothing.
@@ -127,6 +134,11 @@ class Executor:
             sandboxes=self.sandboxes,
             deadline=deadline,
             timeout_message=timeout_message,
+            artifacts=self.artifacts,
+            settings=self.settings,
+            previous_run=lambda: self.runtime.store.latest_run_id(
+                run.pipeline, "succeeded", before=run.created_at
+            ),
         )
 
     def _deadline(self, run: RunRecord, plan_step: PlanStep) -> tuple[float | None, str]:

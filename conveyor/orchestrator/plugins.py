@@ -11,12 +11,13 @@ from collections.abc import Iterator, Mapping
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
-from .contracts import SandboxFactory, StepType
+from .contracts import ArtifactStore, SandboxFactory, StepType
 from .errors import PluginError
 from .settings import Settings
 
 STEP_GROUP = "conveyor.steps"
 SANDBOX_GROUP = "conveyor.sandboxes"
+ARTIFACT_GROUP = "conveyor.artifact_stores"
 
 
 class StepTypes(Mapping[str, StepType]):
@@ -65,6 +66,16 @@ class Sandboxes:
         """Ask every sandbox kind used in this process to remove the run's workspace."""
         for factory in self._factories.values():
             factory.cleanup_run(run_id)
+
+
+def load_artifact_store(settings: Settings) -> ArtifactStore:
+    """The artifact store the settings name (``local`` or ``s3``, or a plugin's)."""
+    found = {ep.name: ep for ep in entry_points(group=ARTIFACT_GROUP)}
+    if settings.artifact_store not in found:
+        known = ", ".join(sorted(found)) or "none"
+        raise PluginError(f"no artifact store {settings.artifact_store!r} (installed: {known})")
+    store: ArtifactStore = found[settings.artifact_store].load()(settings)
+    return store
 
 
 def _instantiate(ep: EntryPoint, protocol: Any) -> Any:

@@ -49,6 +49,11 @@ class Settings(BaseSettings):
         default=None, description="For MinIO, DigitalOcean Spaces and other S3 servers."
     )
     s3_region: str | None = None
+    allow_private_urls: bool = Field(
+        default=False,
+        description="Let artifact pulls fetch from loopback, private and link-local addresses.",
+    )
+    max_download_bytes: int = Field(default=10 * 1024**3, ge=1, description="URL pull cap.")
     api_url: str = Field(
         default="http://127.0.0.1:8080", description="Where `conveyor submit` finds the API."
     )

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from . import db
 from .errors import Conflict, NotFound, StoreUnavailable
 from .records import EventRecord, LogRecord, RunRecord, StepRecord, run_from_row, step_from_row
-from .schema import RUN_COLUMNS, events, runs, step_logs, steps
+from .schema import RUN_COLUMNS, definitions, events, runs, step_logs, steps
 from .status import RunStatus, StepStatus
 from .transaction import RunTx, log_rows, version_definition
 
@@ -56,6 +56,9 @@ class NewRun:
     submitted_by: str | None = None
     idempotency_key: str | None = None
     deadline: datetime | None = None
+    #: The registered definition version this run executes; None writes ``source`` as
+    #: the newest version of ``pipeline`` (or reuses it when unchanged).
+    definition_id: str | None = None
 
 
 @contextmanager
@@ -118,7 +121,7 @@ class Store:
                 )
                 if existing:
                     return run_from_row(existing)
-            definition_id, version, _ = version_definition(conn, new.pipeline, new.source)
+            definition_id, version = _definition_of(conn, new)
             run_id, now = new_id(), utcnow()
             conn.execute(runs.insert().values(_run_row(new, run_id, definition_id, now)))
             conn.execute(steps.insert(), [_step_row(run_id, i, s) for i, s in enumerate(new.steps)])
@@ -132,6 +135,11 @@ class Store:
     def _rows(self, query: sa.Select[Any]) -> list[sa.RowMapping]:
         with translate_errors(), self.read_engine.connect() as conn:
             return list(conn.execute(query).mappings())
+
+    def run_by_idempotency_key(self, key: str) -> RunRecord | None:
+        """The run created with this idempotency key, if any."""
+        rows = self._rows(sa.select(*RUN_COLUMNS).where(runs.c.idempotency_key == key))
+        return run_from_row(rows[0]) if rows else None
 
     def get_run(self, run_id: str) -> RunRecord:
         """One run by its full id."""
@@ -158,8 +166,13 @@ class Store:
         status: str | None = None,
         pipeline: str | None = None,
         before: datetime | None = None,
+        after: tuple[datetime, str] | None = None,
     ) -> list[RunRecord]:
-        """Newest runs first, optionally filtered."""
+        """Newest runs first, optionally filtered.
+
+        ``after`` is the (created_at, id) of the last run of a previous page: the page
+        goes on from there even while new runs arrive (keyset pagination).
+        """
         query = sa.select(*RUN_COLUMNS).order_by(runs.c.created_at.desc(), runs.c.id).limit(limit)
         if status:
             query = query.where(runs.c.status == status)
@@ -167,6 +180,13 @@ class Store:
             query = query.where(runs.c.pipeline == pipeline)
         if before:
             query = query.where(runs.c.created_at < before)
+        if after:
+            at, last_id = after
+            query = query.where(
+                sa.or_(
+                    runs.c.created_at < at, sa.and_(runs.c.created_at == at, runs.c.id > last_id)
+                )
+            )
         return [run_from_row(r) for r in self._rows(query)]
 
     def get_plan(self, run_id: str) -> dict[str, Any]:
@@ -176,6 +196,21 @@ class Store:
             raise NotFound(f"no run {run_id}")
         plan: dict[str, Any] = rows[0]["plan"]
         return plan
+
+    def latest_run_id(
+        self, pipeline: str, status: str, *, before: datetime | None = None
+    ) -> str | None:
+        """The newest run of ``pipeline`` in ``status`` (created before ``before``)."""
+        query = (
+            sa.select(runs.c.id)
+            .where(runs.c.pipeline == pipeline, runs.c.status == status)
+            .order_by(runs.c.created_at.desc())
+            .limit(1)
+        )
+        if before is not None:
+            query = query.where(runs.c.created_at < before)
+        rows = self._rows(query)
+        return str(rows[0]["id"]) if rows else None
 
     def step_outputs(self, run_id: str) -> dict[str, dict[str, Any]]:
         """Outputs of the run's succeeded steps, by key."""
@@ -188,6 +223,14 @@ class Store:
         """The steps of a run in plan order."""
         query = sa.select(steps).where(steps.c.instance_id == run_id).order_by(steps.c.position)
         return [step_from_row(r) for r in self._rows(query)]
+
+    def get_step(self, run_id: str, step_key: str) -> StepRecord:
+        """One step of a run by key."""
+        query = sa.select(steps).where(steps.c.instance_id == run_id, steps.c.step_key == step_key)
+        rows = self._rows(query)
+        if not rows:
+            raise NotFound(f"run {run_id} has no step {step_key!r}")
+        return step_from_row(rows[0])
 
     def list_events(self, run_id: str, after: int = 0) -> list[EventRecord]:
         """Events of a run with a sequence number above ``after``."""
@@ -315,6 +358,18 @@ class Store:
         return {
             r.id: r.run_status if r.run_status == RunStatus.CANCELLED else r.status for r in rows
         }
+
+
+def _definition_of(conn: sa.Connection, new: NewRun) -> tuple[str, int]:
+    """(id, version) of the definition a new run points at."""
+    if new.definition_id is None:
+        definition_id, version, _ = version_definition(conn, new.pipeline, new.source)
+        return definition_id, version
+    query = sa.select(definitions.c.version).where(definitions.c.id == new.definition_id)
+    found: int | None = conn.execute(query).scalar()
+    if found is None:
+        raise NotFound(f"no pipeline definition {new.definition_id}")
+    return new.definition_id, found
 
 
 def _run_row(new: NewRun, run_id: str, definition_id: str, now: datetime) -> dict[str, Any]:

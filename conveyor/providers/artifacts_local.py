@@ -37,7 +37,7 @@ class LocalArtifactStore:
     def __init__(self, settings: Settings, root: Path | None = None) -> None:
         self.root = (root or settings.data_dir / "artifacts").resolve()
 
-    def put(self, run_id: str, key: str, src: Path) -> Artifact:
+    def put(self, run_id: str, key: str, src: Path, kind: str = "file") -> Artifact:
         """Store ``src`` under ``key``, replacing any artifact of that key at once."""
         target = self._path(run_id, key)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -51,7 +51,7 @@ class LocalArtifactStore:
                     out.write(piece)
                 out.flush()
                 os.fsync(out.fileno())
-            artifact = Artifact(key, size, digest.hexdigest(), datetime.now(UTC))
+            artifact = Artifact(key, size, digest.hexdigest(), datetime.now(UTC), kind)
             _write_meta(target, artifact)
             os.replace(name, target)
         except OSError as exc:
@@ -123,6 +123,7 @@ def _write_meta(target: Path, artifact: Artifact) -> None:
         "size": artifact.size,
         "checksum": artifact.checksum,
         "created_at": artifact.created_at.isoformat(),
+        "kind": artifact.kind,
     }
     tmp = meta.with_name(meta.name + ".tmp")
     tmp.write_text(json.dumps(data))
@@ -137,4 +138,5 @@ def _read_meta(target: Path, key: str) -> Artifact:
     except (OSError, ValueError) as exc:
         raise ArtifactError(f"artifact {key} has unreadable metadata: {exc}") from exc
     created = datetime.fromisoformat(data["created_at"])
-    return Artifact(key, int(data["size"]), str(data["checksum"]), created)
+    kind = str(data.get("kind", "file"))
+    return Artifact(key, int(data["size"]), str(data["checksum"]), created, kind)

@@ -50,7 +50,7 @@ class S3ArtifactStore:
             "s3", endpoint_url=settings.s3_endpoint_url, region_name=settings.s3_region
         )
 
-    def put(self, run_id: str, key: str, src: Path) -> Artifact:
+    def put(self, run_id: str, key: str, src: Path, kind: str = "file") -> Artifact:
         """Upload ``src`` (streamed, multipart when large) with its checksum."""
         name = self._name(run_id, key)
         digest, size = new_hash(), 0
@@ -61,11 +61,11 @@ class S3ArtifactStore:
                     size += len(piece)
             # By file name, so parts are read from disk as they go (upload_fileobj would
             # read ahead into memory).
-            metadata = {"sha256": digest.hexdigest()}
+            metadata = {"sha256": digest.hexdigest(), "kind": kind}
             self.client.upload_file(
                 str(src), self.bucket, name, ExtraArgs={"Metadata": metadata}, Config=TRANSFER
             )
-        return Artifact(key, size, digest.hexdigest(), datetime.now(UTC))
+        return Artifact(key, size, digest.hexdigest(), datetime.now(UTC), kind)
 
     def get(self, run_id: str, key: str, dest: Path) -> Artifact:
         """Download to ``dest``, checking the SHA-256 as it streams."""
@@ -124,11 +124,14 @@ class S3ArtifactStore:
 
 
 def _artifact(key: str, answer: Mapping[str, Any]) -> Artifact:
-    checksum = answer.get("Metadata", {}).get("sha256")
+    metadata = answer.get("Metadata", {})
+    checksum = metadata.get("sha256")
     if not checksum:
         raise ArtifactError(f"object {key} has no sha256 metadata: it was not stored by Conveyor")
     modified = answer.get("LastModified") or datetime.now(UTC)
-    return Artifact(key, int(answer["ContentLength"]), checksum, modified)
+    return Artifact(
+        key, int(answer["ContentLength"]), checksum, modified, metadata.get("kind", "file")
+    )
 
 
 @contextmanager

@@ -23,15 +23,26 @@ from conveyor.orchestrator.contracts import Sandbox, SandboxConfig, StepContext
 from conveyor.orchestrator.durations import Duration
 from conveyor.orchestrator.errors import SandboxError, StepFailed
 
+from .artifact_files import push
+
 STDOUT_LINES = 100
 STDOUT_BYTES = 64 * 1024
 MAX_OUTPUTS_BYTES = 1024 * 1024
 #: Output names the step sets itself; the outputs file may not overwrite them.
-RESERVED_OUTPUTS = frozenset({"exit_code", "stdout"})
+RESERVED_OUTPUTS = frozenset({"exit_code", "stdout", "artifacts"})
 
 _OUTPUT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 _UNSAFE_FILE_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
 # Run inside the sandbox, so the file belongs to whoever runs the commands there.
+
+
+class ArtifactOut(BaseModel):
+    """One file or directory of the workspace to store as an artifact."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: str = Field(description="Artifact key, e.g. `ui-dist`.")
+    path: str = Field(description="File or directory in the workspace, e.g. `/workspace/dist`.")
 
 
 class ShellExecConfig(BaseModel):
@@ -72,6 +83,10 @@ class ShellExecConfig(BaseModel):
     timeout: Duration | None = Field(
         default=None, description="Limit for all the commands together, such as 300s or 10m."
     )
+    artifacts_out: list[ArtifactOut] = Field(
+        default_factory=list,
+        description="Files or directories (stored as a tar) to keep once the commands pass.",
+    )
 
 
 class ShellExec:
@@ -106,7 +121,16 @@ class _Session:
         for number, command in enumerate(self.config.commands, 1):
             self._run_command(number, command)
         outputs = parse_outputs(self._read_outputs())
-        return {"exit_code": 0, "stdout": _joined_tail(self.stdout), **outputs}
+        stored = [self._store(out) for out in self.config.artifacts_out]
+        result = {"exit_code": 0, "stdout": _joined_tail(self.stdout), **outputs}
+        if stored:
+            result["artifacts"] = stored
+        return result
+
+    def _store(self, out: ArtifactOut) -> dict[str, Any]:
+        artifact = push(self.ctx, self.sandbox, out.path, out.key)
+        self.ctx.log.line(f"stored {out.path} as artifact {artifact.key} ({artifact.size} bytes)")
+        return {"key": artifact.key, "size": artifact.size, "checksum": artifact.checksum}
 
     def _run_command(self, number: int, command: str) -> None:
         self._echo(command)

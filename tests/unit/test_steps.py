@@ -14,6 +14,8 @@ from pydantic import BaseModel, ValidationError
 
 from conveyor.orchestrator.contracts import StepType
 from conveyor.orchestrator.errors import SandboxError, StepCancelled, StepFailed, StepTimeout
+from conveyor.steps.artifact_pull import ArtifactPull
+from conveyor.steps.artifact_push import ArtifactPush
 from conveyor.steps.log import Log
 from conveyor.steps.set import Set
 from conveyor.steps.shell_exec import ShellExec, parse_outputs
@@ -50,7 +52,13 @@ def test_the_entry_points_name_these_classes() -> None:
     for name, target in entry_points["conveyor.steps"].items():
         module, attribute = target.split(":")
         found[name] = getattr(importlib.import_module(module), attribute)
-    assert found == {"step.shell_exec": ShellExec, "step.log": Log, "step.set": Set}
+    assert found == {
+        "step.shell_exec": ShellExec,
+        "step.log": Log,
+        "step.set": Set,
+        "step.artifact_push": ArtifactPush,
+        "step.artifact_pull": ArtifactPull,
+    }
 
 
 @pytest.mark.parametrize(

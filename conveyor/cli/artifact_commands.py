@@ -1,0 +1,61 @@
+"""``conveyor artifacts``: list a run's artifacts, or fetch one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.table import Table
+from rich.text import Text
+
+from conveyor.orchestrator.plugins import load_artifact_store
+from conveyor.orchestrator.settings import Settings
+
+from . import backend
+from .consoles import out
+from .render import when
+
+
+@click.command()
+@click.argument("words", nargs=-1, required=True, metavar="RUN | get RUN KEY")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Where `get` writes.")
+@click.pass_context
+def artifacts(ctx: click.Context, words: tuple[str, ...], output: Path | None) -> None:
+    """List a run's artifacts (`artifacts RUN`) or fetch one (`artifacts get RUN KEY`)."""
+    settings: Settings = ctx.find_root().obj
+    if words[0] == "get":
+        if len(words) != 3:
+            raise click.UsageError("usage: conveyor artifacts get RUN KEY [-o PATH]")
+        _get(settings, words[1], words[2], output)
+    elif len(words) == 1:
+        _list(settings, words[0])
+    else:
+        raise click.UsageError("usage: conveyor artifacts RUN | conveyor artifacts get RUN KEY")
+
+
+def _list(settings: Settings, ref: str) -> None:
+    run = backend.open_store(settings).find_run(ref)
+    table = Table(box=None, header_style="bold")
+    for column in ("KEY", "KIND", "SIZE", "SHA-256", "STORED"):
+        table.add_column(column, no_wrap=True)
+    for artifact in load_artifact_store(settings).list(run.id):
+        table.add_row(
+            Text(artifact.key),
+            artifact.kind,
+            str(artifact.size),
+            artifact.checksum[:16],
+            when(artifact.created_at),
+        )
+    out.print(table)
+
+
+def _get(settings: Settings, ref: str, key: str, output: Path | None) -> None:
+    run = backend.open_store(settings).find_run(ref)
+    dest = output or Path(Path(key).name + (".tar" if _is_dir(settings, run.id, key) else ""))
+    artifact = load_artifact_store(settings).get(run.id, key, dest)
+    out.print(f"wrote {dest} ({artifact.size} bytes, sha256 {artifact.checksum})", markup=False)
+
+
+def _is_dir(settings: Settings, run_id: str, key: str) -> bool:
+    found = {a.key: a for a in load_artifact_store(settings).list(run_id)}
+    return key in found and found[key].kind == "dir"
