@@ -6,6 +6,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -17,7 +18,7 @@ PG_ADMIN_URL = os.environ.get(
 )
 
 
-def missing(component: str, reason: str) -> None:
+def missing(component: str, reason: str) -> NoReturn:
     """Skip on a laptop without ``component``; fail under CI, where a skip proves nothing."""
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(f"{component} is required under CI: {reason}")
@@ -49,13 +50,15 @@ def pg_database() -> Iterator[str]:
     except Exception as exc:
         missing("Postgres", str(exc))
     name = f"conveyor_test_{uuid.uuid4().hex[:10]}"
-    admin.execute(f'CREATE DATABASE "{name}"')
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
     base = PG_ADMIN_URL.rsplit("/", 1)[0]
     try:
         yield f"{base}/{name}"
     finally:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+        # A new connection: a test may have restarted the server since (tests/integration).
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=10) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture

@@ -26,8 +26,11 @@ from conveyor.orchestrator.spec import format_path
 from conveyor.orchestrator.status import RunStatus
 
 from . import backend
+from .api_commands import api, submit, token, watch
+from .artifact_commands import artifacts
 from .consoles import err, out, silence_stdout
 from .render import event_line, run_header, runs_table, steps_table
+from .worker_commands import beat, worker
 
 
 def _settings(ctx: click.Context) -> Settings:
@@ -340,3 +343,12 @@ def main() -> None:
         where = "(CONVEYOR_DEBUG=1 shows where)"
         err.print(f"[bold red]internal error:[/] {escape(f'{type(exc).__name__}: {exc}')} {where}")
         sys.exit(1)
+
+
+cli.add_command(worker)
+cli.add_command(beat)
+cli.add_command(api)
+cli.add_command(submit)
+cli.add_command(watch)
+cli.add_command(token)
+cli.add_command(artifacts)

@@ -3,26 +3,41 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
 
 from conveyor.orchestrator.durations import format_duration
-from conveyor.orchestrator.records import EventRecord, LogRecord, RunRecord
+from conveyor.orchestrator.records import EventRecord, LogRecord, RunRecord, StepRecord
 
 from .render import ICON, STYLE, run_header, steps_table
-
-if TYPE_CHECKING:
-    from conveyor.orchestrator.store import Store
 
 TAIL_LINES = 3
 RETRY_ICON = "↻"
 
 
+class RunReader(Protocol):
+    """What following a run reads: the store here, or the HTTP API (``conveyor watch``)."""
+
+    def list_steps(self, run_id: str) -> list[StepRecord]:
+        """The run's steps in plan order."""
+        ...
+
+    def list_events(self, run_id: str, after: int = 0) -> list[EventRecord]:
+        """The run's events after ``after``."""
+        ...
+
+    def tail_logs(
+        self, run_id: str, step_key: str, lines: int = 3, attempt: int | None = None
+    ) -> list[LogRecord]:
+        """The last lines of a step's log."""
+        ...
+
+
 def follow(
-    store: Store,
+    store: RunReader,
     run_id: str,
     console: Console,
     wait: Callable[[float], RunRecord],
@@ -36,7 +51,11 @@ def follow(
 
 
 def _follow_live(
-    store: Store, run_id: str, console: Console, wait: Callable[[float], RunRecord], interval: float
+    store: RunReader,
+    run_id: str,
+    console: Console,
+    wait: Callable[[float], RunRecord],
+    interval: float,
 ) -> RunRecord:
     with Live(console=console, refresh_per_second=8, transient=False) as live:
         while True:
@@ -46,7 +65,7 @@ def _follow_live(
                 return run
 
 
-def _screen(store: Store, run: RunRecord) -> Group:
+def _screen(store: RunReader, run: RunRecord) -> Group:
     steps = store.list_steps(run.id)
     tails: dict[str, list[LogRecord]] = {
         s.key: store.tail_logs(run.id, s.key, TAIL_LINES, attempt=s.attempts)
@@ -57,7 +76,11 @@ def _screen(store: Store, run: RunRecord) -> Group:
 
 
 def _follow_lines(
-    store: Store, run_id: str, console: Console, wait: Callable[[float], RunRecord], interval: float
+    store: RunReader,
+    run_id: str,
+    console: Console,
+    wait: Callable[[float], RunRecord],
+    interval: float,
 ) -> RunRecord:
     seen = 0
     while True:

@@ -15,10 +15,9 @@ from conveyor.orchestrator.embedded import EmbeddedEngine
 from conveyor.orchestrator.errors import ConveyorError
 from conveyor.orchestrator.plan import ExecutionPlan
 from conveyor.orchestrator.records import RunRecord
-from conveyor.orchestrator.store import Store
 
 from .consoles import err, out
-from .progress import follow
+from .progress import RunReader, follow
 from .render import run_header
 
 TAIL_LINES = 15
@@ -117,7 +116,7 @@ def _abandon(engine: EmbeddedEngine, run_id: str, error: Exception) -> None:
         engine.runtime.cancel(run_id, f"cancelled: conveyor run failed ({type(error).__name__})")
 
 
-def summary(store: Store, run: RunRecord, *, header: bool = True) -> None:
+def summary(store: RunReader, run: RunRecord, *, header: bool = True) -> None:
     """The run's last line; for a run that did not succeed, why, and the log tails."""
     if header:
         out.print(run_header(run))

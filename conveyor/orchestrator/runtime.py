@@ -95,8 +95,13 @@ class Runtime:
         secrets: Mapping[str, str] | None = None,
         submitted_by: str | None = None,
         idempotency_key: str | None = None,
+        definition_id: str | None = None,
     ) -> RunRecord:
-        """Create a run of ``plan`` and dispatch its first steps."""
+        """Create a run of ``plan`` and dispatch its first steps.
+
+        ``definition_id`` names the registered version ``source`` is (running an older
+        version must not make it the newest again).
+        """
         deadline = utcnow() + timedelta(seconds=plan.timeout) if plan.timeout else None
         run = self.store.create_run(
             NewRun(
@@ -108,6 +113,7 @@ class Runtime:
                 submitted_by=submitted_by,
                 idempotency_key=idempotency_key,
                 deadline=deadline,
+                definition_id=definition_id,
             )
         )
         if secrets:

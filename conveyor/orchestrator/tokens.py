@@ -10,7 +10,7 @@ import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -21,6 +21,7 @@ from .schema import api_tokens
 from .store import Store, translate_errors, utcnow
 
 PREFIX = "cvt_"
+USE_RESOLUTION = timedelta(minutes=1)
 
 
 class Role(StrEnum):
@@ -90,11 +91,12 @@ class Tokens:
             )
             if row is None:
                 return None
-            conn.execute(
-                api_tokens.update()
-                .where(api_tokens.c.id == row["id"])
-                .values(last_used_at=utcnow())
-            )
+            now, last = utcnow(), row["last_used_at"]
+            # Noted at most once a minute: not a commit for every API call.
+            if last is None or now - last > USE_RESOLUTION:
+                conn.execute(
+                    api_tokens.update().where(api_tokens.c.id == row["id"]).values(last_used_at=now)
+                )
         return _token(row)
 
     def list(self) -> list[Token]:

@@ -1,0 +1,79 @@
+"""Prometheus metrics computed from the store at each scrape.
+
+Workers are other processes, on other hosts even: counters kept in this process would
+see none of their work. The store sees all of it, so each scrape asks it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from conveyor.orchestrator.stats import Stats
+from conveyor.orchestrator.status import RunStatus
+
+#: Queues a deployment always has: reported (at 0) even before any step used them.
+QUEUES = ("control", "sandbox", "scan", "deploy")
+
+
+class StoreCollector(Collector):
+    """Runs and steps by status, queue depth, and step durations, from the store."""
+
+    def __init__(self, stats: Stats) -> None:
+        self.stats = stats
+
+    def describe(self) -> Iterable[Metric]:
+        """The metrics' names, so that registering does not query the store."""
+        return _families()
+
+    def collect(self) -> Iterable[Metric]:
+        """Every metric with its current samples."""
+        runs, steps, depth, durations = _families()
+        # Zeros too: an alert on a series needs the series to exist.
+        for status, count in (
+            dict.fromkeys(map(str, RunStatus), 0) | self.stats.runs_by_status()
+        ).items():
+            runs.add_metric([status], count)
+        for (status, type_, queue), count in sorted(self.stats.steps_by_status().items()):
+            steps.add_metric([status, type_, queue], count)
+        for queue, count in sorted((dict.fromkeys(QUEUES, 0) | self.stats.queue_depth()).items()):
+            depth.add_metric([queue], count)
+        for h in self.stats.step_durations():
+            buckets = [(_bound(b), n) for b, n in h.buckets] + [("+Inf", h.count)]
+            durations.add_metric([h.type, h.queue], buckets, sum_value=h.total)
+        return [runs, steps, depth, durations]
+
+
+Families = tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily, HistogramMetricFamily]
+
+
+def _families() -> Families:
+    """The metrics, empty: (runs, steps, queue depth, step durations)."""
+    return (
+        GaugeMetricFamily("conveyor_runs", "Runs by status.", labels=["status"]),
+        GaugeMetricFamily(
+            "conveyor_steps", "Steps by status, type and queue.", labels=["status", "type", "queue"]
+        ),
+        GaugeMetricFamily(
+            "conveyor_queue_depth", "Steps queued and waiting for a worker.", labels=["queue"]
+        ),
+        HistogramMetricFamily(
+            "conveyor_step_duration_seconds",
+            "How long finished steps ran (their latest attempt).",
+            labels=["type", "queue"],
+        ),
+    )
+
+
+def _bound(value: float) -> str:
+    return str(float(value))
+
+
+def registry_for(stats: Stats) -> CollectorRegistry:
+    """A registry of its own per app: two apps in one process must not collide."""
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(StoreCollector(stats))
+    return registry

@@ -1,0 +1,162 @@
+"""Routes as data: each one's path, role, models and handler; views are made from them.
+
+The route table (``routes.py``) is the one place that lists what the API serves. The
+Flask views and the OpenAPI document are both built from it, so they cannot disagree.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from flask import Response, request
+from pydantic import BaseModel, ValidationError
+from werkzeug.datastructures import Headers
+
+from conveyor.orchestrator.spec import format_path
+from conveyor.orchestrator.tokens import Role, Token
+
+from .errors import BadRequest, Forbidden, Unauthorized
+from .services import Services
+
+B = TypeVar("B")
+Q = TypeVar("Q")
+Handler = Callable[..., Any]
+_PARAM = re.compile(r"\{(\w+)\}")
+
+
+@dataclass(frozen=True)
+class Call(Generic[B, Q]):
+    """One request as a handler sees it: parsed, validated and authenticated."""
+
+    services: Services
+    token: Token | None
+    body: B
+    query: Q
+    headers: Headers
+
+    @property
+    def who(self) -> str | None:
+        """The name of the token that made the request."""
+        return self.token.name if self.token else None
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A model answered with a status other than the route's, or with headers."""
+
+    model: BaseModel
+    status: int
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Route:
+    """One operation of the API."""
+
+    method: str
+    path: str  # OpenAPI form, under /api/v1: /runs/{run_id}
+    handler: Handler
+    summary: str
+    tag: str
+    role: Role | None = Role.VIEWER  # None: no token needed
+    body: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    response: type[BaseModel] | None = None
+    status: int = 200
+    errors: tuple[int, ...] = ()
+    #: Other statuses answered with ``response`` (e.g. 200 for a replayed submission).
+    also: tuple[int, ...] = ()
+    #: Media types answered besides JSON, with their OpenAPI schema.
+    media: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: Request headers the operation reads: name -> description.
+    headers: Mapping[str, str] = field(default_factory=dict)
+    #: Path parameters that may contain ``/`` (a matrix step's key can).
+    slashed: tuple[str, ...] = ()
+    operation_id: str = ""
+    description: str = ""
+
+    @property
+    def endpoint(self) -> str:
+        """The Flask endpoint and the OpenAPI operationId."""
+        return self.operation_id or self.handler.__name__
+
+    @property
+    def flask_path(self) -> str:
+        """The path in Werkzeug's rule syntax."""
+
+        def rule(match: re.Match[str]) -> str:
+            name = match.group(1)
+            return f"<path:{name}>" if name in self.slashed else f"<{name}>"
+
+        return _PARAM.sub(rule, self.path)
+
+    @property
+    def path_params(self) -> list[str]:
+        """Names of the path's parameters, in order."""
+        return _PARAM.findall(self.path)
+
+
+def make_view(route: Route, services: Services) -> Callable[..., Response]:
+    """The Flask view of a route: authenticate, parse, call the handler, answer."""
+
+    def view(**path: str) -> Response:
+        token = authorize(services, route.role)
+        body = parse_body(route.body) if route.body else None
+        query = parse(route.query, dict(request.args.items())) if route.query else None
+        call: Call[Any, Any] = Call(services, token, body, query, request.headers)
+        return respond(route, route.handler(call, **path))
+
+    view.__name__ = route.endpoint
+    return view
+
+
+def authorize(services: Services, needed: Role | None) -> Token | None:
+    """The request's token, if its role is ``needed`` or above (401/403 otherwise)."""
+    if needed is None:
+        return None
+    scheme, _, secret = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        raise Unauthorized()
+    token = services.tokens.authenticate(secret.strip())
+    if token is None:
+        raise Unauthorized("the bearer token is unknown or revoked")
+    if not token.role.allows(needed):
+        raise Forbidden(f"this needs an {needed.value} token; this one is a {token.role.value}")
+    return token
+
+
+def parse_body(model: type[BaseModel]) -> BaseModel:
+    """The JSON body as ``model`` (400 when it is not JSON or does not fit)."""
+    # force: `curl -d` sends JSON as a form unless told otherwise; the body is what counts.
+    data = request.get_json(force=True, silent=True)
+    if not isinstance(data, dict):
+        raise BadRequest("the request body must be a JSON object")
+    return parse(model, data)
+
+
+def parse(model: type[BaseModel], data: Mapping[str, Any]) -> BaseModel:
+    """``data`` as ``model``; a 400 naming every field that is wrong."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise BadRequest("; ".join(_problem(e) for e in exc.errors())) from None
+
+
+def _problem(error: Mapping[str, Any]) -> str:
+    message = str(error["msg"]).removeprefix("Value error, ")
+    where = format_path(error["loc"])
+    return f"{where}: {message}" if where else message
+
+
+def respond(route: Route, result: BaseModel | Reply | Response) -> Response:
+    """The handler's result as a response (models as JSON, with the route's status)."""
+    if isinstance(result, Response):
+        return result
+    if isinstance(result, Reply):
+        model, status, headers = result.model, result.status, dict(result.headers)
+    else:
+        model, status, headers = result, route.status, {}
+    return Response(model.model_dump_json(), status, headers, mimetype="application/json")

@@ -1,0 +1,145 @@
+"""Runs: submit (idempotently), list a page at a time, read, cancel, retry, read events."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from datetime import datetime
+
+from werkzeug.datastructures import Headers
+
+from conveyor.orchestrator.errors import Conflict
+from conveyor.orchestrator.plan import ExecutionPlan
+from conveyor.orchestrator.records import RunRecord
+from conveyor.orchestrator.recovery import retry_run
+
+from .errors import BadRequest
+from .models import Event, EventList, EventQuery, Run, RunDetail, RunPage, RunQuery, SubmitRun
+from .pipelines import find_definition
+from .routing import Call, Reply
+from .services import Services
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+MAX_KEY_LENGTH = 200  # the column's width
+
+
+def submit_run(call: Call[SubmitRun, None]) -> Reply:
+    """Start a run; a request repeating an earlier one's Idempotency-Key gets that run."""
+    services, key = call.services, idempotency_key(call.headers)
+    if key and (earlier := services.store.run_by_idempotency_key(key)):
+        return _replayed(services, earlier)
+    plan, source, definition_id = plan_of(services, call.body)
+    try:
+        run = services.runtime.submit(
+            plan,
+            source,
+            call.body.params,
+            submitted_by=call.who,
+            idempotency_key=key,
+            definition_id=definition_id,
+        )
+    except Conflict:
+        # The same key sent twice at once: the other request's run is this one's too.
+        if key and (earlier := services.store.run_by_idempotency_key(key)):
+            return _replayed(services, earlier)
+        raise
+    headers = {"Location": f"/api/v1/runs/{run.id}"}
+    return Reply(detail(services, run.id), 201, headers)
+
+
+def _replayed(services: Services, run: RunRecord) -> Reply:
+    headers = {"Location": f"/api/v1/runs/{run.id}", "Idempotent-Replayed": "true"}
+    return Reply(detail(services, run.id), 200, headers)
+
+
+def idempotency_key(headers: Headers) -> str | None:
+    """The request's Idempotency-Key, checked (None when there is none)."""
+    key = headers.get(IDEMPOTENCY_HEADER)
+    if key is None:
+        return None
+    key = key.strip()
+    if not key or len(key) > MAX_KEY_LENGTH:
+        raise BadRequest(f"{IDEMPOTENCY_HEADER} must be 1 to {MAX_KEY_LENGTH} characters")
+    return key
+
+
+def plan_of(services: Services, body: SubmitRun) -> tuple[ExecutionPlan, str, str | None]:
+    """(plan, source, registered definition id) of what the request asks to run."""
+    if body.definition is not None:
+        compiled = services.compiler.compile(body.definition)
+        return compiled.select(body.pipeline), compiled.source, None
+    assert body.pipeline is not None  # the model requires one or the other
+    definition = find_definition(services.definitions, body.pipeline, body.version)
+    compiled = services.compiler.compile(definition.source)
+    return compiled.select(definition.name), definition.source, definition.id
+
+
+def detail(services: Services, run_id: str) -> RunDetail:
+    """A run as it is now, with its steps."""
+    store = services.store
+    return RunDetail.with_steps(store.get_run(run_id), store.list_steps(run_id))
+
+
+def list_runs(call: Call[None, RunQuery]) -> RunPage:
+    """Runs, newest first, a page at a time; a cursor page is stable while runs arrive."""
+    query = call.query
+    after = decode_cursor(query.cursor) if query.cursor else None
+    status = query.status.value if query.status else None
+    found = call.services.store.list_runs(
+        limit=query.limit + 1, status=status, pipeline=query.pipeline, after=after
+    )
+    page = found[: query.limit]
+    more = len(found) > query.limit
+    return RunPage(
+        items=[Run.of(r) for r in page], next_cursor=encode_cursor(page[-1]) if more else None
+    )
+
+
+def encode_cursor(run: RunRecord) -> str:
+    """An opaque cursor naming the last run of a page."""
+    raw = json.dumps([run.created_at.isoformat(), run.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """(created_at, id) from a cursor; 400 for one this API did not make."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created_at, run_id = json.loads(raw)
+        moment = datetime.fromisoformat(created_at)
+    except (ValueError, TypeError, binascii.Error):
+        raise BadRequest(f"invalid cursor {cursor!r}") from None
+    if moment.tzinfo is None or not isinstance(run_id, str):
+        raise BadRequest(f"invalid cursor {cursor!r}")
+    return moment, run_id
+
+
+def get_run(call: Call[None, None], run_id: str) -> RunDetail:
+    """A run (by id, or a unique prefix of at least 4 characters) with its steps."""
+    return detail(call.services, call.services.store.find_run(run_id).id)
+
+
+def cancel_run(call: Call[None, None], run_id: str) -> RunDetail:
+    """Cancel a run: steps not started are cancelled, running ones are told to stop."""
+    services = call.services
+    run = services.store.find_run(run_id)
+    services.runtime.cancel(run.id, f"cancelled by {call.who}")
+    return detail(services, run.id)
+
+
+def retry_failed_run(call: Call[None, None], run_id: str) -> RunDetail:
+    """Run the failed and cancelled steps again (and what needs them); keep the rest."""
+    services = call.services
+    run = services.store.find_run(run_id)
+    retry_run(services.runtime, run.id, by=call.who)
+    return detail(services, run.id)
+
+
+def list_events(call: Call[None, EventQuery], run_id: str) -> EventList:
+    """The run's events after ``after``, in order."""
+    store = call.services.store
+    run = store.find_run(run_id)
+    events = store.list_events(run.id, after=call.query.after)
+    last = events[-1].seq if events else call.query.after
+    return EventList(items=[Event.of(e) for e in events], last_seq=last)

@@ -1,0 +1,31 @@
+"""What the API's handlers work with, built once by ``create_app`` and handed to each call."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from conveyor.orchestrator.definitions import Definitions
+from conveyor.orchestrator.plan import Compiler
+from conveyor.orchestrator.runtime import Runtime
+from conveyor.orchestrator.settings import Settings
+from conveyor.orchestrator.store import Store
+from conveyor.orchestrator.tokens import Tokens
+
+#: Raises when the broker cannot be reached; what it returns is ignored.
+BrokerCheck = Callable[[], object]
+
+
+@dataclass(frozen=True)
+class Services:
+    """The store and the orchestrator objects behind every route."""
+
+    settings: Settings
+    store: Store
+    compiler: Compiler
+    runtime: Runtime
+    definitions: Definitions
+    tokens: Tokens
+    broker_check: BrokerCheck | None = None
+    #: How often a follower of a step's log looks for new lines (seconds).
+    poll_seconds: float = 0.25

@@ -1,0 +1,154 @@
+"""One worker process's Conveyor: store, runtime, executor and reconciler.
+
+Mirrors ``orchestrator.embedded`` with the Celery dispatcher in place of the thread
+pool. It is built lazily, in the process that runs tasks: Celery forks its pool
+children after start-up, and database connections must never cross a fork.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from typing import TypeVar
+
+from celery import Celery
+
+from conveyor.orchestrator.contracts import StepRef
+from conveyor.orchestrator.embedded import make_compiler
+from conveyor.orchestrator.errors import NotFound, StoreUnavailable
+from conveyor.orchestrator.executor import Executor
+from conveyor.orchestrator.plugins import Sandboxes
+from conveyor.orchestrator.recovery import Reconciler
+from conveyor.orchestrator.runtime import Runtime
+from conveyor.orchestrator.settings import Settings
+from conveyor.orchestrator.store import Store
+
+from .dispatcher import CeleryDispatcher
+
+log = logging.getLogger("conveyor.workers")
+T = TypeVar("T")
+
+#: How long a task waits out a database that is away (a Postgres restart) before it
+#: gives up; the step stays queued in the database and the reconciler sends it again.
+STORE_PATIENCE = 60.0
+
+
+def open_current_store(settings: Settings) -> Store:
+    """The settings' store, refusing (SchemaOutdated) a schema that is not current."""
+    store = Store(settings.resolved_database_url)
+    try:
+        store.ensure_current()
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
+@dataclass
+class WorkerProcess:
+    """Everything one worker process needs to run steps and reconcile."""
+
+    store: Store
+    runtime: Runtime
+    executor: Executor
+    reconciler: Reconciler
+    dispatcher: CeleryDispatcher
+
+    @classmethod
+    def build(
+        cls, app: Celery, settings: Settings, owner: str, queues: Collection[str] | None
+    ) -> WorkerProcess:
+        """Wire the pieces for this process; ``queues`` are those its worker consumes."""
+        store = open_current_store(settings)
+        compiler = make_compiler(settings)
+        dispatcher = CeleryDispatcher(app)
+        runtime = Runtime(
+            store, compiler.templates, dispatcher, lease_seconds=settings.lease_seconds
+        )
+        executor = Executor(
+            runtime, compiler.step_types, Sandboxes(settings), settings, owner=owner, queues=queues
+        )
+        reconciler = Reconciler(runtime, stale_after=settings.stale_after_seconds)
+        log.info("conveyor worker process %s ready for queues %s", owner, _names(queues))
+        return cls(store, runtime, executor, reconciler, dispatcher)
+
+    def run_step(self, ref: StepRef) -> None:
+        """Claim and run ``ref`` (and the steps it continues with); a stale one is a no-op.
+
+        The claim is idempotent, so the whole delivery is simply tried again while the
+        database is away: the executor itself already waits to record results.
+        """
+        try:
+            patiently(lambda: self.executor.execute(ref))
+        except NotFound as exc:  # a run deleted since, or a message meant for another database
+            log.warning("dropped step %s of run %s: %s", ref.step_key, ref.run_id, exc.message)
+
+    def reconcile(self) -> None:
+        """One reconciler pass; a database that is away is the next pass's problem."""
+        try:
+            report = self.reconciler.run_once()
+        except StoreUnavailable as exc:
+            log.warning("reconcile skipped: %s", exc.message)
+            return
+        if report:
+            log.info(
+                "reconciled: %d re-dispatched, %d reclaimed, %d runs expired",
+                report.redispatched,
+                report.reclaimed,
+                report.expired_runs,
+            )
+
+    def close(self) -> None:
+        """Stop threads and release connections."""
+        self.executor.stop()
+        self.dispatcher.close()
+        self.store.close()
+
+
+def patiently(work: Callable[[], T], patience: float = STORE_PATIENCE) -> T:
+    """Call ``work``, again with backoff while the store is unavailable."""
+    delay, waited = 0.2, 0.0
+    while True:
+        try:
+            return work()
+        except StoreUnavailable as exc:
+            if waited >= patience:
+                raise
+            log.warning("database unavailable, retrying in %.1fs: %s", delay, exc.message)
+            time.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, 5.0)
+
+
+class PerProcess:
+    """The WorkerProcess of the current process, built on first use after a fork."""
+
+    def __init__(self, build: Callable[[str], WorkerProcess]) -> None:
+        self._build = build
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+        self._worker: WorkerProcess | None = None
+
+    def get(self, node: str) -> WorkerProcess:
+        """This process's WorkerProcess; ``node`` names the worker (``-n``) if built now."""
+        with self._lock:
+            if self._worker is None or self._pid != os.getpid():
+                # A copy inherited through fork holds the parent's connections: drop it
+                # without closing them (they are the parent's to close).
+                self._worker = self._build(f"{node}:{os.getpid()}")
+                self._pid = os.getpid()
+            return self._worker
+
+
+def consumed_queues(app: Celery) -> frozenset[str] | None:
+    """The queues this worker consumes (``-Q``), or None outside a worker."""
+    names = frozenset(app.amqp.queues.consume_from or ())
+    return names or None
+
+
+def _names(queues: Collection[str] | None) -> str:
+    return ",".join(sorted(queues)) if queues is not None else "all"

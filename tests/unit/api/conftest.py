@@ -1,0 +1,76 @@
+"""Fixtures for the API's contract tests: a Flask test client, no services but the store.
+
+The store is ``db_store``: SQLite here, this machine's Postgres when
+``tests/integration/test_api_postgres.py`` runs the same tests. Dispatches go to an
+in-memory recorder; a test plays the worker by driving the runtime.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from conveyor.api import create_app
+from conveyor.api.services import Services
+from conveyor.orchestrator.settings import Settings
+from conveyor.orchestrator.store import Store
+from conveyor.orchestrator.tokens import Tokens
+from tests.unit.api.kit import Broker
+from tests.unit.runtime_kit import Recorder
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    """What the API dispatched."""
+    return Recorder()
+
+
+@pytest.fixture
+def broker() -> Broker:
+    """A broker check that can be turned off."""
+    return Broker()
+
+
+@pytest.fixture
+def app(settings: Settings, db_store: Store, recorder: Recorder, broker: Broker) -> Iterator[Flask]:
+    """The API on the test's store."""
+    yield create_app(settings, store=db_store, dispatcher=recorder, broker_check=broker.ping)
+
+
+@pytest.fixture
+def services(app: Flask) -> Services:
+    """The objects behind the routes (for playing the worker)."""
+    found: Services = app.extensions["conveyor"]
+    return found
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    """A test client of the API."""
+    return app.test_client()
+
+
+def _bearer(store: Store, role: str) -> dict[str, str]:
+    _, secret = Tokens(store).create(f"{role}-bot", role)
+    return {"Authorization": f"Bearer {secret}"}
+
+
+@pytest.fixture
+def viewer(db_store: Store) -> dict[str, str]:
+    """Headers of a viewer's request."""
+    return _bearer(db_store, "viewer")
+
+
+@pytest.fixture
+def operator(db_store: Store) -> dict[str, str]:
+    """Headers of an operator's request."""
+    return _bearer(db_store, "operator")
+
+
+@pytest.fixture
+def admin(db_store: Store) -> dict[str, str]:
+    """Headers of an admin's request."""
+    return _bearer(db_store, "admin")
