@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import defaultdict
 
@@ -10,6 +11,7 @@ from flask import Blueprint, Flask
 from conveyor.orchestrator.contracts import Dispatcher
 from conveyor.orchestrator.definitions import Definitions
 from conveyor.orchestrator.embedded import make_compiler, open_store
+from conveyor.orchestrator.plugins import load_artifact_store
 from conveyor.orchestrator.runtime import Runtime
 from conveyor.orchestrator.settings import Settings
 from conveyor.orchestrator.store import Store
@@ -69,6 +71,7 @@ def build_services(
         tokens=Tokens(store),
         broker_check=broker_check,
         poll_seconds=min(max(settings.log_flush_seconds, 0.05), 1.0),
+        artifact_store=functools.cache(lambda: load_artifact_store(settings)),
     )
 
 

@@ -357,3 +357,22 @@ class Readiness(BaseModel):
     checks: dict[str, Check]
     error: str | None = Field(default=None, description="`not_ready` when unavailable.")
     detail: str | None = Field(default=None, description="What is down, when unavailable.")
+
+
+# -- artifacts ---------------------------------------------------------------------------
+
+
+class ArtifactModel(BaseModel):
+    """A stored file of a run."""
+
+    key: str
+    size: int = Field(description="Bytes.")
+    checksum: str = Field(description="SHA-256, hex.")
+    kind: str = Field(description="`file`, or `dir` for a directory stored as a tar.")
+    created_at: datetime
+
+
+class ArtifactList(BaseModel):
+    """A run's artifacts, by key."""
+
+    items: list[ArtifactModel]

@@ -8,8 +8,9 @@ from flask import Response
 
 from conveyor.orchestrator.tokens import Role
 
-from . import logs, pipelines, runs, system, tokens
+from . import artifacts, logs, pipelines, runs, system, tokens
 from .models import (
+    ArtifactList,
     CreateToken,
     EventList,
     EventQuery,
@@ -34,6 +35,7 @@ from .routing import Call, Route
 READ, RUN, ADMIN = Role.VIEWER, Role.OPERATOR, Role.ADMIN
 SSE = {"text/event-stream": {"type": "string", "description": "`log` events, then `end`."}}
 JSON_DOCUMENT = {"application/json": {"type": "object"}}
+BINARY = {"application/octet-stream": {"type": "string", "format": "binary"}}
 PROMETHEUS = {"text/plain": {"type": "string", "description": "Prometheus text format."}}
 IDEMPOTENCY = {
     runs.IDEMPOTENCY_HEADER: "A key of your choosing: a request repeating it gets the run the "
@@ -90,6 +92,15 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/runs/{run_id}/retry", runs.retry_failed_run,
           "Retry a failed or cancelled run", "runs", role=RUN,
           response=RunDetail, errors=(404, 409)),
+    Route("GET", "/runs/{run_id}/artifacts", artifacts.list_artifacts,
+          "List a run's artifacts", "runs", role=READ,
+          response=ArtifactList, errors=(404, 409)),
+    Route("GET", "/runs/{run_id}/artifacts/{key}", artifacts.get_artifact,
+          "Download an artifact (streamed)", "runs", role=READ, slashed=("key",),
+          media=BINARY, errors=(404, 409)),
+    Route("DELETE", "/runs/{run_id}/artifacts/{key}", artifacts.delete_artifact,
+          "Delete an artifact", "runs", role=ADMIN, slashed=("key",),
+          status=204, errors=(404, 409)),
     # -- tokens ------------------------------------------------------------------------
     Route("POST", "/tokens", tokens.create_token,
           "Create an API token", "tokens", role=ADMIN, body=CreateToken,

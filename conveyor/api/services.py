@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from conveyor.orchestrator.contracts import ArtifactStore
 from conveyor.orchestrator.definitions import Definitions
+from conveyor.orchestrator.errors import PluginError
 from conveyor.orchestrator.plan import Compiler
 from conveyor.orchestrator.runtime import Runtime
 from conveyor.orchestrator.settings import Settings
@@ -29,3 +31,11 @@ class Services:
     broker_check: BrokerCheck | None = None
     #: How often a follower of a step's log looks for new lines (seconds).
     poll_seconds: float = 0.25
+    #: Makes the artifact store on first use (local or S3, as the settings say).
+    artifact_store: Callable[[], ArtifactStore] | None = None
+
+    def artifacts(self) -> ArtifactStore:
+        """The artifact store."""
+        if self.artifact_store is None:
+            raise PluginError("no artifact store is configured")
+        return self.artifact_store()
