@@ -1,13 +1,39 @@
-"""Integration fixtures: the same store tests, on the real Postgres."""
+"""Integration fixtures: the store on the real Postgres, and real worker processes."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from conveyor.orchestrator.store import Store
+from tests.integration.workers_kit import Stack, Submitter, redis_database, stack
 
 
 @pytest.fixture
 def db_store(pg_store: Store) -> Store:
     """The store the shared store tests run against: this machine's Postgres."""
     return pg_store
+
+
+@pytest.fixture(scope="module")
+def broker_url() -> Iterator[str]:
+    """This module's Redis database index."""
+    with redis_database() as url:
+        yield url
+
+
+@pytest.fixture
+def cluster(pg_store: Store, pg_database: str, broker_url: str, tmp_path: Path) -> Iterator[Stack]:
+    """Workers (and beat) started by the test; every process is killed afterwards."""
+    with stack(pg_database, broker_url, tmp_path) as result:
+        yield result
+
+
+@pytest.fixture
+def submitter(pg_store: Store, cluster: Stack) -> Iterator[Submitter]:
+    """Submits runs from the test process, as the API does."""
+    result = Submitter(pg_store, cluster.settings)
+    yield result
+    result.close()

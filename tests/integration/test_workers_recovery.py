@@ -10,7 +10,6 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,7 +26,6 @@ from tests.integration.workers_kit import (
     flush,
     lines,
     queue_length,
-    redis_database,
     runners,
     stack,
     wait_until,
@@ -40,28 +38,6 @@ RECONCILE = float(FAST["CONVEYOR_RECONCILE_SECONDS"])
 STALE = float(FAST["CONVEYOR_STALE_AFTER_SECONDS"])
 #: What a loaded two-core machine may add to any of those intervals.
 SLACK = 8.0
-
-
-@pytest.fixture(scope="module")
-def broker_url() -> Iterator[str]:
-    """This module's Redis database index."""
-    with redis_database() as url:
-        yield url
-
-
-@pytest.fixture
-def cluster(pg_store: Store, pg_database: str, broker_url: str, tmp_path: Path) -> Iterator[Stack]:
-    """Workers and beat started by the test; every process is killed afterwards."""
-    with stack(pg_database, broker_url, tmp_path) as result:
-        yield result
-
-
-@pytest.fixture
-def submitter(pg_store: Store, cluster: Stack) -> Iterator[Submitter]:
-    """Submits runs from the test process, as the API does."""
-    result = Submitter(pg_store, cluster.settings)
-    yield result
-    result.close()
 
 
 def test_a_step_of_a_killed_worker_is_run_again_by_another(

@@ -7,7 +7,6 @@ and a Redis database of its own, and submits runs from the test process through
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,9 +18,7 @@ from tests.integration.workers_kit import (
     Stack,
     Submitter,
     lines,
-    redis_database,
     runners,
-    stack,
     wait_until,
 )
 
@@ -51,28 +48,6 @@ def shell(name: str, command: str, env: dict[str, str], extra: str = "") -> str:
 def pipeline(*steps: str) -> str:
     """A pipeline named ``p`` of the given step lines."""
     return "pipelines:\n  p:\n    steps:\n" + "".join(steps)
-
-
-@pytest.fixture(scope="module")
-def broker_url() -> Iterator[str]:
-    """This module's Redis database index."""
-    with redis_database() as url:
-        yield url
-
-
-@pytest.fixture
-def cluster(pg_store: Store, pg_database: str, broker_url: str, tmp_path: Path) -> Iterator[Stack]:
-    """Workers started by the test; every process is killed afterwards."""
-    with stack(pg_database, broker_url, tmp_path) as result:
-        yield result
-
-
-@pytest.fixture
-def submitter(pg_store: Store, cluster: Stack) -> Iterator[Submitter]:
-    """Submits runs from the test process, as the API does."""
-    result = Submitter(pg_store, cluster.settings)
-    yield result
-    result.close()
 
 
 def test_steps_run_only_on_workers_that_consume_their_queue(
