@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import asdict
 from typing import BinaryIO
 
 from flask import Response
 
-from conveyor.orchestrator.artifacts import CHUNK, Artifact
+from conveyor.orchestrator.artifacts import Artifact, chunks
 
 from .models import ArtifactList, ArtifactModel
 from .routing import Call
@@ -41,16 +42,9 @@ def delete_artifact(call: Call[None, None], run_id: str, key: str) -> Response:
 
 
 def _chunks(stream: BinaryIO) -> Iterator[bytes]:
-    with stream:
-        while piece := stream.read(CHUNK):
-            yield piece
+    with stream:  # closed when the download ends, or the client goes away
+        yield from chunks(stream)
 
 
 def _model(artifact: Artifact) -> ArtifactModel:
-    return ArtifactModel(
-        key=artifact.key,
-        size=artifact.size,
-        checksum=artifact.checksum,
-        kind=artifact.kind,
-        created_at=artifact.created_at,
-    )
+    return ArtifactModel.model_validate(asdict(artifact))
