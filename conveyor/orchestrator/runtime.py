@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -22,6 +22,7 @@ from .durations import format_duration
 from .errors import Conflict, TemplateError
 from .plan import ExecutionPlan, PlanStep
 from .records import RunRecord, StepRecord
+from .run_state import RunState
 from .status import RunStatus, StepStatus
 from .store import NewRun, StepSeed, Store, utcnow
 from .templates import TemplateEngine
@@ -308,11 +309,11 @@ class Runtime:
         counts = tx.status_counts()
         if changed is None or counts[S.FAILED] or counts[S.CANCELLED]:
             candidates = plan.steps
-            state = _State(plan, {s.key: s for s in tx.steps()}, counts)
+            state = RunState(plan, {s.key: s for s in tx.steps()}, counts)
         else:
             candidates = tuple(plan.step(k) for k in plan.dependents[changed])
             wanted = {k for p in candidates for k in (p.key, *p.needs)}
-            state = _State(plan, {s.key: s for s in tx.steps(wanted)}, counts)
+            state = RunState(plan, {s.key: s for s in tx.steps(wanted)}, counts)
         out: list[Dispatch] = []
         for plan_step in candidates:
             step = state.steps[plan_step.key]
@@ -328,7 +329,7 @@ class Runtime:
         return out
 
     def _start_or_skip(
-        self, tx: RunTx, state: _State, plan_step: PlanStep, step: StepRecord
+        self, tx: RunTx, state: RunState, plan_step: PlanStep, step: StepRecord
     ) -> StepRef | None:
         broken = state.broken_need(plan_step)
         if (state.failing or broken) and not plan_step.runs_on_failure:
@@ -344,7 +345,7 @@ class Runtime:
             return state.move(tx, step, S.SKIPPED, skip_reason)
         return state.move(tx, step, S.QUEUED, None)
 
-    def _skip_reason(self, tx: RunTx, state: _State, plan_step: PlanStep) -> str | None:
+    def _skip_reason(self, tx: RunTx, state: RunState, plan_step: PlanStep) -> str | None:
         if plan_step.if_ is None and plan_step.skip_if is None:
             return None
         context = condition_context(
@@ -369,13 +370,13 @@ class Runtime:
             raise TemplateError(f"step {plan_step.key!r}: condition: {exc.message}") from None
         return None
 
-    def _cancel_queued(self, tx: RunTx, state: _State, just_queued: set[str]) -> None:
+    def _cancel_queued(self, tx: RunTx, state: RunState, just_queued: set[str]) -> None:
         for key, step in list(state.steps.items()):
             keep = key in just_queued or state.plan.step(key).runs_on_failure
             if step.status == S.QUEUED and not keep:
                 state.move(tx, step, S.CANCELLED, f"not run: step {state.failing!r} failed")
 
-    def _settle_run(self, tx: RunTx, state: _State) -> None:
+    def _settle_run(self, tx: RunTx, state: RunState) -> None:
         statuses = {status for status, count in state.counts.items() if count}
         if all(s.terminal for s in statuses):
             if state.failing:
@@ -406,57 +407,6 @@ class Runtime:
             self.secrets.pop(run_id, None)
             for callback in self.on_finished:
                 callback(finished)
-
-
-class _State:
-    """The steps of a run as one advance pass sees and changes them."""
-
-    def __init__(
-        self, plan: ExecutionPlan, steps: dict[str, StepRecord], counts: Counter[StepStatus]
-    ) -> None:
-        self.plan = plan
-        self.steps = steps
-        self.counts = counts  # of every step of the run, kept up to date by move()
-        self.failing = next(
-            (
-                k
-                for k, s in steps.items()
-                if s.status == S.FAILED and plan.step(k).on_error == "stop"
-            ),
-            None,
-        )
-
-    def needs_done(self, plan_step: PlanStep) -> bool:
-        return all(self.steps[n].status.terminal for n in plan_step.needs)
-
-    def broken_need(self, plan_step: PlanStep) -> str | None:
-        for need in plan_step.needs:
-            status = self.steps[need].status
-            if status == S.CANCELLED or (
-                status == S.FAILED and self.plan.step(need).on_error == "stop"
-            ):
-                return need
-        return None
-
-    def move(
-        self, tx: RunTx, step: StepRecord, new: StepStatus, reason: str | None
-    ) -> StepRef | None:
-        fields: dict[str, Any] = {}
-        if new == S.QUEUED:
-            fields = {"attempts": step.attempts + 1, "available_at": tx.now}
-        else:
-            fields = {"last_error": reason, "completed_at": tx.now}
-        tx.move_step(step, new, event={"reason": reason} if reason else None, **fields)
-        self.counts[step.status] -= 1
-        self.counts[new] += 1
-        self.steps[step.key] = replace(
-            step, status=new, attempts=fields.get("attempts", step.attempts), last_error=reason
-        )
-        if new == S.FAILED and self.failing is None and self.plan.step(step.key).on_error == "stop":
-            self.failing = step.key
-        if new == S.QUEUED:
-            return StepRef(tx.run.id, step.key, step.attempts + 1, step.queue)
-        return None
 
 
 def _should_retry(plan_step: PlanStep, step: StepRecord, outcome: Outcome) -> bool:

@@ -1,0 +1,69 @@
+"""The steps of one run as one advance pass sees and changes them."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import replace
+from typing import Any
+
+from .contracts import StepRef
+from .plan import ExecutionPlan, PlanStep
+from .records import StepRecord
+from .status import StepStatus
+from .transaction import RunTx
+
+S = StepStatus
+
+
+class RunState:
+    """The steps of a run as one advance pass sees and changes them."""
+
+    def __init__(
+        self, plan: ExecutionPlan, steps: dict[str, StepRecord], counts: Counter[StepStatus]
+    ) -> None:
+        self.plan = plan
+        self.steps = steps
+        self.counts = counts  # of every step of the run, kept up to date by move()
+        self.failing = next(
+            (
+                k
+                for k, s in steps.items()
+                if s.status == S.FAILED and plan.step(k).on_error == "stop"
+            ),
+            None,
+        )
+
+    def needs_done(self, plan_step: PlanStep) -> bool:
+        """True when every step ``plan_step`` needs has ended."""
+        return all(self.steps[n].status.terminal for n in plan_step.needs)
+
+    def broken_need(self, plan_step: PlanStep) -> str | None:
+        """A need that failed (stopping the run) or was cancelled, if any."""
+        for need in plan_step.needs:
+            status = self.steps[need].status
+            if status == S.CANCELLED or (
+                status == S.FAILED and self.plan.step(need).on_error == "stop"
+            ):
+                return need
+        return None
+
+    def move(
+        self, tx: RunTx, step: StepRecord, new: StepStatus, reason: str | None
+    ) -> StepRef | None:
+        """Move a step, keeping this view and its counts in step; the ref when queued."""
+        fields: dict[str, Any] = {}
+        if new == S.QUEUED:
+            fields = {"attempts": step.attempts + 1, "available_at": tx.now}
+        else:
+            fields = {"last_error": reason, "completed_at": tx.now}
+        tx.move_step(step, new, event={"reason": reason} if reason else None, **fields)
+        self.counts[step.status] -= 1
+        self.counts[new] += 1
+        self.steps[step.key] = replace(
+            step, status=new, attempts=fields.get("attempts", step.attempts), last_error=reason
+        )
+        if new == S.FAILED and self.failing is None and self.plan.step(step.key).on_error == "stop":
+            self.failing = step.key
+        if new == S.QUEUED:
+            return StepRef(tx.run.id, step.key, step.attempts + 1, step.queue)
+        return None
