@@ -7,15 +7,13 @@ Used when no broker is configured (``conveyor run``). Celery's dispatcher lives 
 from __future__ import annotations
 
 import contextlib
-import heapq
-import itertools
 import logging
-import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 
 from .contracts import StepRef
+from .due import DueTimer
 from .store import utcnow
 
 log = logging.getLogger("conveyor.dispatch")
@@ -30,11 +28,8 @@ class InlineDispatcher:
         self.redelivery_delay = redelivery_delay
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="conveyor-step")
         self._execute: Callable[[StepRef], None] | None = None
-        self._timers: list[tuple[datetime, int, StepRef, int]] = []
-        self._counter = itertools.count()
-        self._wake = threading.Condition()
+        self._timer = DueTimer("conveyor-timers")
         self._closed = False
-        self._timer_thread: threading.Thread | None = None
 
     def bind(self, execute: Callable[[StepRef], None]) -> None:
         """Set what runs a dispatched step (the executor, built after the runtime)."""
@@ -50,14 +45,7 @@ class InlineDispatcher:
         self._later(ref, eta, 0)
 
     def _later(self, ref: StepRef, eta: datetime, tries: int) -> None:
-        with self._wake:
-            heapq.heappush(self._timers, (eta, next(self._counter), ref, tries))
-            if self._timer_thread is None:
-                self._timer_thread = threading.Thread(
-                    target=self._run_timers, name="conveyor-timers", daemon=True
-                )
-                self._timer_thread.start()
-            self._wake.notify()
+        self._timer.add(eta, lambda: self._submit(ref, tries))
 
     def _submit(self, ref: StepRef, tries: int = 0) -> None:
         # Shutting down: the step stays queued in the store, nothing is lost.
@@ -80,23 +68,8 @@ class InlineDispatcher:
             log.warning("step %s of run %s: redelivering in %.0fs", ref.step_key, ref.run_id, delay)
             self._later(ref, utcnow() + timedelta(seconds=delay), tries + 1)
 
-    def _run_timers(self) -> None:
-        with self._wake:
-            while not self._closed:
-                if not self._timers:
-                    self._wake.wait()
-                    continue
-                eta, _, ref, tries = self._timers[0]
-                delay = (eta - utcnow()).total_seconds()
-                if delay > 0:
-                    self._wake.wait(delay)
-                    continue
-                heapq.heappop(self._timers)
-                self._submit(ref, tries)
-
     def close(self, wait: bool = True) -> None:
         """Stop taking work; wait for running steps when ``wait``."""
-        with self._wake:
-            self._closed = True
-            self._wake.notify_all()
+        self._closed = True
+        self._timer.close()
         self._pool.shutdown(wait=wait, cancel_futures=True)

@@ -17,16 +17,13 @@ while the step waits.
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
-import threading
-from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from celery import Celery
 
 from conveyor.orchestrator.contracts import StepRef
+from conveyor.orchestrator.due import DueTimer
 from conveyor.orchestrator.errors import ConveyorError
 from conveyor.orchestrator.store import utcnow
 
@@ -50,12 +47,12 @@ class CeleryDispatcher:
 
     def __init__(self, app: Celery) -> None:
         self.app = app
-        self._timer = _DueTimer(self._send)
+        self._timer = DueTimer("conveyor-due-steps")
 
     def dispatch(self, ref: StepRef, eta: datetime | None = None) -> None:
         """Send ``ref`` to its queue now, or when ``eta`` has passed (see the module)."""
         if eta is not None and eta > utcnow():
-            self._timer.add(eta + DUE_MARGIN, ref)
+            self._timer.add(eta + DUE_MARGIN, lambda: self._send(ref))
             return
         self._send(ref)
 
@@ -81,58 +78,6 @@ class CeleryDispatcher:
                 ref.queue,
                 exc,
             )
-
-
-class _DueTimer:
-    """A heap of (due, ref) and one daemon thread that sends each when it is due."""
-
-    def __init__(self, send: Callable[[StepRef], None]) -> None:
-        self._send = send
-        self._heap: list[tuple[datetime, int, StepRef]] = []
-        self._counter = itertools.count()
-        self._wake = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._closed = False
-
-    def add(self, due: datetime, ref: StepRef) -> None:
-        """Send ``ref`` at ``due``."""
-        with self._wake:
-            if self._closed:
-                return
-            heapq.heappush(self._heap, (due, next(self._counter), ref))
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._loop, name="conveyor-due-steps", daemon=True
-                )
-                self._thread.start()
-            self._wake.notify()
-
-    def close(self) -> None:
-        """Stop the thread; what it still held is dropped (the reconciler has it)."""
-        with self._wake:
-            self._closed = True
-            self._heap.clear()
-            self._wake.notify()
-
-    def _loop(self) -> None:
-        while True:
-            ref = self._next_due()
-            if ref is None:
-                return
-            self._send(ref)
-
-    def _next_due(self) -> StepRef | None:
-        """Wait for the earliest step to be due and pop it; None once closed."""
-        with self._wake:
-            while not self._closed:
-                if not self._heap:
-                    self._wake.wait()
-                    continue
-                wait = (self._heap[0][0] - utcnow()).total_seconds()
-                if wait <= 0:
-                    return heapq.heappop(self._heap)[2]
-                self._wake.wait(wait)
-            return None
 
 
 def broker_ping(app: Celery, timeout: float = 2.0) -> None:
