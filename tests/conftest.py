@@ -69,8 +69,8 @@ def pg_store(pg_database: str) -> Iterator[Store]:
     yield s
     with s.engine.begin() as conn:
         conn.exec_driver_sql(
-            "TRUNCATE api_tokens, step_logs, workflow_events, workflow_steps, workflow_instances, "
-            "workflow_definitions"
+            "TRUNCATE api_tokens, run_secrets, step_logs, workflow_events, workflow_steps, "
+            "workflow_instances, workflow_definitions"
         )
     s.close()
 

@@ -16,6 +16,7 @@ from conveyor.orchestrator.runtime import Runtime
 from conveyor.orchestrator.settings import Settings
 from conveyor.orchestrator.store import Store
 from conveyor.orchestrator.tokens import Tokens
+from conveyor.orchestrator.vault import make_vault
 
 from .errors import handle_error
 from .openapi import PREFIX
@@ -59,7 +60,13 @@ def build_services(
     """Store, compiler, runtime, registry and tokens for the routes."""
     store = store or open_store(settings)
     compiler = make_compiler(settings)
-    runtime = Runtime(store, compiler.templates, dispatcher, lease_seconds=settings.lease_seconds)
+    runtime = Runtime(
+        store,
+        compiler.templates,
+        dispatcher,
+        lease_seconds=settings.lease_seconds,
+        vault=make_vault(settings, embedded=store.is_sqlite),
+    )
     if dispatcher is None:
         log.warning("no dispatcher: queued steps wait for the reconciler to send them")
     return Services(

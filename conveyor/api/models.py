@@ -90,6 +90,11 @@ class SubmitRun(Request):
     )
     definition: str | None = Field(default=None, description="A pipeline file (YAML) to run.")
     params: dict[str, Any] = Field(default_factory=dict, description="Run parameters.")
+    secrets: dict[str, str] = Field(
+        default_factory=dict,
+        description="Secrets (`{{ .secrets.NAME }}`): sealed at rest, masked as *** in every "
+        "log, output and error, never returned. Needs CONVEYOR_SECRET_KEY.",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> SubmitRun:

@@ -35,6 +35,7 @@ def submit_run(call: Call[SubmitRun, None]) -> Reply:
             plan,
             source,
             call.body.params,
+            secrets=call.body.secrets,
             submitted_by=call.who,
             idempotency_key=key,
             definition_id=definition_id,

@@ -17,6 +17,7 @@ from .runtime import Runtime
 from .settings import Settings
 from .store import Store, utcnow
 from .templates import TemplateEngine
+from .vault import make_vault
 
 
 def open_store(settings: Settings) -> Store:
@@ -62,6 +63,7 @@ class EmbeddedEngine:
             self.compiler.templates,
             self.dispatcher,
             lease_seconds=settings.lease_seconds,
+            vault=make_vault(settings, embedded=self.store.is_sqlite),
         )
         self.sandboxes = sandboxes or Sandboxes(settings)
         self.executor = Executor(self.runtime, self.compiler.step_types, self.sandboxes, settings)

@@ -39,6 +39,7 @@ from .spec import format_path
 from .store import utcnow
 from .templates import has_template
 from .variables import Masker, base_context
+from .vault import SecretsUnavailable
 
 #: Errors longer than this are cut; a traceback goes to the step log in full.
 MAX_ERROR = 4000
@@ -93,7 +94,12 @@ class Executor:
 
     def _attempt(self, run: RunRecord, step: StepRecord, ref: StepRef) -> Claim | None:
         plan_step = self.runtime.plan(run).step(ref.step_key)
-        secrets = self.runtime.secrets.get(run.id, {})
+        try:
+            secrets = self.runtime.secrets(run.id)
+        except SecretsUnavailable as exc:  # fail the step rather than leave it running
+            outcome = Outcome(exc.message)
+            _record(lambda: self.runtime.fail(ref, outcome))
+            return None
         masker = Masker(secrets)
         logger = StoreLogger(self.runtime.store, run.id, ref.step_key, ref.attempt, masker)
         ctx = self._context(run, plan_step, ref, logger, secrets)

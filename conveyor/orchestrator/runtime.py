@@ -28,6 +28,7 @@ from .store import NewRun, StepSeed, Store, utcnow
 from .templates import TemplateEngine
 from .transaction import RunTx
 from .variables import Masker, condition_context
+from .vault import SecretsUnavailable, Vault
 
 S = StepStatus
 Dispatch = tuple[StepRef, datetime | None]
@@ -60,12 +61,15 @@ class Runtime:
         dispatcher: Dispatcher | None = None,
         *,
         lease_seconds: float = 30.0,
+        vault: Vault | None = None,
     ) -> None:
         self.store = store
+        self.vault = vault
         self.templates = templates
         self.dispatcher = dispatcher
         self.lease = timedelta(seconds=lease_seconds)
-        self.secrets: dict[str, dict[str, str]] = {}
+        #: Opened secrets of runs this process has seen (sealed in the store).
+        self._secrets: dict[str, dict[str, str]] = {}
         self.on_finished: list[Callable[[RunRecord], None]] = []
         self.on_cancel: list[Callable[[str], None]] = []
         self._plans: OrderedDict[str, ExecutionPlan] = OrderedDict()
@@ -104,6 +108,7 @@ class Runtime:
         version must not make it the newest again).
         """
         deadline = utcnow() + timedelta(seconds=plan.timeout) if plan.timeout else None
+        sealed = self._seal(secrets) if secrets else None
         run = self.store.create_run(
             NewRun(
                 pipeline=plan.pipeline,
@@ -115,12 +120,31 @@ class Runtime:
                 idempotency_key=idempotency_key,
                 deadline=deadline,
                 definition_id=definition_id,
+                sealed_secrets=sealed,
             )
         )
         if secrets:
-            self.secrets[run.id] = dict(secrets)
+            self._secrets[run.id] = dict(secrets)
         self.advance(run.id)
         return run
+
+    def _seal(self, secrets: Mapping[str, str]) -> str:
+        if self.vault is None:
+            raise SecretsUnavailable(
+                "runs with secrets need CONVEYOR_SECRET_KEY, so every worker can open them"
+            )
+        return self.vault.seal(secrets)
+
+    def secrets(self, run_id: str) -> dict[str, str]:
+        """The run's secrets (empty when it has none), opened once per process."""
+        found = self._secrets.get(run_id)
+        if found is None:
+            sealed = self.store.sealed_secrets(run_id)
+            if sealed is not None and self.vault is None:
+                raise SecretsUnavailable("this run has secrets and CONVEYOR_SECRET_KEY is not set")
+            found = self.vault.open(sealed) if sealed and self.vault else {}
+            self._secrets[run_id] = found
+        return found
 
     def advance(self, run_id: str) -> None:
         """Queue whatever became ready; finish the run when nothing is left."""
@@ -339,7 +363,7 @@ class Runtime:
         try:
             skip_reason = self._skip_reason(tx, state, plan_step)
         except TemplateError as exc:  # the message may quote a secret's value
-            masked = Masker(self.secrets.get(tx.run.id, {}))(exc.message)
+            masked = Masker(self.secrets(tx.run.id))(exc.message)
             return state.move(tx, step, S.FAILED, masked)
         if skip_reason:
             return state.move(tx, step, S.SKIPPED, skip_reason)
@@ -353,7 +377,7 @@ class Runtime:
             state.plan,
             plan_step,
             tx.outputs(),
-            self.secrets.get(tx.run.id, {}),
+            self.secrets(tx.run.id),
             state.failing,
         )
         try:
@@ -404,7 +428,7 @@ class Runtime:
             for ref, eta in dispatches:
                 self.dispatcher.dispatch(ref, eta)
         if finished is not None:
-            self.secrets.pop(run_id, None)
+            self._secrets.pop(run_id, None)  # sealed in the store still, for a retry
             for callback in self.on_finished:
                 callback(finished)
 

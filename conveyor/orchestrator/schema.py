@@ -157,3 +157,11 @@ api_tokens = sa.Table(
     sa.Column("last_used_at", UTCDateTime),
     sa.Column("revoked_at", UTCDateTime),
 )
+
+run_secrets = sa.Table(
+    "run_secrets",
+    metadata,
+    sa.Column("instance_id", sa.String(36), sa.ForeignKey(runs.c.id), primary_key=True),
+    sa.Column("sealed", sa.Text, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)

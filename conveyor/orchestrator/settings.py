@@ -54,10 +54,20 @@ class Settings(BaseSettings):
         description="Let artifact pulls fetch from loopback, private and link-local addresses.",
     )
     max_download_bytes: int = Field(default=10 * 1024**3, ge=1, description="URL pull cap.")
+    secret_key: str | None = Field(
+        default=None,
+        description="Fernet key sealing runs' secrets at rest; needed when secrets cross hosts.",
+    )
     api_url: str = Field(
         default="http://127.0.0.1:8080", description="Where `conveyor submit` finds the API."
     )
     token: str | None = Field(default=None, description="Bearer token the CLI sends to the API.")
+    docker_allow_host_network: bool = Field(
+        default=False, description="Let Docker sandboxes use network_mode host."
+    )
+    docker_allowed_mounts: list[str] = Field(
+        default_factory=list, description="Host path prefixes Docker sandboxes may bind-mount."
+    )
 
     @property
     def resolved_database_url(self) -> str:

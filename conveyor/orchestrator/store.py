@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from . import db
 from .errors import Conflict, NotFound, StoreUnavailable
 from .records import EventRecord, LogRecord, RunRecord, StepRecord, run_from_row, step_from_row
-from .schema import RUN_COLUMNS, definitions, events, runs, step_logs, steps
+from .schema import RUN_COLUMNS, definitions, events, run_secrets, runs, step_logs, steps
 from .status import RunStatus, StepStatus
 from .transaction import RunTx, log_rows, version_definition
 
@@ -59,6 +59,8 @@ class NewRun:
     #: The registered definition version this run executes; None writes ``source`` as
     #: the newest version of ``pipeline`` (or reuses it when unchanged).
     definition_id: str | None = None
+    #: The run's secrets, sealed by the Vault; never the secrets themselves.
+    sealed_secrets: str | None = None
 
 
 @contextmanager
@@ -125,6 +127,9 @@ class Store:
             run_id, now = new_id(), utcnow()
             conn.execute(runs.insert().values(_run_row(new, run_id, definition_id, now)))
             conn.execute(steps.insert(), [_step_row(run_id, i, s) for i, s in enumerate(new.steps)])
+            if new.sealed_secrets:
+                row = {"instance_id": run_id, "sealed": new.sealed_secrets, "created_at": now}
+                conn.execute(run_secrets.insert().values(**row))
             tx = RunTx(conn, run_id, now)
             tx.event("run.created", pipeline=new.pipeline, version=version, steps=len(new.steps))
             tx.flush_events()
@@ -211,6 +216,13 @@ class Store:
             query = query.where(runs.c.created_at < before)
         rows = self._rows(query)
         return str(rows[0]["id"]) if rows else None
+
+    def sealed_secrets(self, run_id: str) -> str | None:
+        """The run's secrets as the Vault sealed them, or None when it was given none."""
+        rows = self._rows(
+            sa.select(run_secrets.c.sealed).where(run_secrets.c.instance_id == run_id)
+        )
+        return str(rows[0]["sealed"]) if rows else None
 
     def step_outputs(self, run_id: str) -> dict[str, dict[str, Any]]:
         """Outputs of the run's succeeded steps, by key."""

@@ -26,6 +26,7 @@ from conveyor.orchestrator.recovery import Reconciler
 from conveyor.orchestrator.runtime import Runtime
 from conveyor.orchestrator.settings import Settings
 from conveyor.orchestrator.store import Store
+from conveyor.orchestrator.vault import make_vault
 
 from .dispatcher import CeleryDispatcher
 
@@ -67,7 +68,11 @@ class WorkerProcess:
         compiler = make_compiler(settings)
         dispatcher = CeleryDispatcher(app)
         runtime = Runtime(
-            store, compiler.templates, dispatcher, lease_seconds=settings.lease_seconds
+            store,
+            compiler.templates,
+            dispatcher,
+            lease_seconds=settings.lease_seconds,
+            vault=make_vault(settings, embedded=store.is_sqlite),
         )
         executor = Executor(
             runtime, compiler.step_types, Sandboxes(settings), settings, owner=owner, queues=queues

@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.fernet import Fernet
 
 from conveyor.orchestrator.store import Store
 from tests.integration.api_server import Server, api_server, conveyor, eventually
@@ -41,7 +43,11 @@ PIPELINE = textwrap.dedent("""\
 @pytest.fixture
 def running(tmp_path: Path, pg_store: Store, pg_database: str) -> Iterator[tuple[Server, Stack]]:
     """API, one worker for the control queue, one for sandbox, and beat."""
-    with redis_database() as broker, stack(pg_database, broker, tmp_path) as workers:
+    key = Fernet.generate_key().decode()  # secrets cross hosts sealed with it
+    with (
+        redis_database() as broker,
+        stack(pg_database, broker, tmp_path, CONVEYOR_SECRET_KEY=key) as workers,
+    ):
         control = workers.worker("control", "control")
         sandbox = workers.worker("sandbox", "sandbox")
         beat = workers.beat()
@@ -123,3 +129,45 @@ def test_cancel_and_retry_over_the_api(running: tuple[Server, Stack], tmp_path: 
     eventually(lambda: len(marker.read_text().splitlines()) == 2 or None, 30, "the retry to start")
     server.call("POST", f"/runs/{run_id}/cancel")
     assert ended(server, run_id, workers)["status"] == "cancelled"
+
+
+def test_secrets_posted_with_a_run_reach_the_workers_and_nothing_else(
+    running: tuple[Server, Stack], pg_database: str
+) -> None:
+    server, workers = running
+    secret = "s3cr3t-for-the-workers"
+    text = textwrap.dedent("""\
+        pipelines:
+          deploy:
+            steps:
+              - name: use
+                type: step.shell_exec
+                config:
+                  env: {TOKEN: "{{ .secrets.TOKEN }}", SUM: "{{ .sum }}"}
+                  commands: ['echo "token is $TOKEN"', 'test "$(echo "$TOKEN" | md5sum)" = "$SUM"']
+    """)
+
+    digest = hashlib.md5((secret + "\n").encode()).hexdigest() + "  -"
+    body = {"definition": text, "params": {"sum": digest}, "secrets": {"TOKEN": secret}}
+    answer = server.call("POST", "/runs", body)
+    run = ended(server, answer.json["id"], workers)
+
+    assert run["status"] == "succeeded", run
+    logs = server.call("GET", f"/runs/{run['id']}/steps/use/logs").json
+    assert "token is ***" in [line["text"] for line in logs["items"]]
+    assert secret not in answer.raw.decode() and secret not in str(run)
+    import psycopg
+
+    with psycopg.connect(pg_database) as conn:
+        dump = [
+            str(row)
+            for table in (
+                "workflow_instances",
+                "workflow_events",
+                "workflow_steps",
+                "step_logs",
+                "run_secrets",
+            )
+            for row in conn.execute(f"SELECT * FROM {table}")
+        ]
+    assert dump and [row for row in dump if secret in row] == []
