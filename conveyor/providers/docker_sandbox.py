@@ -23,18 +23,19 @@ from docker.models.containers import Container
 from docker.types import Mount
 
 from conveyor.orchestrator.contracts import ExecResult, LineSink, SandboxRequest
-from conveyor.orchestrator.errors import SandboxError, StepCancelled, StepTimeout
+from conveyor.orchestrator.errors import SandboxError
 from conveyor.orchestrator.settings import Settings
 
 from .docker_archive import pack, spool, unpack
 from .docker_policy import container_options, container_path
-from .local_sandbox import (
-    _RUN_ID,
+from .sandbox_common import (
     CONTAINER_WORKSPACE,
     POLL,
-    _effective_deadline,
-    _limit_reached,
-    _LineSplitter,
+    RUN_ID,
+    LineSplitter,
+    effective_deadline,
+    limit_reached,
+    raise_for,
 )
 
 RUN_LABEL = "conveyor.run"
@@ -50,7 +51,7 @@ _IN_DIR_SCRIPT = 'exec 2>&1; mkdir -p -- "$1" && cd -- "$1" && exec /bin/sh -c "
 
 def volume_name(run_id: str) -> str:
     """The name of a run's workspace volume."""
-    if not _RUN_ID.fullmatch(run_id):
+    if not RUN_ID.fullmatch(run_id):
         raise SandboxError(f"run id {run_id!r} cannot name a workspace volume")
     return f"conveyor-ws-{run_id}"
 
@@ -124,7 +125,7 @@ class DockerSandbox:
         self._client = client
         self._container = container
         self._request = request
-        self._deadline, self._timeout_message = _effective_deadline(request)
+        self._deadline, self._timeout_message = effective_deadline(request)
         self._lock = threading.Lock()
         self._closed = False
         self._oom_seen = 0
@@ -146,7 +147,7 @@ class DockerSandbox:
     ) -> ExecResult:
         """Run ``script`` with ``/bin/sh -c`` in the container, streaming each output line."""
         self._refuse_if_closed()
-        self._raise_for(_limit_reached(self._request.cancel, self._deadline))
+        self._raise_for(limit_reached(self._request.cancel, self._deadline))
         cwd = container_path(work_dir) if work_dir is not None else self._default_dir
         argv = ["/bin/sh", "-c", _IN_DIR_SCRIPT, "conveyor", cwd, script]
         result = self._run(argv, self._environment(env), on_line)
@@ -204,7 +205,7 @@ class DockerSandbox:
 
     def _run(self, argv: list[str], env: dict[str, str], sink: LineSink | None) -> ExecResult:
         started = time.monotonic()
-        lines = _LineSplitter(sink)
+        lines = LineSplitter(sink)
         with _engine_errors():
             exec_id = self._client.api.exec_create(
                 self._container.id, argv, environment=env, stdout=True, stderr=True
@@ -264,10 +265,7 @@ class DockerSandbox:
             raise SandboxError("the sandbox is closed")
 
     def _raise_for(self, reason: str | None) -> None:
-        if reason == "timeout":
-            raise StepTimeout(self._timeout_message)
-        if reason == "cancel":
-            raise StepCancelled("cancelled")
+        raise_for(reason, self._timeout_message)
 
 
 class _Watcher:
@@ -294,7 +292,7 @@ class _Watcher:
 
     def _watch(self) -> None:
         while not self._done.wait(POLL):
-            self.reason = _limit_reached(self._cancel, self._deadline)
+            self.reason = limit_reached(self._cancel, self._deadline)
             if self.reason is not None:
                 self._sandbox.kill()
                 return
@@ -324,7 +322,7 @@ def _remove(container: Container) -> None:
     try:
         container.remove(force=True)
     except docker.errors.NotFound:
-        pass
+        pass  # removed already: what was asked for is done
     except docker.errors.APIError as exc:
         if "already in progress" not in str(exc):
             raise SandboxError(f"could not remove a container: {_one_line(exc)}") from exc

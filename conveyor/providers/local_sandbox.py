@@ -10,37 +10,35 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import selectors
 import shutil
 import signal
 import subprocess
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from conveyor.orchestrator.contracts import ExecResult, LineSink, SandboxConfig, SandboxRequest
-from conveyor.orchestrator.durations import format_duration
-from conveyor.orchestrator.errors import SandboxError, StepCancelled, StepTimeout
+from conveyor.orchestrator.errors import SandboxError
 from conveyor.orchestrator.settings import Settings
 
-#: The workspace path container steps use; the local sandbox maps it onto the host.
-CONTAINER_WORKSPACE = "/workspace"
+from .sandbox_common import (
+    CONTAINER_WORKSPACE,
+    POLL,
+    RUN_ID,
+    LineSplitter,
+    effective_deadline,
+    limit_reached,
+    parse_memory,
+    raise_for,
+)
+
 #: The only host variables a command sees: the orchestrator's own secrets stay out.
 HOST_ENV_KEYS = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER")
-MAX_LINE_BYTES = 64 * 1024
-TAIL_LINES = 20
 TERM_GRACE = 2.0  # seconds between SIGTERM and SIGKILL
 DRAIN_AFTER_KILL = 0.5  # how long to wait for EOF once the group is dead
-POLL = 0.05
 
-_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-_MEMORY = re.compile(r"(\d+)\s*([kmgt]?)(?:i?b)?", re.IGNORECASE)
-_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
-_SAME_DEADLINE = 1.0  # seconds: deadlines this close are taken to be the same limit
-_MIN_MEMORY = 6 * 1024**2  # Docker's floor too: below it not even the shell starts
 # `ulimit -v` sets RLIMIT_AS like setrlimit would, without a preexec_fn, which is
 # unsafe in the threaded workers that call exec.
 _ULIMIT_SCRIPT = 'ulimit -v "$1" && exec /bin/sh -c "$2"'
@@ -67,7 +65,7 @@ class LocalSandboxFactory:
             shutil.rmtree(root, onerror=_make_writable_and_retry)
 
     def _workspace(self, run_id: str) -> Path:
-        if not _RUN_ID.fullmatch(run_id):
+        if not RUN_ID.fullmatch(run_id):
             raise SandboxError(f"run id {run_id!r} cannot name a workspace directory")
         return self.settings.workspace_root / run_id
 
@@ -80,7 +78,7 @@ class LocalSandbox:
         self.workspace = str(root)
         self._request = request
         self._memory = memory_bytes
-        self._deadline, self._timeout_message = _effective_deadline(request)
+        self._deadline, self._timeout_message = effective_deadline(request)
         self._lock = threading.Lock()
         self._running: set[_Command] = set()
         self._closed = False
@@ -106,7 +104,7 @@ class LocalSandbox:
     ) -> ExecResult:
         """Run ``script`` with ``/bin/sh -c``, streaming each output line to ``on_line``."""
         self._refuse_if_closed()
-        self._raise_for(_limit_reached(self._request.cancel, self._deadline))
+        self._raise_for(limit_reached(self._request.cancel, self._deadline))
         cwd = self.resolve(work_dir) if work_dir is not None else self._default_dir
         cwd.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
@@ -188,10 +186,7 @@ class LocalSandbox:
             raise SandboxError("the sandbox is closed")
 
     def _raise_for(self, reason: str | None) -> None:
-        if reason == "timeout":
-            raise StepTimeout(self._timeout_message)
-        if reason == "cancel":
-            raise StepCancelled("cancelled")
+        raise_for(reason, self._timeout_message)
 
 
 class _Command:
@@ -210,7 +205,7 @@ class _Command:
         sink: LineSink | None,
     ) -> None:
         self.proc = proc
-        self.lines = _LineSplitter(sink)
+        self.lines = LineSplitter(sink)
         self.reason: str | None = None  # "timeout" or "cancel" once a limit fired
         self._cancel = cancel
         self._deadline = deadline
@@ -261,7 +256,7 @@ class _Command:
         if self._exited:
             return
         if self.reason is None:
-            self.reason = _limit_reached(self._cancel, self._deadline)
+            self.reason = limit_reached(self._cancel, self._deadline)
             if self.reason is not None:
                 self.signal(signal.SIGTERM)
                 self._term_sent = time.monotonic()
@@ -299,58 +294,6 @@ class _Command:
         return False
 
 
-class _LineSplitter:
-    """Cuts a byte stream into text lines for a sink, keeping the last few as a tail."""
-
-    def __init__(self, sink: LineSink | None) -> None:
-        self.tail: deque[str] = deque(maxlen=TAIL_LINES)
-        self._sink = sink
-        self._buffer = bytearray()
-
-    def feed(self, chunk: bytes) -> None:
-        """Add bytes; emit every complete line (and every 64 KiB of an endless one)."""
-        self._buffer += chunk
-        while True:
-            end = self._buffer.find(b"\n", 0, MAX_LINE_BYTES + 1)
-            if end >= 0:
-                self._emit(self._buffer[:end])
-                del self._buffer[: end + 1]
-            elif len(self._buffer) > MAX_LINE_BYTES:
-                cut = _utf8_boundary(self._buffer, MAX_LINE_BYTES)
-                self._emit(self._buffer[:cut])
-                del self._buffer[:cut]
-            else:
-                return
-
-    def flush(self) -> None:
-        """Emit a last line that had no newline."""
-        if self._buffer:
-            self._emit(self._buffer)
-            self._buffer = bytearray()
-
-    def _emit(self, raw: bytes | bytearray) -> None:
-        text = raw.decode("utf-8", errors="replace").removesuffix("\r")
-        self.tail.append(text)
-        if self._sink is not None:
-            self._sink(text)
-
-
-def parse_memory(value: str | int | None) -> int | None:
-    """Bytes for a Docker-style memory limit: ``512m``, ``1g``, ``1048576``."""
-    if value is None:
-        return None
-    match = _MEMORY.fullmatch(value.strip()) if isinstance(value, str) else None
-    if isinstance(value, int) and not isinstance(value, bool):
-        size = value
-    elif match:
-        size = int(match.group(1)) * _UNITS[match.group(2).lower()]
-    else:
-        raise SandboxError(f"memory_limit {value!r} is not a size like 512m or 1g")
-    if size < _MIN_MEMORY:
-        raise SandboxError(f"memory_limit {value!r} is below the 6m minimum")
-    return size
-
-
 def _refuse_unsupported(config: SandboxConfig) -> None:
     if config.image:
         raise SandboxError(
@@ -361,28 +304,6 @@ def _refuse_unsupported(config: SandboxConfig) -> None:
             raise SandboxError(
                 f"the local sandbox cannot apply {name}; it needs the Docker sandbox (set an image)"
             )
-
-
-def _effective_deadline(request: SandboxRequest) -> tuple[float | None, str]:
-    """The earlier of the step's deadline and the sandbox's own timeout, and its message."""
-    timeout = request.config.timeout
-    if timeout is None:
-        return request.deadline, "timed out: the step's time limit passed"
-    own = time.monotonic() + timeout
-    # The context may already have folded this same timeout into request.deadline a
-    # moment ago; then the configured timeout is still what the user should read.
-    if request.deadline is None or own <= request.deadline + _SAME_DEADLINE:
-        return min(own, request.deadline or own), f"timed out after {format_duration(timeout)}"
-    return request.deadline, "timed out: the step's time limit passed"
-
-
-def _limit_reached(cancel: threading.Event, deadline: float | None) -> str | None:
-    # The deadline first: a runtime that cancels on timeout sets both at once.
-    if deadline is not None and time.monotonic() >= deadline:
-        return "timeout"
-    if cancel.is_set():
-        return "cancel"
-    return None
 
 
 def _spawn(argv: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -398,14 +319,6 @@ def _spawn(argv: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen[
         )
     except (OSError, ValueError) as exc:
         raise SandboxError(f"could not start the command: {exc}") from exc
-
-
-def _utf8_boundary(buffer: bytearray, limit: int) -> int:
-    """``limit``, moved back so that a split does not cut a UTF-8 character in two."""
-    cut = limit
-    while cut > limit - 3 and buffer[cut] & 0xC0 == 0x80:
-        cut -= 1
-    return cut
 
 
 def _copy(source: Path, target: Path, *, guard: Path | None) -> None:
