@@ -69,7 +69,8 @@ def pg_store(pg_database: str) -> Iterator[Store]:
     yield s
     with s.engine.begin() as conn:
         conn.exec_driver_sql(
-            "TRUNCATE api_tokens, run_secrets, step_logs, workflow_events, workflow_steps, "
+            "TRUNCATE findings, scan_reports, api_tokens, run_secrets, step_logs, workflow_events, "
+            "workflow_steps, "
             "workflow_instances, workflow_definitions"
         )
     s.close()

@@ -8,7 +8,8 @@ from typing import BinaryIO
 
 from flask import Response
 
-from conveyor.orchestrator.artifacts import Artifact, chunks
+from conveyor.orchestrator.artifacts import Artifact, ArtifactNotFound, chunks
+from conveyor.orchestrator.retention import explain_missing
 
 from .models import ArtifactList, ArtifactModel
 from .routing import Call
@@ -23,7 +24,11 @@ def list_artifacts(call: Call[None, None], run_id: str) -> ArtifactList:
 def get_artifact(call: Call[None, None], run_id: str, key: str) -> Response:
     """The artifact's bytes, streamed; its SHA-256 in ``X-Checksum-Sha256``."""
     run = call.services.store.find_run(run_id)
-    artifact, stream = call.services.artifacts().open(run.id, key)
+    try:
+        artifact, stream = call.services.artifacts().open(run.id, key)
+    except ArtifactNotFound:
+        explain_missing(call.services.store, run.id, key)  # 404 that says "expired"
+        raise
     name = key.rsplit("/", 1)[-1] + (".tar" if artifact.kind == "dir" else "")
     headers = {
         "Content-Length": str(artifact.size),

@@ -8,7 +8,8 @@ from flask import Response
 
 from conveyor.orchestrator.tokens import Role
 
-from . import artifacts, logs, pipelines, runs, system, tokens
+from . import artifacts, findings, logs, pipelines, runs, system, tokens
+from .finding_models import FindingList, FindingQuery
 from .models import (
     ArtifactList,
     CreateToken,
@@ -36,6 +37,7 @@ READ, RUN, ADMIN = Role.VIEWER, Role.OPERATOR, Role.ADMIN
 SSE = {"text/event-stream": {"type": "string", "description": "`log` events, then `end`."}}
 JSON_DOCUMENT = {"application/json": {"type": "object"}}
 BINARY = {"application/octet-stream": {"type": "string", "format": "binary"}}
+SARIF = {"application/sarif+json": {"type": "object", "description": "A SARIF 2.1.0 log."}}
 PROMETHEUS = {"text/plain": {"type": "string", "description": "Prometheus text format."}}
 IDEMPOTENCY = {
     runs.IDEMPOTENCY_HEADER: "A key of your choosing: a request repeating it gets the run the "
@@ -101,6 +103,12 @@ ROUTES: tuple[Route, ...] = (
     Route("DELETE", "/runs/{run_id}/artifacts/{key}", artifacts.delete_artifact,
           "Delete an artifact", "runs", role=ADMIN, slashed=("key",),
           status=204, errors=(404, 409)),
+    Route("GET", "/runs/{run_id}/findings", findings.list_findings,
+          "List a run's security findings", "runs", role=READ, query=FindingQuery,
+          response=FindingList, errors=(400, 404, 409)),
+    Route("GET", "/runs/{run_id}/steps/{step}/sarif", findings.get_sarif,
+          "Download a scan step's SARIF report", "runs", role=READ, slashed=("step",),
+          media=SARIF, errors=(404, 409)),
     # -- tokens ------------------------------------------------------------------------
     Route("POST", "/tokens", tokens.create_token,
           "Create an API token", "tokens", role=ADMIN, body=CreateToken,

@@ -8,7 +8,9 @@ import click
 from rich.table import Table
 from rich.text import Text
 
+from conveyor.orchestrator.artifacts import ArtifactNotFound
 from conveyor.orchestrator.plugins import load_artifact_store
+from conveyor.orchestrator.retention import describe, expiry, explain_missing
 from conveyor.orchestrator.settings import Settings
 
 from . import backend
@@ -34,7 +36,15 @@ def artifacts(ctx: click.Context, words: tuple[str, ...], output: Path | None) -
 
 
 def _list(settings: Settings, ref: str) -> None:
-    run = backend.open_store(settings).find_run(ref)
+    store = backend.open_store(settings)
+    run = store.find_run(ref)
+    gone = expiry(store, run.id)
+    if gone is not None:
+        out.print(
+            f"the artifacts of run {run.id} expired: {gone.count} deleted "
+            f"{when(gone.at)}, {describe(gone.retention)} after the run ended",
+            markup=False,
+        )
     table = Table(box=None, header_style="bold")
     for column in ("KEY", "KIND", "SIZE", "SHA-256", "STORED"):
         table.add_column(column, no_wrap=True)
@@ -50,9 +60,14 @@ def _list(settings: Settings, ref: str) -> None:
 
 
 def _get(settings: Settings, ref: str, key: str, output: Path | None) -> None:
-    run = backend.open_store(settings).find_run(ref)
-    dest = output or Path(Path(key).name + (".tar" if _is_dir(settings, run.id, key) else ""))
-    artifact = load_artifact_store(settings).get(run.id, key, dest)
+    store = backend.open_store(settings)
+    run = store.find_run(ref)
+    try:
+        dest = output or Path(Path(key).name + (".tar" if _is_dir(settings, run.id, key) else ""))
+        artifact = load_artifact_store(settings).get(run.id, key, dest)
+    except ArtifactNotFound:
+        explain_missing(store, run.id, key)  # "expired" says more than "not found"
+        raise
     out.print(f"wrote {dest} ({artifact.size} bytes, sha256 {artifact.checksum})", markup=False)
 
 

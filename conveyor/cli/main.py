@@ -116,6 +116,12 @@ def cli(ctx: click.Context, data_dir: Path | None, database_url: str | None) -> 
     help="A secret read from this environment variable.",
 )
 @click.option("--pipeline", help="Which pipeline of the file to run (needed when it has several).")
+@click.option(
+    "--source",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="A directory copied into the run's workspace before the first step "
+    "(.git, .conveyor, .venv and __pycache__ are skipped).",
+)
 @click.pass_context
 def run(
     ctx: click.Context,
@@ -124,6 +130,7 @@ def run(
     secrets: tuple[str, ...],
     secret_envs: tuple[str, ...],
     pipeline: str | None,
+    source: Path | None,
 ) -> None:
     """Run a pipeline here and now, showing each step as it goes.
 
@@ -147,6 +154,7 @@ def run(
     from .running import execute  # noqa: PLC0415  (loads the store: see backend.py)
 
     engine = backend.engine(settings, compiler.step_types)
+    engine.workspace_source = source
     sys.exit(execute(engine, plan, compiled.source, run_params, given, _user()))
 
 

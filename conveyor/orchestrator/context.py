@@ -11,6 +11,7 @@ from typing import Any
 from .contracts import ArtifactStore, Sandbox, SandboxConfig, SandboxRequest
 from .errors import ConveyorError, PluginError
 from .plugins import Sandboxes
+from .scanning.ledger import StoreLedger
 from .settings import Settings
 from .store import Store
 from .variables import Masker
@@ -179,6 +180,15 @@ class Context:
         sandbox = self._sandboxes.get("docker" if config.image else "local").open(request)
         self._opened.append(sandbox)
         return sandbox
+
+    def provider(self, name: str) -> Any:
+        """The provider registered as ``name`` (``docker``, ``aws``…), built once."""
+        return self._sandboxes.providers.get(name)
+
+    @property
+    def findings(self) -> StoreLedger:
+        """This step's findings ledger, on the store the step's log goes to."""
+        return StoreLedger(self.log.store, self.run_id, self.step_key, self.pipeline)
 
     def close(self) -> None:
         """Close every sandbox the step opened and did not close (close is idempotent)."""

@@ -7,7 +7,7 @@ the orchestrator package; they meet it only through these shapes.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .artifacts import Artifact
 from .durations import Duration
+from .scanning.history import FindingsLedger
 from .settings import Settings
 
 LineSink = Callable[[str], None]
@@ -35,6 +36,11 @@ class SandboxConfig(BaseModel):
     cpu_limit: float | None = None
     network_mode: str | None = None
     timeout: Duration | None = Field(default=None, description="Limit for the whole step.")
+
+    @classmethod
+    def of(cls, config: object) -> SandboxConfig:
+        """The sandbox keys of a step's config: any object with these attributes."""
+        return cls(**{name: getattr(config, name) for name in cls.model_fields})
 
 
 @dataclass(frozen=True)
@@ -172,6 +178,15 @@ class StepContext(Protocol):
         """Replace secret values in ``text`` with ``***``."""
         ...
 
+    def provider(self, name: str) -> Any:
+        """The provider registered as ``name`` in ``conveyor.providers`` (PluginError if none)."""
+        ...
+
+    @property
+    def findings(self) -> FindingsLedger:
+        """Where scan steps record findings and find their baseline run."""
+        ...
+
 
 @runtime_checkable
 class StepType(Protocol):
@@ -234,4 +249,115 @@ class ArtifactStore(Protocol):
 
     def delete_run(self, run_id: str) -> int:
         """Remove every artifact of a run; how many there were."""
+        ...
+
+
+@dataclass(frozen=True)
+class RegistryAuth:
+    """Credentials for one registry; the password never reaches a log or a repr."""
+
+    username: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    """One image build: a context directory on this host and the Dockerfile in it."""
+
+    context: Path
+    dockerfile: str = "Dockerfile"
+    tags: tuple[str, ...] = ()
+    build_args: Mapping[str, str] = field(default_factory=dict)
+    cache_from: tuple[str, ...] = ()
+    target: str | None = None
+    pull: bool = False
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    """What a build made: ``digest`` is the repo digest when there is one, else the id."""
+
+    image_id: str
+    digest: str
+    tags: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ContainerResult:
+    """How a container ended: ``exit_code`` is None when it was not waited for."""
+
+    container_id: str
+    exit_code: int | None
+    stdout: str = ""
+    stderr: str = ""
+    #: The streams (``stdout``, ``stderr``) that were longer than the cap and cut.
+    cut: tuple[str, ...] = ()
+
+
+@runtime_checkable
+class ImageEngine(Protocol):
+    """Builds, tags, pushes and runs images (provider ``docker``, via ``ctx.provider``).
+
+    Every method streams progress lines to its sink, stops at ``deadline`` (a
+    ``time.monotonic()`` value) or once ``cancel`` is set, and fails with one-line
+    ``StepFailed`` messages.
+    """
+
+    def build(
+        self,
+        spec: BuildSpec,
+        *,
+        cancel: threading.Event,
+        deadline: float | None,
+        on_line: LineSink | None = None,
+    ) -> BuiltImage:
+        """Build ``spec`` and apply its tags."""
+        ...
+
+    def tag(self, image: str, reference: str) -> None:
+        """Give the local image ``image`` the name ``reference`` too."""
+        ...
+
+    def push(
+        self,
+        reference: str,
+        *,
+        auth: RegistryAuth | None,
+        cancel: threading.Event,
+        deadline: float | None,
+        on_line: LineSink | None = None,
+    ) -> str:
+        """Push ``reference`` (the engine's own credentials without ``auth``); its digest."""
+        ...
+
+    def run(
+        self,
+        request: SandboxRequest,
+        *,
+        command: Sequence[str] | None,
+        workspace: Path | None,
+        wait: bool = True,
+        on_stdout: LineSink | None = None,
+        on_stderr: LineSink | None = None,
+    ) -> ContainerResult:
+        """Run ``request.config.image`` (its own command without ``command``), then remove it.
+
+        ``workspace`` (the run's directory on this host) is mounted at ``/workspace``.
+        """
+        ...
+
+
+@runtime_checkable
+class ObjectSource(Protocol):
+    """Objects in a bucket (the ``s3`` provider): what ``step.artifact_pull`` fetches.
+
+    Region, endpoint and credentials are the operator's; a step names only the object.
+    """
+
+    def fetch(self, bucket: str, key: str, dest: Path, *, limit: int) -> Artifact:
+        """Stream the object to ``dest``: all of it or nothing, at most ``limit`` bytes.
+
+        Returns its size and SHA-256; ArtifactNotFound (no bucket, no object) or
+        ArtifactError (denied, too large, unreachable) with a one-line reason otherwise.
+        """
         ...

@@ -24,17 +24,22 @@ def normalise_url(url: str) -> str:
     return url
 
 
-def create_engines(url: str) -> tuple[sa.Engine, sa.Engine]:
+def create_engines(url: str, *, pre_ping: bool = True) -> tuple[sa.Engine, sa.Engine]:
     """Return (write engine, read engine); the same engine twice except on SQLite.
 
     On SQLite, writes begin with ``BEGIN IMMEDIATE`` so two writers queue on the busy
     timeout instead of failing when a read lock cannot be upgraded; reads keep plain
     deferred transactions so a watcher never blocks a writer (WAL mode).
+
+    ``pre_ping`` tests a pooled Postgres connection before each use (a round trip).
+    Callers that retry on StoreUnavailable can go without: a connection a restart
+    killed fails once, SQLAlchemy then invalidates the whole pool, and the retry
+    connects afresh.
     """
     url = normalise_url(url)
     if not url.startswith("sqlite"):
         try:
-            engine = sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+            engine = sa.create_engine(url, pool_pre_ping=pre_ping, pool_size=10, max_overflow=20)
         except sa.exc.ArgumentError as exc:  # unknown dialect or a malformed URL
             raise ConveyorError(f"the database URL is not usable: {exc}") from None
         return engine, engine

@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from . import db
 from .contracts import StepType
 from .dispatch import InlineDispatcher
+from .errors import ConveyorError
 from .executor import Executor
 from .plan import Compiled, Compiler, ExecutionPlan, Limits
 from .plugins import Sandboxes, StepTypes
 from .records import RunRecord
+from .retention import ArtifactRetention
 from .runtime import Runtime
 from .settings import Settings
+from .sources import HeldDispatches, copy_source
 from .store import Store, utcnow
 from .templates import TemplateEngine
 from .vault import make_vault
+
+log = logging.getLogger("conveyor.embedded")
 
 
 def open_store(settings: Settings) -> Store:
@@ -58,10 +65,15 @@ class EmbeddedEngine:
         self.store = store or open_store(settings)
         self.compiler = make_compiler(settings, step_types)
         self.dispatcher = InlineDispatcher(settings.max_parallel)
+        #: Holds a run's first steps back while its workspace is seeded with the source.
+        self.held = HeldDispatches(self.dispatcher)
+        #: A directory copied into each run's workspace before its first step (--source).
+        self.workspace_source: Path | None = None
+        self._seeding = threading.Lock()
         self.runtime = Runtime(
             self.store,
             self.compiler.templates,
-            self.dispatcher,
+            self.held,
             lease_seconds=settings.lease_seconds,
             vault=make_vault(settings, embedded=self.store.is_sqlite),
         )
@@ -70,6 +82,11 @@ class EmbeddedEngine:
         self.dispatcher.bind(self.executor.execute)
         self._finished: dict[str, threading.Event] = {}
         self.runtime.on_finished.append(self._on_finished)
+        #: No reconciler runs here: the first run an engine starts sweeps expired artifacts.
+        self.retention = ArtifactRetention.from_settings(
+            self.store, settings, self.executor.artifacts
+        )
+        self._swept = False
 
     def compile(self, text: str | bytes) -> Compiled:
         """Compile a pipeline file (SpecError lists every problem)."""
@@ -84,10 +101,42 @@ class EmbeddedEngine:
         secrets: Mapping[str, str] | None = None,
         submitted_by: str | None = None,
     ) -> RunRecord:
-        """Create the run and start its first steps; returns at once."""
-        return self.runtime.submit(
-            plan, source, params or {}, secrets=secrets, submitted_by=submitted_by
-        )
+        """Create the run and start its first steps; returns at once.
+
+        With ``workspace_source`` set, the run's workspace holds a copy of it before any
+        step is dispatched; if the copy fails the run is cancelled with the reason.
+        """
+        self._sweep_artifacts()
+        if self.workspace_source is None:
+            return self.runtime.submit(
+                plan, source, params or {}, secrets=secrets, submitted_by=submitted_by
+            )
+        with self._seeding:
+            self.held.hold()
+            run: RunRecord | None = None
+            try:
+                run = self.runtime.submit(
+                    plan, source, params or {}, secrets=secrets, submitted_by=submitted_by
+                )
+            finally:
+                self.held.keep(run.id if run else None)
+        self._seed(run.id, self.workspace_source)
+        return run
+
+    def _seed(self, run_id: str, directory: Path) -> None:
+        """Copy ``directory`` into the run's workspace, then let its steps go."""
+        # The local sandbox kind owns the workspace directory: asking for it here makes
+        # the run's end remove the copy even when no step opens a sandbox.
+        self.sandboxes.get("local")
+        try:
+            copy_source(
+                directory, self.settings.workspace_root / run_id, exclude=[self.settings.data_dir]
+            )
+        except ConveyorError as exc:
+            self.held.drop(run_id)
+            self.runtime.cancel(run_id, f"cancelled: {exc.message}")
+            raise
+        self.held.release(run_id)
 
     def wait(self, run_id: str, timeout: float | None = None, poll: float = 0.25) -> RunRecord:
         """Block until the run is over (or ``timeout`` passes) and return it."""
@@ -126,6 +175,16 @@ class EmbeddedEngine:
         self.dispatcher.close(wait=True)
         self.executor.stop()
         self.store.close()
+
+    def _sweep_artifacts(self) -> None:
+        """Delete artifacts past their retention, once per engine; never fails a run."""
+        if self._swept:
+            return
+        self._swept = True
+        try:
+            self.retention.sweep()
+        except ConveyorError as exc:
+            log.warning("artifact retention skipped: %s", exc.message)
 
     def _on_finished(self, run: RunRecord) -> None:
         # The executor removes the run's workspace (once no step of it runs here).

@@ -1,4 +1,4 @@
-"""Plugins found through entry points: step types and sandbox kinds.
+"""Plugins found through entry points: step types, sandbox kinds and providers.
 
 The entry-point name is the only place a step type's name is written
 (``step.shell_exec = conveyor.steps.shell_exec:ShellExec``), so third-party packages add
@@ -18,6 +18,7 @@ from .settings import Settings
 STEP_GROUP = "conveyor.steps"
 SANDBOX_GROUP = "conveyor.sandboxes"
 ARTIFACT_GROUP = "conveyor.artifact_stores"
+PROVIDER_GROUP = "conveyor.providers"
 
 
 class StepTypes(Mapping[str, StepType]):
@@ -52,6 +53,8 @@ class Sandboxes:
         self.settings = settings
         self._factories: dict[str, SandboxFactory] = dict(factories or {})
         self._eps = {ep.name: ep for ep in entry_points(group=SANDBOX_GROUP)}
+        #: Providers (``docker``, ``aws``…) steps reach through ``ctx.provider(name)``.
+        self.providers = Providers(settings)
 
     def get(self, kind: str) -> SandboxFactory:
         """The factory for ``kind``; PluginError naming what is installed if missing."""
@@ -63,9 +66,44 @@ class Sandboxes:
         return self._factories[kind]
 
     def cleanup_run(self, run_id: str) -> None:
-        """Ask every sandbox kind used in this process to remove the run's workspace."""
+        """Ask every sandbox kind and provider used here to remove what the run left."""
+        self.providers.cleanup_run(run_id)
         for factory in self._factories.values():
             factory.cleanup_run(run_id)
+
+
+class Providers:
+    """Adapters to the outside world (entry-point group ``conveyor.providers``).
+
+    Each entry point names a class built once per process with the settings; steps
+    reach it through ``ctx.provider(name)`` and never import it.
+    """
+
+    def __init__(self, settings: Settings, providers: Mapping[str, Any] | None = None) -> None:
+        self.settings = settings
+        self._built: dict[str, Any] = dict(providers or {})
+        self._eps = {ep.name: ep for ep in entry_points(group=PROVIDER_GROUP)}
+
+    def get(self, name: str) -> Any:
+        """The provider ``name``; PluginError naming what is installed if missing."""
+        if name not in self._built:
+            if name not in self._eps:
+                known = ", ".join(sorted(self._eps)) or "none"
+                raise PluginError(f"no provider {name!r} is installed (installed: {known})")
+            try:
+                self._built[name] = self._eps[name].load()(self.settings)
+            except PluginError:
+                raise
+            except Exception as exc:  # a broken plugin fails the step, not the worker
+                raise PluginError(f"provider {name} could not be loaded: {exc}") from exc
+        return self._built[name]
+
+    def cleanup_run(self, run_id: str) -> None:
+        """Let each provider built here remove what the run left (``cleanup_run``, if any)."""
+        for provider in self._built.values():
+            cleanup = getattr(provider, "cleanup_run", None)
+            if callable(cleanup):
+                cleanup(run_id)
 
 
 def load_artifact_store(settings: Settings) -> ArtifactStore:

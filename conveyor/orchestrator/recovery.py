@@ -3,7 +3,8 @@
 The reconciler is what makes the broker a wake-up call rather than the truth: it runs
 periodically (Celery beat in the distributed shape) and, from the database alone,
 re-dispatches queued steps whose message may have been lost, takes back steps whose
-worker stopped heartbeating, and fails runs past their timeout.
+worker stopped heartbeating, fails runs past their timeout, and (every few minutes)
+deletes the artifacts of runs past their retention (see ``retention``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from .contracts import StepRef
 from .errors import Conflict
 from .records import RunRecord
+from .retention import ArtifactRetention
 from .runtime import Dispatch, Runtime
 from .status import RunStatus, StepStatus
 from .store import utcnow
@@ -57,21 +59,34 @@ class Report:
     expired_runs: int = 0
     reclaimed: int = 0
     redispatched: int = 0
+    #: Runs whose artifacts were deleted for their retention.
+    expired_artifacts: int = 0
 
     def __bool__(self) -> bool:
-        return bool(self.expired_runs or self.reclaimed or self.redispatched)
+        return bool(
+            self.expired_runs or self.reclaimed or self.redispatched or self.expired_artifacts
+        )
 
 
 class Reconciler:
     """Finds, from the database alone, work the broker or a worker dropped."""
 
-    def __init__(self, runtime: Runtime, *, stale_after: float = 30.0, batch: int = 500) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        stale_after: float = 30.0,
+        batch: int = 500,
+        retention: ArtifactRetention | None = None,
+    ) -> None:
         self.runtime = runtime
         self.stale_after = timedelta(seconds=stale_after)
         self.batch = batch
+        #: Deletes artifacts past their retention (every few minutes, not every pass).
+        self.retention = retention
 
     def run_once(self, now: datetime | None = None) -> Report:
-        """One pass over overdue runs, expired leases and stale queued steps."""
+        """One pass over overdue runs, expired leases, stale queued steps and old artifacts."""
         now = now or utcnow()
         store, report = self.runtime.store, Report()
         for run_id in store.overdue_runs(now, self.batch):
@@ -81,6 +96,8 @@ class Reconciler:
             report.redispatched += self.redispatch(run_id, key, now - self.stale_after)
         for run_id, key in store.expired_leases(now, self.batch):
             report.reclaimed += self.reclaim(run_id, key, now)
+        if self.retention is not None and self.retention.due(now):
+            report.expired_artifacts = self.retention.sweep(now)
         return report
 
     def reclaim(self, run_id: str, key: str, now: datetime) -> bool:

@@ -162,7 +162,7 @@ class Runtime:
                 claimed.append(claim)
             return []
 
-        self.write(ref.run_id, work)
+        self.write(ref.run_id, work, ref.step_key)
         return claimed[0] if claimed else None
 
     def _claim_in(self, tx: RunTx, ref: StepRef, owner: str) -> Claim | None:
@@ -228,7 +228,7 @@ class Runtime:
             )
             return self.advance_in(tx, step.key)
 
-        self.write(ref.run_id, work)
+        self.write(ref.run_id, work, ref.step_key)
         return claimed[0] if claimed else None
 
     def fail(self, ref: StepRef, outcome: Outcome, logs: Sequence[tuple[str, str]] = ()) -> None:
@@ -250,7 +250,7 @@ class Runtime:
             tx.move_step(step, S.FAILED, event=event, **fields)
             return self.advance_in(tx)
 
-        self.write(ref.run_id, work)
+        self.write(ref.run_id, work, ref.step_key)
 
     def _retry(
         self,
@@ -337,7 +337,8 @@ class Runtime:
         else:
             candidates = tuple(plan.step(k) for k in plan.dependents[changed])
             wanted = {k for p in candidates for k in (p.key, *p.needs)}
-            state = RunState(plan, {s.key: s for s in tx.steps(wanted)}, counts)
+            found = tx.steps(wanted) if wanted else []  # a leaf: nothing to read
+            state = RunState(plan, {s.key: s for s in found}, counts)
         out: list[Dispatch] = []
         for plan_step in candidates:
             step = state.steps[plan_step.key]
@@ -418,9 +419,14 @@ class Runtime:
 
     # -- plumbing ----------------------------------------------------------------------
 
-    def write(self, run_id: str, work: Callable[[RunTx], list[Dispatch]]) -> None:
-        """Run ``work`` in a transaction on the run; dispatch what it returns after commit."""
-        with self.store.transaction(run_id) as tx:
+    def write(
+        self, run_id: str, work: Callable[[RunTx], list[Dispatch]], step_key: str | None = None
+    ) -> None:
+        """Run ``work`` in a transaction on the run; dispatch what it returns after commit.
+
+        ``step_key``: the step ``work`` reads first, read with the run's lock.
+        """
+        with self.store.transaction(run_id, step_key) as tx:
             was_terminal = tx.run.status.terminal
             dispatches = work(tx)
             finished = tx.run if tx.run.status.terminal and not was_terminal else None

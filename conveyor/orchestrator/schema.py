@@ -165,3 +165,44 @@ run_secrets = sa.Table(
     sa.Column("sealed", sa.Text, nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
 )
+
+#: One row per scan step of a run: the summary, and the branch a baseline is matched on.
+scan_reports = sa.Table(
+    "scan_reports",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("instance_id", sa.String(36), sa.ForeignKey(runs.c.id), nullable=False),
+    sa.Column("step_key", sa.String(200), nullable=False),
+    sa.Column("scanner", sa.String(50), nullable=False),
+    sa.Column("branch", sa.String(200)),
+    sa.Column("summary", JSONType, nullable=False),
+    sa.Column("passed_gate", sa.Boolean, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("instance_id", "step_key"),
+    sa.Index("ix_scan_reports_branch", "branch"),
+)
+
+#: Every finding of every scan step, with the fingerprint ``fail_on: new`` compares.
+findings = sa.Table(
+    "findings",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("instance_id", sa.String(36), sa.ForeignKey(runs.c.id), nullable=False),
+    sa.Column("step_key", sa.String(200), nullable=False),
+    sa.Column("scanner", sa.String(50), nullable=False),
+    sa.Column("rule_id", sa.String(300), nullable=False),
+    sa.Column("severity", sa.String(10), nullable=False),
+    sa.Column("native_severity", sa.String(50), nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("location", sa.Text, nullable=False),
+    sa.Column("line", sa.Integer),
+    sa.Column("fingerprint", sa.String(64), nullable=False),
+    sa.Column("is_new", sa.Boolean),
+    sa.Column("suppressed", sa.Text),
+    sa.Column("package", sa.String(300)),
+    sa.Column("version", sa.String(200)),
+    sa.Column("fixed_version", sa.String(200)),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Index("ix_findings_instance_id_step_key", "instance_id", "step_key"),
+    sa.Index("ix_findings_instance_id_fingerprint", "instance_id", "fingerprint"),
+)

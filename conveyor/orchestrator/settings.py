@@ -3,9 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .durations import parse_duration
+
+#: How a retention says "never delete" (in pipelines and in CONVEYOR_ARTIFACT_RETENTION).
+FOREVER = ("", "forever", "never")
+
+
+def parse_retention(value: Any) -> float | None:
+    """Seconds of a retention (``30d``, ``12h``, ``3600``); None for ``forever``."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in FOREVER):
+        return None
+    return parse_duration(value)
 
 
 class Settings(BaseSettings):
@@ -53,7 +66,14 @@ class Settings(BaseSettings):
         default=False,
         description="Let artifact pulls fetch from loopback, private and link-local addresses.",
     )
-    max_download_bytes: int = Field(default=10 * 1024**3, ge=1, description="URL pull cap.")
+    max_download_bytes: int = Field(
+        default=10 * 1024**3, ge=1, description="Largest file an artifact pull (URL, S3) fetches."
+    )
+    artifact_retention: float | None = Field(
+        default=None,
+        description="How long finished runs keep their artifacts (30d, 12h) unless their "
+        "pipeline says (`artifacts: {retention: ...}`); empty or `forever` keeps them.",
+    )
     secret_key: str | None = Field(
         default=None,
         description="Fernet key sealing runs' secrets at rest; needed when secrets cross hosts.",
@@ -68,6 +88,11 @@ class Settings(BaseSettings):
     docker_allowed_mounts: list[str] = Field(
         default_factory=list, description="Host path prefixes Docker sandboxes may bind-mount."
     )
+
+    @field_validator("artifact_retention", mode="before")
+    @classmethod
+    def _retention(cls, value: Any) -> float | None:
+        return parse_retention(value)
 
     @property
     def resolved_database_url(self) -> str:

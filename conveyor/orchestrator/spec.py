@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .durations import Duration
 from .errors import Problem, SpecError
+from .settings import parse_retention
 from .yamlload import Loaded, load_yaml
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
@@ -73,6 +74,20 @@ class StepSpec(Strict):
         return value
 
 
+class ArtifactsSpec(Strict):
+    """What becomes of a pipeline's artifacts once its runs are over."""
+
+    retention: float | None = Field(
+        description="How long a finished run keeps its artifacts (30d, 12h); `forever` keeps "
+        "them whatever the operator's default."
+    )
+
+    @field_validator("retention", mode="before")
+    @classmethod
+    def _retention(cls, value: Any) -> float | None:
+        return parse_retention(value)
+
+
 class PipelineSpec(Strict):
     """One named pipeline."""
 
@@ -80,6 +95,8 @@ class PipelineSpec(Strict):
     timeout: Duration | None = None
     env: dict[str, str] = Field(default_factory=dict)
     on_error: OnError = "stop"
+    #: None: the operator's CONVEYOR_ARTIFACT_RETENTION applies.
+    artifacts: ArtifactsSpec | None = None
     steps: list[StepSpec] = Field(min_length=1)
 
     @field_validator("env", mode="before")

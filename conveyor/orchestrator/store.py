@@ -77,9 +77,9 @@ def translate_errors() -> Iterator[None]:
 class Store:
     """Reads and writes of the execution log."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, pre_ping: bool = True) -> None:
         self.url = db.normalise_url(url)
-        self.engine, self.read_engine = db.create_engines(self.url)
+        self.engine, self.read_engine = db.create_engines(self.url, pre_ping=pre_ping)
 
     @property
     def is_sqlite(self) -> bool:
@@ -101,10 +101,13 @@ class Store:
         self.read_engine.dispose()
 
     @contextmanager
-    def transaction(self, run_id: str) -> Iterator[RunTx]:
-        """Lock a run and change it; events are numbered and written on commit."""
+    def transaction(self, run_id: str, step_key: str | None = None) -> Iterator[RunTx]:
+        """Lock a run and change it; events are numbered and written on commit.
+
+        ``step_key`` names a step the work reads first: it is read with the lock.
+        """
         with translate_errors(), self.engine.begin() as conn:
-            tx = RunTx(conn, run_id, utcnow())
+            tx = RunTx(conn, run_id, utcnow(), step_key)
             yield tx
             tx.flush_events()
 

@@ -6,6 +6,7 @@ statement costs more than running it on SQLite, and these run several times per 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import uuid
 from collections import Counter
@@ -23,6 +24,21 @@ from .status import RunStatus, StepStatus, check_run_move, check_step_move
 
 _RUN: sa.BindParameter[str] = sa.bindparam("b_run")
 _LOCK_RUN = sa.select(*RUN_COLUMNS).where(runs.c.id == _RUN).with_for_update()
+#: The run's row locked and one of its steps read in the same round trip: a claim or a
+#: result always starts with both. ``FOR UPDATE OF`` locks the run only; the step row
+#: is fenced by the conditional UPDATE of ``move_step``.
+_STEP_PREFIX = "step__"
+_LOCK_RUN_WITH_STEP = (
+    sa.select(*RUN_COLUMNS, *(c.label(_STEP_PREFIX + c.name) for c in steps.c))
+    .select_from(
+        runs.outerjoin(
+            steps,
+            sa.and_(steps.c.instance_id == runs.c.id, steps.c.step_key == sa.bindparam("b_key")),
+        )
+    )
+    .where(runs.c.id == _RUN)
+    .with_for_update(of=runs)
+)
 _STEPS = (
     sa.select(*STEP_STATE_COLUMNS).where(steps.c.instance_id == _RUN).order_by(steps.c.position)
 )
@@ -47,6 +63,28 @@ _MOVE_STEP = steps.update().where(
 _UPDATE_STEP = steps.update().where(steps.c.id == sa.bindparam("b_id"))
 _INSERT_EVENTS = events.insert()
 _INSERT_LOGS = step_logs.insert()
+_EVENT_COLUMNS = ("instance_id", "step_key", "type", "payload", "created_at", "seq")
+
+
+@functools.cache
+def _insert_events_bumping_seq(count: int) -> sa.TextClause:
+    """Postgres: insert ``count`` events and bump the run's event_seq in one statement.
+
+    A data-modifying CTE saves a round trip on every transaction. Written as text, one
+    statement per event count, built once: a multi-row ``insert().values()`` would be
+    compiled again on every call, which costs more than the round trip it saves.
+    """
+    rows = ", ".join(
+        "(" + ", ".join(f":{name}_{i}" for name in _EVENT_COLUMNS) + ")" for i in range(count)
+    )
+    # Only names from the schema and numbered placeholders: nothing from outside.
+    bump = "UPDATE workflow_instances SET event_seq = :b_seq, updated_at = :b_now WHERE id = :b_run"
+    insert = f"INSERT INTO {events.name} ({', '.join(_EVENT_COLUMNS)}) VALUES {rows}"  # noqa: S608
+    sql = f"WITH bump_seq AS ({bump}) {insert}"
+    types = {"b_now": runs.c.updated_at.type}
+    for i in range(count):
+        types |= {f"{name}_{i}": events.c[name].type for name in _EVENT_COLUMNS}
+    return sa.text(sql).bindparams(*(sa.bindparam(k, type_=t) for k, t in types.items()))
 
 
 def log_rows(
@@ -105,15 +143,32 @@ class RunTx:
     that makes a duplicate or stale delivery harmless.
     """
 
-    def __init__(self, conn: sa.Connection, run_id: str, now: datetime) -> None:
+    def __init__(
+        self, conn: sa.Connection, run_id: str, now: datetime, step_key: str | None = None
+    ) -> None:
         self.conn = conn
         self.now = now
         self._pending: list[dict[str, Any]] = []
-        row = conn.execute(_LOCK_RUN, {"b_run": run_id}).mappings().first()
+        self._ids = {"b_run": run_id}
+        #: The step read with the lock (``step_key``), handed out once by ``step``.
+        self._prefetched: StepRecord | None = None
+        if step_key is None:
+            row = conn.execute(_LOCK_RUN, self._ids).mappings().first()
+        else:
+            row = (
+                conn.execute(_LOCK_RUN_WITH_STEP, {**self._ids, "b_key": step_key})
+                .mappings()
+                .first()
+            )
         if row is None:
             raise NotFound(f"no run {run_id}")
         self.run: RunRecord = run_from_row(row)
-        self._ids = {"b_run": run_id}
+        if step_key is not None and row[_STEP_PREFIX + "id"] is not None:
+            n = len(_STEP_PREFIX)
+            self._prefetched = step_from_row(
+                {k[n:]: v for k, v in row.items() if k.startswith(_STEP_PREFIX)}
+            )
+        self._postgres = conn.dialect.name == "postgresql"
 
     def steps(self, keys: Collection[str] | None = None) -> list[StepRecord]:
         """The run's steps (or those in ``keys``) in plan order, without their outputs."""
@@ -135,6 +190,9 @@ class RunTx:
 
     def step(self, key: str) -> StepRecord:
         """One step of the run by key."""
+        found, self._prefetched = self._prefetched, None
+        if found is not None and found.key == key:
+            return found  # read with the lock, and not changed since: nothing wrote yet
         row = self.conn.execute(_ONE_STEP, {**self._ids, "b_key": key}).mappings().first()
         if row is None:
             raise NotFound(f"run {self.run.id} has no step {key!r}")
@@ -162,6 +220,7 @@ class RunTx:
         Returns False (and changes nothing) when another writer got there first.
         """
         status = check_step_move(step.status, new)
+        self._prefetched = None
         params = {"b_id": step.id, "b_status": step.status.value, "b_attempts": step.attempts}
         result = self.conn.execute(_MOVE_STEP, {**params, "status": status.value, **fields})
         if result.rowcount != 1:
@@ -177,6 +236,7 @@ class RunTx:
 
     def update_step(self, step: StepRecord, **fields: Any) -> None:
         """Change a step's fields without changing its status."""
+        self._prefetched = None
         self.conn.execute(_UPDATE_STEP, {"b_id": step.id, **fields})
 
     def append_logs(self, step_key: str, attempt: int, lines: Sequence[tuple[str, str]]) -> None:
@@ -204,8 +264,14 @@ class RunTx:
         base = self.run.event_seq
         for offset, row in enumerate(self._pending, start=1):
             row["seq"] = base + offset
-        self.conn.execute(_INSERT_EVENTS, self._pending)
         seq = base + len(self._pending)
-        self.conn.execute(_UPDATE_RUN, {**self._ids, "event_seq": seq, "updated_at": self.now})
+        if self._postgres:
+            params = {**self._ids, "b_seq": seq, "b_now": self.now}
+            for i, row in enumerate(self._pending):
+                params |= {f"{name}_{i}": row[name] for name in _EVENT_COLUMNS}
+            self.conn.execute(_insert_events_bumping_seq(len(self._pending)), params)
+        else:
+            self.conn.execute(_INSERT_EVENTS, self._pending)
+            self.conn.execute(_UPDATE_RUN, {**self._ids, "event_seq": seq, "updated_at": self.now})
         self.run = replace(self.run, event_seq=seq)
         self._pending = []

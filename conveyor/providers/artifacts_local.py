@@ -21,8 +21,7 @@ from conveyor.orchestrator.artifacts import (
     ArtifactError,
     ArtifactNotFound,
     ChecksumMismatch,
-    chunks,
-    new_hash,
+    copy_hashed,
     validate_key,
     validate_run_id,
 )
@@ -41,17 +40,12 @@ class LocalArtifactStore:
         """Store ``src`` under ``key``, replacing any artifact of that key at once."""
         target = self._path(run_id, key)
         target.parent.mkdir(parents=True, exist_ok=True)
-        digest, size = new_hash(), 0
         handle, name = tempfile.mkstemp(dir=target.parent, prefix=".upload-")
         try:
             with open(src, "rb") as source, os.fdopen(handle, "wb") as out:
-                for piece in chunks(source):
-                    digest.update(piece)
-                    size += len(piece)
-                    out.write(piece)
-                out.flush()
-                os.fsync(out.fileno())
-            artifact = Artifact(key, size, digest.hexdigest(), datetime.now(UTC), kind)
+                # On disk before the rename: a crash leaves the old artifact or none.
+                checksum, size = copy_hashed(source, out, sync=True)
+            artifact = Artifact(key, size, checksum, datetime.now(UTC), kind)
             _write_meta(target, artifact)
             os.replace(name, target)
         except OSError as exc:
@@ -65,15 +59,12 @@ class LocalArtifactStore:
         """Copy the artifact to ``dest``, checking its SHA-256 on the way."""
         artifact, stream = self.open(run_id, key)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        digest = new_hash()
         try:
             with stream, open(dest, "wb") as out:
-                for piece in chunks(stream):
-                    digest.update(piece)
-                    out.write(piece)
+                checksum, _ = copy_hashed(stream, out)
         except OSError as exc:
             raise ArtifactError(f"could not write {dest.name}: {exc.strerror or exc}") from exc
-        if digest.hexdigest() != artifact.checksum:
+        if checksum != artifact.checksum:
             dest.unlink(missing_ok=True)
             raise ChecksumMismatch(f"artifact {key} of run {run_id} is corrupt (checksum mismatch)")
         return artifact

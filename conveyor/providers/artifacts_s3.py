@@ -22,8 +22,8 @@ from conveyor.orchestrator.artifacts import (
     ArtifactError,
     ArtifactNotFound,
     ChecksumMismatch,
-    chunks,
-    new_hash,
+    copy_hashed,
+    hash_stream,
     validate_key,
     validate_run_id,
 )
@@ -53,30 +53,24 @@ class S3ArtifactStore:
     def put(self, run_id: str, key: str, src: Path, kind: str = "file") -> Artifact:
         """Upload ``src`` (streamed, multipart when large) with its checksum."""
         name = self._name(run_id, key)
-        digest, size = new_hash(), 0
         with _errors(key):
             with open(src, "rb") as source:
-                for piece in chunks(source):
-                    digest.update(piece)
-                    size += len(piece)
+                checksum, size = hash_stream(source)
             # By file name, so parts are read from disk as they go (upload_fileobj would
             # read ahead into memory).
-            metadata = {"sha256": digest.hexdigest(), "kind": kind}
+            metadata = {"sha256": checksum, "kind": kind}
             self.client.upload_file(
                 str(src), self.bucket, name, ExtraArgs={"Metadata": metadata}, Config=TRANSFER
             )
-        return Artifact(key, size, digest.hexdigest(), datetime.now(UTC), kind)
+        return Artifact(key, size, checksum, datetime.now(UTC), kind)
 
     def get(self, run_id: str, key: str, dest: Path) -> Artifact:
         """Download to ``dest``, checking the SHA-256 as it streams."""
         artifact, body = self.open(run_id, key)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        digest = new_hash()
         with _errors(key), body, open(dest, "wb") as out:
-            for piece in chunks(body):
-                digest.update(piece)
-                out.write(piece)
-        if digest.hexdigest() != artifact.checksum:
+            checksum, _ = copy_hashed(body, out)
+        if checksum != artifact.checksum:
             dest.unlink(missing_ok=True)
             raise ChecksumMismatch(f"artifact {key} of run {run_id} is corrupt (checksum mismatch)")
         return artifact

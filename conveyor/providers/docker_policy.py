@@ -2,7 +2,8 @@
 
 Defaults are strict (no network, no capabilities, no new privileges, a pids limit);
 host networking and bind mounts need the operator's settings, and the Docker socket is
-never mounted.
+never mounted. A mount never lands on the workspace (over it, under it, or over one of
+its parents, which would hide it) nor over ``/proc``, ``/sys`` or ``/dev``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from .sandbox_common import CONTAINER_WORKSPACE, parse_memory
 
 PIDS_LIMIT = 1024
 DOCKER_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock")
+#: Kernel interfaces a mount must not replace: what they show is what limits rely on.
+PROTECTED_TARGETS = ("/proc", "/sys", "/dev")
 _MOUNT_KEYS = frozenset({"source", "target", "read_only"})
 
 
@@ -70,9 +73,9 @@ def _mount(entry: Mapping[str, Any], settings: Settings) -> Mount:
     if unknown or "source" not in entry or "target" not in entry:
         raise SandboxError(f"a mount takes source, target and read_only; got {sorted(entry)}")
     source = os.path.realpath(str(entry["source"]))
-    target = str(entry["target"])
-    if source in DOCKER_SOCKETS or not posixpath.isabs(target):
-        raise SandboxError(f"mount {entry['source']} -> {target} is not allowed")
+    target = mount_target(str(entry["target"]))
+    if any(Path(socket).is_relative_to(source) for socket in DOCKER_SOCKETS):
+        raise SandboxError(f"mount {entry['source']} would expose the Docker socket")
     allowed = [os.path.realpath(prefix) for prefix in settings.docker_allowed_mounts]
     if not any(Path(source).is_relative_to(prefix) for prefix in allowed):
         raise SandboxError(
@@ -80,3 +83,26 @@ def _mount(entry: Mapping[str, Any], settings: Settings) -> Mount:
             "(settings: docker_allowed_mounts)"
         )
     return Mount(target, source, type="bind", read_only=bool(entry.get("read_only", False)))
+
+
+def mount_target(target: str) -> str:
+    """The normalised mount target; SandboxError when it would hide what must stay."""
+    if not posixpath.isabs(target):
+        raise SandboxError(f"mount target {target!r} is not an absolute path")
+    path = "/" + posixpath.normpath(target).lstrip("/")
+    if path == "/":
+        raise SandboxError("a mount cannot replace the container's root directory")
+    if _within(path, CONTAINER_WORKSPACE) or _within(CONTAINER_WORKSPACE, path):
+        raise SandboxError(
+            f"mount target {target} would shadow or sit under {CONTAINER_WORKSPACE}, "
+            "the run's workspace"
+        )
+    for protected in PROTECTED_TARGETS:
+        if _within(path, protected):
+            raise SandboxError(f"mount target {target} is over {protected}, which is not allowed")
+    return path
+
+
+def _within(path: str, base: str) -> bool:
+    """True when ``path`` is ``base`` or under it (both normalised)."""
+    return path == base or path.startswith(base + "/")

@@ -1,25 +1,40 @@
-"""The Docker sandbox: one container per step on a workspace volume that lives for the run.
+"""The Docker sandbox: one container per step on a workspace that lives for the run.
 
 Each step gets a container started with a long ``sleep``; commands run in it through
-``exec``, so files written by one command are there for the next, and the run's named
-volume (``conveyor-ws-<run_id>``, mounted at ``/workspace``) carries them to later
-steps. Containers start with no network, no capabilities, no new privileges and a pids
-limit; host networking and bind mounts need the operator's settings to allow them.
+``exec``, so files written by one command are there for the next. The run's workspace
+is one directory on the worker's host (``workspace_root/<run id>``, the very directory
+local steps use), reached through a volume named ``conveyor-ws-<run_id>`` that is bound
+to it and mounted at ``/workspace``: a file written by a local step is seen by a container
+step and the other way round.
+
+Consequence: the engine must see the worker's filesystem at the same path. A local
+engine does; a worker in a container needs a Docker-in-Docker sidecar (or the host's
+engine) with the data directory mounted at the same path in both.
+
+Containers start with no network, no capabilities, no new privileges and a pids limit;
+host networking and bind mounts need the operator's settings to allow them. A closed
+step's container is removed in the background (the next step need not wait for it);
+``cleanup_run`` waits for those removals, then removes what is left of the run: its
+containers, its volume and its directory, through a short container when the worker
+may not delete files a container created as root.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import posixpath
+import shutil
+import stat
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import docker
 import docker.errors
-from docker.models.containers import Container
 from docker.types import Mount
 
 from conveyor.orchestrator.contracts import ExecResult, LineSink, SandboxRequest
@@ -27,10 +42,20 @@ from conveyor.orchestrator.errors import SandboxError
 from conveyor.orchestrator.settings import Settings
 
 from .docker_archive import pack, spool, unpack
+from .docker_common import (
+    RUN_LABEL,
+    STEP_LABEL,
+    EngineClient,
+    docker_client,
+    engine_errors,
+    image_missing,
+    one_line,
+    workspace_dir,
+)
+from .docker_containers import Removals, Watcher, remove_container, wipe_directory
 from .docker_policy import container_options, container_path
 from .sandbox_common import (
     CONTAINER_WORKSPACE,
-    POLL,
     RUN_ID,
     LineSplitter,
     effective_deadline,
@@ -38,10 +63,9 @@ from .sandbox_common import (
     raise_for,
 )
 
-RUN_LABEL = "conveyor.run"
-STEP_LABEL = "conveyor.step"
 IDLE_COMMAND = ["sleep", "2147483647"]
 OOM_EXIT = 137
+OUTPUTS_DIR = ".conveyor/outputs"
 # The kernel's count of OOM kills in the container's cgroup: v2's file, then v1's.
 _OOM_COUNTERS = "cat /sys/fs/cgroup/memory.events /sys/fs/cgroup/memory/memory.oom_control"
 # Merges stderr into stdout at the source, so lines keep the order they were written in,
@@ -61,59 +85,109 @@ class DockerSandboxFactory:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._client: docker.DockerClient | None = None
-        self._lock = threading.Lock()
+        self._engine = EngineClient(docker_client)
+        self._volumes: set[str] = set()  # volumes known to exist, bound to their directory
+        self._images: dict[str, str] = {}  # an image each run used: it can wipe the run
+        self._removals = Removals()
 
     def client(self) -> docker.DockerClient:
         """A client of an engine that answers; SandboxError with the reason otherwise."""
-        with self._lock:
-            if self._client is None:
-                try:
-                    client = docker.from_env()
-                    client.ping()
-                except docker.errors.DockerException as exc:
-                    raise SandboxError(
-                        f"the Docker engine is unreachable: {_one_line(exc)}"
-                    ) from exc
-                self._client = client
-            return self._client
+        return self._engine.get()
 
     def open(self, request: SandboxRequest) -> DockerSandbox:
-        """Start the step's container on the run's workspace volume."""
+        """Start the step's container on the run's workspace."""
         config = request.config
         options = container_options(config, self.settings)
-        volume = volume_name(request.run_id)
         client = self.client()
-        image = _image(client, config.image or "")
+        image = config.image or ""
+        host = workspace_dir(self.settings, request.run_id)
+        (host / OUTPUTS_DIR).mkdir(parents=True, exist_ok=True)  # the contract's
+        volume = self._volume(client, request.run_id, host)
+        self._images[request.run_id] = image
+        mounts = [Mount(CONTAINER_WORKSPACE, volume, no_copy=True), *options.pop("mounts")]
         labels = {RUN_LABEL: request.run_id, STEP_LABEL: request.step_key}
-        with _engine_errors():
-            _ensure_volume(client, volume, request.run_id)
-            container = client.containers.run(
-                image,
-                IDLE_COMMAND,
-                detach=True,
-                labels=labels,
-                mounts=[Mount(CONTAINER_WORKSPACE, volume, type="volume"), *options.pop("mounts")],
-                working_dir=CONTAINER_WORKSPACE,
-                **options,
-            )
-        sandbox = DockerSandbox(client, container, request)
-        try:
-            sandbox.prepare()
-        except BaseException:
-            sandbox.close()
-            raise
-        return sandbox
+        container_id = _start(client, image, labels, mounts, options, host)
+        return DockerSandbox(client, container_id, request, host, self._removals)
 
     def cleanup_run(self, run_id: str) -> None:
-        """Remove the run's containers and workspace volume; nothing happens when gone."""
+        """Remove the run's containers, volume and directory; nothing happens when gone."""
+        self._removals.wait(run_id)
         client = self.client()
-        with _engine_errors():
-            found = client.containers.list(all=True, filters={"label": f"{RUN_LABEL}={run_id}"})
+        with engine_errors():
+            found = client.api.containers(all=True, filters={"label": f"{RUN_LABEL}={run_id}"})
             for container in found:
-                _remove(container)
-            with contextlib.suppress(docker.errors.NotFound):
-                client.volumes.get(volume_name(run_id)).remove(force=True)
+                remove_container(client.api, container["Id"])
+        host = workspace_dir(self.settings, run_id)
+        if host.exists():
+            self._delete(client, run_id, host)
+        name = volume_name(run_id)
+        with engine_errors(), contextlib.suppress(docker.errors.NotFound):
+            client.api.remove_volume(name, force=True)
+        self._volumes.discard(name)
+        self._images.pop(run_id, None)
+
+    def _delete(self, client: docker.DockerClient, run_id: str, host: Path) -> None:
+        try:
+            shutil.rmtree(host)
+        except PermissionError as exc:
+            # Files a container made as root; a container may delete them.
+            image = self._images.get(run_id)
+            if image is None:
+                raise SandboxError(f"could not remove the workspace {host}: {exc}") from exc
+            wipe_directory(client.api, image, host)
+            shutil.rmtree(host, ignore_errors=True)
+
+    def _volume(self, client: docker.DockerClient, run_id: str, host: Path) -> str:
+        """The run's volume, bound to its directory; created on the first step."""
+        name = volume_name(run_id)
+        if name in self._volumes:
+            return name
+        opts = {"type": "none", "o": "bind", "device": str(host)}
+        with engine_errors():
+            try:
+                found = client.api.inspect_volume(name)
+            except docker.errors.NotFound:
+                # Create is idempotent for equal options: two steps racing get one volume.
+                found = client.api.create_volume(name, "local", opts, labels={RUN_LABEL: run_id})
+        if (found.get("Options") or {}).get("device") != str(host):
+            raise SandboxError(f"volume {name} exists and is not bound to the run's workspace")
+        self._volumes.add(name)
+        return name
+
+
+def _start(
+    client: docker.DockerClient,
+    image: str,
+    labels: dict[str, str],
+    mounts: list[Mount],
+    options: dict[str, Any],
+    host: Path,
+) -> str:
+    """Create and start the idle container; its id."""
+    api = client.api
+    try:
+        created = api.create_container(
+            image,
+            IDLE_COMMAND,
+            # [""] resets the image's ENTRYPOINT: tool images (a scanner's, say) start
+            # their tool, which would take the idle command as its arguments and exit.
+            entrypoint=[""],
+            labels=labels,
+            working_dir=CONTAINER_WORKSPACE,
+            host_config=api.create_host_config(mounts=mounts, **options),
+        )
+    except docker.errors.ImageNotFound:
+        raise image_missing(image) from None
+    except docker.errors.DockerException as exc:
+        raise SandboxError(f"the Docker engine failed: {one_line(exc)}") from exc
+    container_id: str = created["Id"]
+    try:
+        api.start(container_id)
+    except docker.errors.DockerException as exc:
+        remove_container(api, container_id)
+        hint = f" (the engine must see {host})" if "no such file" in str(exc).lower() else ""
+        raise SandboxError(f"could not start the container: {one_line(exc)}{hint}") from exc
+    return container_id
 
 
 class DockerSandbox:
@@ -121,21 +195,24 @@ class DockerSandbox:
 
     workspace = CONTAINER_WORKSPACE
 
-    def __init__(self, client: docker.DockerClient, container: Container, request: SandboxRequest):
+    def __init__(
+        self,
+        client: docker.DockerClient,
+        container_id: str,
+        request: SandboxRequest,
+        host: Path,
+        removals: Removals,
+    ) -> None:
         self._client = client
-        self._container = container
+        self._id = container_id
         self._request = request
+        self._host = host
+        self._removals = removals
         self._deadline, self._timeout_message = effective_deadline(request)
         self._lock = threading.Lock()
         self._closed = False
         self._oom_seen = 0
         self._default_dir = container_path(request.config.work_dir or ".")
-
-    def prepare(self) -> None:
-        """Create the contract's ``.conveyor/outputs`` directory in the workspace."""
-        result = self._run(["mkdir", "-p", f"{CONTAINER_WORKSPACE}/.conveyor/outputs"], {}, None)
-        if result.exit_code != 0:
-            raise SandboxError(f"could not prepare the workspace: {' '.join(result.tail)}")
 
     def exec(
         self,
@@ -169,59 +246,57 @@ class DockerSandbox:
         with tempfile.TemporaryFile() as archive:
             pack(Path(src), name, archive)
             archive.seek(0)
-            with _engine_errors():
-                self._container.put_archive(parent, archive)
+            with engine_errors():
+                self._client.api.put_archive(self._id, parent, archive)
 
     def copy_out(self, src: str, dest: Path) -> None:
         """Copy a workspace file or directory out to the host path ``dest`` (get_archive)."""
         self._refuse_if_closed()
         source = container_path(src)
+        if _surely_absent(self._host, source):
+            raise SandboxError(f"{src} does not exist in the workspace")
         fd, name = tempfile.mkstemp(prefix="conveyor-copy-", suffix=".tar")
         archive = Path(name)
         try:
             with open(fd, "wb") as out:
-                chunks, _stat = self._container.get_archive(source)
+                chunks, _stat = self._client.api.get_archive(self._id, source)
                 spool(chunks, out)
             unpack(archive, Path(dest))
         except docker.errors.NotFound:
             raise SandboxError(f"{src} does not exist in the workspace") from None
         except docker.errors.DockerException as exc:
-            raise SandboxError(f"could not copy {src}: {_one_line(exc)}") from exc
+            raise SandboxError(f"could not copy {src}: {one_line(exc)}") from exc
         finally:
             archive.unlink(missing_ok=True)
 
     def close(self) -> None:
-        """Remove the step's container; the workspace volume stays for later steps."""
+        """Remove the step's container (in the background); the workspace stays."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-        _remove(self._container)
+        self._removals.start(self._request.run_id, self._client.api, self._id)
 
     def kill(self) -> None:
         """Kill the container: every command in it stops at once."""
         with contextlib.suppress(docker.errors.DockerException):  # stopped or removed already
-            self._container.kill()
+            self._client.api.kill(self._id)
 
     def _run(self, argv: list[str], env: dict[str, str], sink: LineSink | None) -> ExecResult:
         started = time.monotonic()
         lines = LineSplitter(sink)
-        with _engine_errors():
-            exec_id = self._client.api.exec_create(
-                self._container.id, argv, environment=env, stdout=True, stderr=True
-            )["Id"]
-            watcher = _Watcher(self, self._request.cancel, self._deadline)
-            watcher.start()
-            try:
-                for chunk in self._client.api.exec_start(exec_id, stream=True):
+        api = self._client.api
+        with engine_errors():
+            exec_id = api.exec_create(self._id, argv, environment=env)["Id"]
+            watcher = Watcher(self.kill, self._request.cancel, self._deadline)
+            with watcher:
+                for chunk in api.exec_start(exec_id, stream=True):
                     lines.feed(chunk)
-            finally:
-                watcher.stop()
             lines.flush()
             self._raise_for(watcher.reason)
             if self._closed:
                 raise SandboxError("the sandbox was closed while a command ran")
-            code = self._client.api.exec_inspect(exec_id)["ExitCode"]
+            code = api.exec_inspect(exec_id)["ExitCode"]
         return ExecResult(
             int(code if code is not None else -1), time.monotonic() - started, list(lines.tail)
         )
@@ -238,11 +313,10 @@ class DockerSandbox:
 
     def _oom_kills(self) -> int | None:
         # Docker's State.OOMKilled only covers the container's main process, not execs.
-        with _engine_errors():
-            exec_id = self._client.api.exec_create(
-                self._container.id, ["/bin/sh", "-c", _OOM_COUNTERS + " 2>/dev/null"]
-            )["Id"]
-            text = self._client.api.exec_start(exec_id).decode("utf-8", errors="replace")
+        api = self._client.api
+        with engine_errors():
+            exec_id = api.exec_create(self._id, ["/bin/sh", "-c", _OOM_COUNTERS + " 2>/dev/null"])
+            text = api.exec_start(exec_id["Id"]).decode("utf-8", errors="replace")
         for line in text.splitlines():
             name, _, count = line.partition(" ")
             if name == "oom_kill" and count.strip().isdigit():
@@ -268,74 +342,23 @@ class DockerSandbox:
         raise_for(reason, self._timeout_message)
 
 
-class _Watcher:
-    """Kills the container once the deadline passes or the cancel flag is set."""
+def _surely_absent(host: Path, path: str) -> bool:
+    """True when ``path`` (under /workspace) is certainly missing from the workspace.
 
-    def __init__(self, sandbox: DockerSandbox, cancel: threading.Event, deadline: float | None):
-        self.reason: str | None = None
-        self._sandbox = sandbox
-        self._cancel = cancel
-        self._deadline = deadline
-        self._done = threading.Event()
-        self._thread = threading.Thread(
-            target=self._watch, name="conveyor-docker-watch", daemon=True
-        )
-
-    def start(self) -> None:
-        """Start watching."""
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop watching (the command is over)."""
-        self._done.set()
-        self._thread.join()
-
-    def _watch(self) -> None:
-        while not self._done.wait(POLL):
-            self.reason = limit_reached(self._cancel, self._deadline)
-            if self.reason is not None:
-                self._sandbox.kill()
-                return
-
-
-def _image(client: docker.DockerClient, name: str) -> str:
-    try:
-        client.images.get(name)
-    except docker.errors.ImageNotFound:
-        raise SandboxError(
-            f"image {name} is not on this Docker engine (build or pull it first)"
-        ) from None
-    except docker.errors.DockerException as exc:
-        raise SandboxError(f"the Docker engine is unreachable: {_one_line(exc)}") from exc
-    return name
-
-
-def _ensure_volume(client: docker.DockerClient, name: str, run_id: str) -> None:
-    try:
-        client.volumes.get(name)
-    except docker.errors.NotFound:
-        # Create is idempotent for a named volume: two steps racing here get the same one.
-        client.volumes.create(name, labels={RUN_LABEL: run_id})
-
-
-def _remove(container: Container) -> None:
-    try:
-        container.remove(force=True)
-    except docker.errors.NotFound:
-        pass  # removed already: what was asked for is done
-    except docker.errors.APIError as exc:
-        if "already in progress" not in str(exc):
-            raise SandboxError(f"could not remove a container: {_one_line(exc)}") from exc
-
-
-@contextlib.contextmanager
-def _engine_errors() -> Iterator[None]:
-    """Translate the SDK's errors into SandboxError at the boundary."""
-    try:
-        yield
-    except docker.errors.DockerException as exc:
-        raise SandboxError(f"the Docker engine failed: {_one_line(exc)}") from exc
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
+    Looked up on the host, one component at a time and never through a link: a link may
+    point elsewhere in the container than on the host, and then only the engine knows.
+    """
+    current = host
+    for part in posixpath.relpath(path, CONTAINER_WORKSPACE).split("/"):
+        if part == ".":
+            continue
+        current = current / part
+        try:
+            mode = os.lstat(current).st_mode
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+        if stat.S_ISLNK(mode):
+            return False
+    return False

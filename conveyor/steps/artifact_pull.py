@@ -1,4 +1,4 @@
-"""``step.artifact_pull``: fetch an artifact of this or an earlier run, or a URL."""
+"""``step.artifact_pull``: fetch an artifact of this or an earlier run, a URL, or an S3 object."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from conveyor.orchestrator.contracts import SandboxConfig, StepContext
+from conveyor.orchestrator.artifacts import ArtifactError
+from conveyor.orchestrator.contracts import ObjectSource, SandboxConfig, StepContext
 from conveyor.orchestrator.errors import StepFailed
 
 from .artifact_files import place, pull
@@ -20,25 +21,33 @@ class ArtifactPullConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    source: Literal["previous_execution", "url"] = Field(
+    source: Literal["previous_execution", "url", "s3"] = Field(
         description="previous_execution: an artifact of a run (this one, a given one, or "
-        "the latest successful run of this pipeline); url: an http(s) download."
+        "the latest successful run of this pipeline); url: an http(s) download; s3: an "
+        "object of a bucket."
     )
     dest: str = Field(description="Where to put it in the workspace.")
-    key: str | None = Field(default=None, description="Artifact key (previous_execution).")
+    key: str | None = Field(
+        default=None, description="Artifact key (previous_execution) or object key (s3)."
+    )
     execution_id: str | None = Field(
         default=None,
         description="Run to pull from; empty: the latest successful run of this pipeline.",
     )
     url: str | None = Field(default=None, description="URL to download (url).")
+    bucket: str | None = Field(
+        default=None, description="Bucket of the object (s3); default: CONVEYOR_S3_BUCKET."
+    )
     image: str | None = Field(default=None, description="Write through a container of this image.")
 
     @model_validator(mode="after")
     def _needs(self) -> ArtifactPullConfig:
-        if self.source == "previous_execution" and not self.key:
-            raise ValueError("source previous_execution needs a key")
+        if self.source in ("previous_execution", "s3") and not self.key:
+            raise ValueError(f"source {self.source} needs a key")
         if self.source == "url" and not self.url:
             raise ValueError("source url needs a url")
+        if self.bucket is not None and self.source != "s3":
+            raise ValueError("bucket is for source s3")
         return self
 
 
@@ -55,6 +64,8 @@ class ArtifactPull:
         try:
             if config.source == "url":
                 return self._url(ctx, sandbox, config)
+            if config.source == "s3":
+                return self._s3(ctx, sandbox, config)
             return self._artifact(ctx, sandbox, config)
         finally:
             sandbox.close()
@@ -101,4 +112,30 @@ class ArtifactPull:
             "dest": config.dest,
             "size": size,
             "bytes_written": size,
+        }
+
+    def _s3(self, ctx: StepContext, sandbox: Any, config: ArtifactPullConfig) -> dict[str, Any]:
+        assert config.key is not None
+        bucket = config.bucket or ctx.settings.s3_bucket
+        if not bucket:
+            raise StepFailed("source s3 needs a bucket (or the operator's CONVEYOR_S3_BUCKET)")
+        objects: ObjectSource = ctx.provider("s3")
+        with tempfile.TemporaryDirectory(prefix="conveyor-s3-") as tmp:
+            local = Path(tmp) / "object"
+            try:
+                found = objects.fetch(
+                    bucket, config.key, local, limit=ctx.settings.max_download_bytes
+                )
+            except ArtifactError as exc:
+                raise StepFailed(exc.message) from None
+            place(sandbox, local, config.dest, directory=False)
+        ctx.log.line(f"fetched s3://{bucket}/{config.key} to {config.dest} ({found.size} bytes)")
+        return {
+            "source": "s3",
+            "bucket": bucket,
+            "key": config.key,
+            "dest": config.dest,
+            "size": found.size,
+            "bytes_written": found.size,
+            "checksum": found.checksum,
         }

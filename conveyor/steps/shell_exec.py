@@ -98,7 +98,7 @@ class ShellExec:
 
     def run(self, ctx: StepContext, config: ShellExecConfig) -> dict[str, Any]:
         """Run every command; return ``exit_code``, ``stdout`` and the commands' outputs."""
-        sandbox = ctx.sandbox(_sandbox_config(config))
+        sandbox = ctx.sandbox(SandboxConfig.of(config))
         try:
             return _Session(ctx, sandbox, config).run()
         finally:
@@ -220,19 +220,6 @@ def _check_output_name(number: int, key: str) -> None:
 
 def _outputs_error(number: int, message: str) -> StepFailed:
     return StepFailed(f"$CONVEYOR_OUTPUT line {number}: {message}")
-
-
-def _sandbox_config(config: ShellExecConfig) -> SandboxConfig:
-    return SandboxConfig(
-        image=config.image,
-        work_dir=config.work_dir,
-        env=config.env,
-        mounts=config.mounts,
-        memory_limit=config.memory_limit,
-        cpu_limit=config.cpu_limit,
-        network_mode=config.network_mode,
-        timeout=config.timeout,
-    )
 
 
 def _outputs_path(workspace: str, step_key: str, attempt: int) -> str:

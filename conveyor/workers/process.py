@@ -23,6 +23,7 @@ from conveyor.orchestrator.errors import NotFound, StoreUnavailable
 from conveyor.orchestrator.executor import Executor
 from conveyor.orchestrator.plugins import Sandboxes
 from conveyor.orchestrator.recovery import Reconciler
+from conveyor.orchestrator.retention import ArtifactRetention
 from conveyor.orchestrator.runtime import Runtime
 from conveyor.orchestrator.settings import Settings
 from conveyor.orchestrator.store import Store
@@ -39,8 +40,13 @@ STORE_PATIENCE = 60.0
 
 
 def open_current_store(settings: Settings) -> Store:
-    """The settings' store, refusing (SchemaOutdated) a schema that is not current."""
-    store = Store(settings.resolved_database_url)
+    """The settings' store, refusing (SchemaOutdated) a schema that is not current.
+
+    No pre-ping: every write a worker makes is retried while the store is unavailable
+    (``patiently``, the executor's result writes), so a pooled connection a Postgres
+    restart killed costs one retry instead of a round trip on every transaction.
+    """
+    store = Store(settings.resolved_database_url, pre_ping=False)
     try:
         store.ensure_current()
     except BaseException:
@@ -77,7 +83,10 @@ class WorkerProcess:
         executor = Executor(
             runtime, compiler.step_types, Sandboxes(settings), settings, owner=owner, queues=queues
         )
-        reconciler = Reconciler(runtime, stale_after=settings.stale_after_seconds)
+        retention = ArtifactRetention.from_settings(store, settings, executor.artifacts)
+        reconciler = Reconciler(
+            runtime, stale_after=settings.stale_after_seconds, retention=retention
+        )
         log.info("conveyor worker process %s ready for queues %s", owner, _names(queues))
         return cls(store, runtime, executor, reconciler, dispatcher)
 
@@ -101,10 +110,12 @@ class WorkerProcess:
             return
         if report:
             log.info(
-                "reconciled: %d re-dispatched, %d reclaimed, %d runs expired",
+                "reconciled: %d re-dispatched, %d reclaimed, %d runs expired, "
+                "%d runs' artifacts past their retention deleted",
                 report.redispatched,
                 report.reclaimed,
                 report.expired_runs,
+                report.expired_artifacts,
             )
 
     def close(self) -> None:

@@ -8,6 +8,7 @@ a laptop and fail under CI.
 from __future__ import annotations
 
 import io
+import shutil
 import tarfile
 import threading
 import time
@@ -24,7 +25,7 @@ from conveyor.orchestrator.settings import Settings
 from conveyor.providers.docker_archive import unpack
 from conveyor.providers.docker_sandbox import RUN_LABEL, DockerSandboxFactory
 from tests.conftest import missing as _missing
-from tests.unit.engine_kit import log_text, open_engine, pipeline, run, step
+from tests.unit.engine_kit import eventually, log_text, open_engine, pipeline, run, step
 
 BUSYBOX = "conveyor-test/busybox"
 
@@ -86,9 +87,13 @@ def output(sandbox: Sandbox, script: str, **kwargs: Any) -> list[str]:
 
 
 def count(client: Any, run_id: str) -> tuple[int, int]:
-    """Containers and volumes labelled with the run."""
+    """Containers and volumes labelled with the run.
+
+    The low-level listing, not ``containers.list``: that one inspects each container it
+    found, and a container removed in between makes it raise instead of count.
+    """
     label = {"label": f"{RUN_LABEL}={run_id}"}
-    return len(client.containers.list(all=True, filters=label)), len(
+    return len(client.api.containers(all=True, filters=label)), len(
         client.volumes.list(filters=label)
     )
 
@@ -275,12 +280,68 @@ def test_close_and_cleanup_leave_nothing_behind_and_are_safe_twice(
     assert count(engine_client, req.run_id) == (1, 1)
     sandbox.close()
     sandbox.close()
-    assert count(engine_client, req.run_id) == (0, 1)
+    # The container goes in the background: the next step need not wait for it.
+    eventually(lambda: count(engine_client, req.run_id) == (0, 1), 10, "container removed")
     with pytest.raises(SandboxError, match="closed"):
         sandbox.exec("true")
     factory.cleanup_run(req.run_id)
     factory.cleanup_run(req.run_id)
     assert count(engine_client, req.run_id) == (0, 0)
+    assert not (factory.settings.workspace_root / req.run_id).exists()
+
+
+def test_cleanup_waits_for_removals_under_way(
+    factory: DockerSandboxFactory, engine_client: Any
+) -> None:
+    # Given steps whose containers were closed a moment ago
+    req = request()
+    for _ in range(3):
+        factory.open(req).close()
+    # When the run is cleaned up at once, Then nothing of it is left
+    factory.cleanup_run(req.run_id)
+    assert count(engine_client, req.run_id) == (0, 0)
+
+
+def test_the_workspace_is_the_runs_directory_on_this_host(
+    factory: DockerSandboxFactory, settings: Settings
+) -> None:
+    # Given a file put in the run's directory on the host (as a local step would)
+    req = request()
+    host = settings.workspace_root / req.run_id
+    host.mkdir(parents=True)
+    (host / "from-host.txt").write_text("host\n")
+    sandbox = factory.open(req)
+    # When a container step reads it and writes one of its own
+    assert output(sandbox, "cat from-host.txt; echo container > from-container.txt") == ["host"]
+    sandbox.close()
+    # Then the host sees the container's file too
+    assert (host / "from-container.txt").read_text() == "container\n"
+
+
+def test_files_the_worker_may_not_delete_go_through_a_container(
+    factory: DockerSandboxFactory, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a workspace holding files a container made as root
+    req = request()
+    sandbox = factory.open(req)
+    sandbox.exec("mkdir -p deep/er && echo x > deep/er/file && touch .hidden")
+    sandbox.close()
+    host = settings.workspace_root / req.run_id
+    # And a worker not allowed to delete them (as when it does not run as root)
+    real_rmtree = shutil.rmtree
+    denied: list[Path] = []
+
+    def rmtree(path: Path, *args: Any, **kwargs: Any) -> None:
+        if not denied and Path(path) == host:
+            denied.append(Path(path))
+            raise PermissionError(13, "Permission denied", str(path))
+        real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr("conveyor.providers.docker_sandbox.shutil.rmtree", rmtree)
+    # When the run is cleaned up, Then a container deleted them and nothing is left
+    factory.cleanup_run(req.run_id)
+    assert denied == [host]
+    assert not host.exists()
 
 
 def test_a_missing_image_gets_a_one_line_reason(factory: DockerSandboxFactory) -> None:
@@ -341,3 +402,21 @@ def test_a_pipeline_runs_shell_steps_in_busybox(engine_client: Any, settings: Se
         assert step(engine, record.id, "use").outputs["seen"] == "built-hello"
         assert "built" in log_text(engine, record.id, "use")
     assert count(engine_client, record.id) == (0, 0)
+
+
+def test_an_image_with_an_entrypoint_still_runs_commands(
+    engine_client: Any, factory: DockerSandboxFactory, tmp_path: Path
+) -> None:
+    """Given a tool image whose ENTRYPOINT exits at once (as scanner images' tools do)
+    When a step opens a sandbox on it
+    Then its commands run in the shell as in any other image."""
+    (tmp_path / "Dockerfile").write_text('FROM conveyor-test/busybox\nENTRYPOINT ["false"]\n')
+    image, _ = engine_client.images.build(path=str(tmp_path), tag="conveyor-test/entrypoint:1")
+    ask = request(image="conveyor-test/entrypoint:1")
+    try:
+        sandbox = factory.open(ask)
+        assert output(sandbox, "echo ran") == ["ran"]
+        sandbox.close()
+    finally:
+        factory.cleanup_run(ask.run_id)  # waits for the container's removal
+        engine_client.images.remove(image.id, force=True)

@@ -10,7 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from conveyor.orchestrator.contracts import Sandbox, SandboxConfig, SandboxRequest
+from conveyor.orchestrator.plugins import Providers
+from conveyor.orchestrator.scanning.history import MemoryLedger
 from conveyor.orchestrator.settings import Settings
+from conveyor.providers.artifacts_local import LocalArtifactStore
 from conveyor.providers.local_sandbox import LocalSandboxFactory
 
 
@@ -50,6 +53,8 @@ class FakeContext:
     log: FakeLogger = field(default_factory=FakeLogger)
     cancel: threading.Event = field(default_factory=threading.Event)
     deadline: float | None = None
+    #: Findings scan steps record, and the earlier runs their baseline comes from.
+    findings: MemoryLedger = field(default_factory=MemoryLedger)
 
     @property
     def settings(self) -> Settings:
@@ -79,6 +84,15 @@ class FakeContext:
         """Open a real local sandbox for this step."""
         request = SandboxRequest(self.run_id, self.step_key, config, self.cancel, self.deadline)
         return LocalSandboxFactory(self.settings).open(request)
+
+    @property
+    def artifacts(self) -> LocalArtifactStore:
+        """A real local artifact store under ``data_dir``."""
+        return LocalArtifactStore(self.settings)
+
+    def provider(self, name: str) -> Any:
+        """Providers installed in this environment, built with this context's settings."""
+        return Providers(self.settings).get(name)
 
     def mask(self, text: str) -> str:
         """Replace secret values with ``***``."""

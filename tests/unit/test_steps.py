@@ -16,7 +16,13 @@ from conveyor.orchestrator.contracts import StepType
 from conveyor.orchestrator.errors import SandboxError, StepCancelled, StepFailed, StepTimeout
 from conveyor.steps.artifact_pull import ArtifactPull
 from conveyor.steps.artifact_push import ArtifactPush
+from conveyor.steps.docker_build import DockerBuild
+from conveyor.steps.docker_push import DockerPush
+from conveyor.steps.docker_run import DockerRun
 from conveyor.steps.log import Log
+from conveyor.steps.scan_container import ScanContainer
+from conveyor.steps.scan_deps import ScanDeps
+from conveyor.steps.scan_sast import ScanSast
 from conveyor.steps.set import Set
 from conveyor.steps.shell_exec import ShellExec, parse_outputs
 from tests.unit.fakes import FakeContext
@@ -58,6 +64,12 @@ def test_the_entry_points_name_these_classes() -> None:
         "step.set": Set,
         "step.artifact_push": ArtifactPush,
         "step.artifact_pull": ArtifactPull,
+        "step.docker_build": DockerBuild,
+        "step.docker_push": DockerPush,
+        "step.docker_run": DockerRun,
+        "step.scan_sast": ScanSast,
+        "step.scan_deps": ScanDeps,
+        "step.scan_container": ScanContainer,
     }
 
 

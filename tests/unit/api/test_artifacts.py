@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+from datetime import timedelta
 from pathlib import Path
 
 from flask.testing import FlaskClient
 
 from conveyor.api.services import Services
-from tests.unit.api.kit import RUNS, body, submit
+from conveyor.orchestrator.retention import ArtifactRetention
+from conveyor.orchestrator.store import utcnow
+from tests.unit.api.kit import RUNS, body, submit, work
+from tests.unit.runtime_kit import Recorder
 
 Headers = dict[str, str]
 
@@ -66,3 +70,28 @@ def test_only_admins_delete_artifacts(
     assert client.delete(path, headers=admin).status_code == 204
     assert body(client.get(f"{RUNS}/{run['id']}/artifacts", headers=operator))["items"] == []
     assert client.delete(path, headers=admin).status_code == 404
+
+
+def test_an_expired_artifact_is_a_404_that_says_expired(
+    client: FlaskClient,
+    operator: Headers,
+    viewer: Headers,
+    services: Services,
+    recorder: Recorder,
+    tmp_path: Path,
+) -> None:
+    """Given a finished run whose artifacts were swept for their retention,
+    when its artifact is downloaded, then the 404 says it expired (and when)."""
+    run = submit(client, operator)
+    work(services, recorder)
+    stored(services, tmp_path, run["id"], "app.bin", b"x")
+    sweeper = ArtifactRetention(services.store, services.artifacts, 3600.0)
+    assert sweeper.sweep(utcnow() + timedelta(hours=2)) == 1
+
+    gone = client.get(f"{RUNS}/{run['id']}/artifacts/app.bin", headers=viewer)
+    listing = client.get(f"{RUNS}/{run['id']}/artifacts", headers=viewer)
+
+    assert (gone.status_code, body(gone)["error"]) == (404, "artifact_expired")
+    assert f"artifact app.bin of run {run['id']} expired" in body(gone)["detail"]
+    assert "1h after the run ended" in body(gone)["detail"]
+    assert body(listing)["items"] == []
