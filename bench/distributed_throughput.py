@@ -152,10 +152,12 @@ class Conveyor:
         while pending:
             if time.monotonic() > until:
                 raise SystemExit(f"{len(pending)} runs not done after {timeout}s")
+            # Only the runs still awaited: the poll must not cost more as runs pile up.
             with self.store.engine.connect() as conn:
                 rows = conn.exec_driver_sql(
-                    "SELECT id, status, error FROM workflow_instances WHERE status = ANY(%s)",
-                    (list(TERMINAL),),
+                    "SELECT id, status, error FROM workflow_instances"
+                    " WHERE id = ANY(%s) AND status = ANY(%s)",
+                    (list(pending), list(TERMINAL)),
                 ).all()
             for run_id, status, error in rows:
                 if run_id in pending and status != "succeeded":

@@ -26,7 +26,7 @@ from .run_state import RunState
 from .status import RunStatus, StepStatus
 from .store import NewRun, StepSeed, Store, utcnow
 from .templates import TemplateEngine
-from .transaction import RunTx
+from .transaction import NothingToClaim, RunTx
 from .variables import Masker, condition_context
 from .vault import SecretsUnavailable, Vault
 
@@ -162,7 +162,10 @@ class Runtime:
                 claimed.append(claim)
             return []
 
-        self.write(ref.run_id, work, ref.step_key)
+        try:
+            self.write(ref.run_id, work, ref.step_key, claim_attempt=ref.attempt)
+        except NothingToClaim:  # a duplicate or stale delivery: nothing was locked
+            return None
         return claimed[0] if claimed else None
 
     def _claim_in(self, tx: RunTx, ref: StepRef, owner: str) -> Claim | None:
@@ -420,13 +423,18 @@ class Runtime:
     # -- plumbing ----------------------------------------------------------------------
 
     def write(
-        self, run_id: str, work: Callable[[RunTx], list[Dispatch]], step_key: str | None = None
+        self,
+        run_id: str,
+        work: Callable[[RunTx], list[Dispatch]],
+        step_key: str | None = None,
+        claim_attempt: int | None = None,
     ) -> None:
         """Run ``work`` in a transaction on the run; dispatch what it returns after commit.
 
-        ``step_key``: the step ``work`` reads first, read with the run's lock.
+        ``step_key``: the step ``work`` reads first, read with the run's lock; with
+        ``claim_attempt``, only while it is queued at that attempt (NothingToClaim).
         """
-        with self.store.transaction(run_id, step_key) as tx:
+        with self.store.transaction(run_id, step_key, claim_attempt) as tx:
             was_terminal = tx.run.status.terminal
             dispatches = work(tx)
             finished = tx.run if tx.run.status.terminal and not was_terminal else None

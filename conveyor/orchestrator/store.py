@@ -101,13 +101,16 @@ class Store:
         self.read_engine.dispose()
 
     @contextmanager
-    def transaction(self, run_id: str, step_key: str | None = None) -> Iterator[RunTx]:
+    def transaction(
+        self, run_id: str, step_key: str | None = None, claim_attempt: int | None = None
+    ) -> Iterator[RunTx]:
         """Lock a run and change it; events are numbered and written on commit.
 
-        ``step_key`` names a step the work reads first: it is read with the lock.
+        ``step_key`` names a step the work reads first: it is read with the lock. With
+        ``claim_attempt``, only while it is queued at that attempt (see ``RunTx``).
         """
         with translate_errors(), self.engine.begin() as conn:
-            tx = RunTx(conn, run_id, utcnow(), step_key)
+            tx = RunTx(conn, run_id, utcnow(), step_key, claim_attempt)
             yield tx
             tx.flush_events()
 

@@ -39,6 +39,24 @@ _LOCK_RUN_WITH_STEP = (
     .where(runs.c.id == _RUN)
     .with_for_update(of=runs)
 )
+#: The same for a claim, with the step's claimability in the join: a duplicate or stale
+#: delivery reads no row, so it takes no lock and writes nothing, not even a row lock.
+_LOCK_RUN_FOR_CLAIM = (
+    sa.select(*RUN_COLUMNS, *(c.label(_STEP_PREFIX + c.name) for c in steps.c))
+    .select_from(
+        runs.join(
+            steps,
+            sa.and_(
+                steps.c.instance_id == runs.c.id,
+                steps.c.step_key == sa.bindparam("b_key"),
+                steps.c.status == StepStatus.QUEUED.value,
+                steps.c.attempts == sa.bindparam("b_attempt"),
+            ),
+        )
+    )
+    .where(runs.c.id == _RUN)
+    .with_for_update(of=runs)
+)
 _STEPS = (
     sa.select(*STEP_STATE_COLUMNS).where(steps.c.instance_id == _RUN).order_by(steps.c.position)
 )
@@ -134,6 +152,10 @@ def version_definition(conn: sa.Connection, name: str, source: str) -> tuple[str
     return definition_id, version, True
 
 
+class NothingToClaim(NotFound):
+    """The step is not queued at that attempt (or the run is gone): nothing was locked."""
+
+
 class RunTx:
     """A transaction holding the lock on one run's row.
 
@@ -144,8 +166,18 @@ class RunTx:
     """
 
     def __init__(
-        self, conn: sa.Connection, run_id: str, now: datetime, step_key: str | None = None
+        self,
+        conn: sa.Connection,
+        run_id: str,
+        now: datetime,
+        step_key: str | None = None,
+        claim_attempt: int | None = None,
     ) -> None:
+        """Lock the run; with ``step_key``, read that step in the same round trip.
+
+        With ``claim_attempt`` too, only while that step is queued at that attempt:
+        otherwise NothingToClaim is raised, before anything was locked or written.
+        """
         self.conn = conn
         self.now = now
         self._pending: list[dict[str, Any]] = []
@@ -154,6 +186,11 @@ class RunTx:
         self._prefetched: StepRecord | None = None
         if step_key is None:
             row = conn.execute(_LOCK_RUN, self._ids).mappings().first()
+        elif claim_attempt is not None:
+            params = {**self._ids, "b_key": step_key, "b_attempt": claim_attempt}
+            row = conn.execute(_LOCK_RUN_FOR_CLAIM, params).mappings().first()
+            if row is None:
+                raise NothingToClaim(f"run {run_id} has no step {step_key!r} to claim")
         else:
             row = (
                 conn.execute(_LOCK_RUN_WITH_STEP, {**self._ids, "b_key": step_key})

@@ -1,0 +1,103 @@
+"""Claims on the real Postgres: a delivery with nothing to claim never waits on a busy run."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+
+import sqlalchemy as sa
+
+from conveyor.orchestrator.runtime import Runtime
+from conveyor.orchestrator.store import Store
+from conveyor.orchestrator.templates import TemplateEngine
+from tests.unit.runtime_kit import A, B, Harness, Recorder, pipeline
+
+
+def harness(store: Store) -> Harness:
+    recorder = Recorder()
+    return Harness(Runtime(store, TemplateEngine(), recorder), recorder, store)
+
+
+def claim_while_the_run_is_locked(h: Harness, run_id: str, claim: object) -> list[object]:
+    """Call ``claim`` from another thread while a transaction holds the run's row."""
+    done: list[object] = []
+    with h.store.engine.connect() as holder:
+        holder.execute(
+            sa.text("SELECT id FROM workflow_instances WHERE id = :id FOR UPDATE"), {"id": run_id}
+        )
+        thread = threading.Thread(target=lambda: done.append(claim()), daemon=True)  # type: ignore[operator]
+        thread.start()
+        thread.join(30)  # a claim that waited for the lock would still be waiting here
+        alive = thread.is_alive()
+        holder.rollback()
+    thread.join(30)
+    assert not alive, "the claim waited for the run's lock"
+    return done
+
+
+def test_a_duplicate_delivery_neither_waits_nor_locks(pg_store: Store) -> None:
+    h = harness(pg_store)
+    run_id = h.start(pipeline(A, B))
+    ref, _ = h.recorder.sent.pop()
+    assert h.runtime.claim(ref, "w1") is not None
+
+    # The step is running: the same message again is dropped without touching the run,
+    # even while another worker holds the run to record a result.
+    assert claim_while_the_run_is_locked(h, run_id, lambda: h.runtime.claim(ref, "w2")) == [None]
+    step = h.store.list_steps(run_id)[0]
+    assert (step.status.value, step.lease_owner) == ("running", "w1")
+
+
+def test_a_stale_attempt_and_a_deleted_run_are_dropped(pg_store: Store) -> None:
+    h = harness(pg_store)
+    h.start(pipeline(A))
+    ref, _ = h.recorder.sent.pop()
+    old = replace(ref, attempt=ref.attempt + 1)
+    assert h.runtime.claim(old, "w") is None
+    assert h.runtime.claim(replace(ref, run_id="no-such-run"), "w") is None
+    assert h.runtime.claim(ref, "w") is not None  # the real one still claims
+
+
+def test_two_claims_racing_on_one_step_run_it_once(pg_store: Store) -> None:
+    """The second claim read the step as queued, then waited for the run: it gets None."""
+    h = harness(pg_store)
+    run_id = h.start(pipeline(A))
+    ref, _ = h.recorder.sent.pop()
+    results: list[object] = []
+    with h.store.engine.connect() as first:
+        # Another worker's claim, in the middle of its transaction.
+        first.execute(
+            sa.text("SELECT id FROM workflow_instances WHERE id = :id FOR UPDATE"), {"id": run_id}
+        )
+        first.execute(
+            sa.text(
+                "UPDATE workflow_steps SET status = 'running', lease_owner = 'w1'"
+                " WHERE instance_id = :id AND step_key = 'a'"
+            ),
+            {"id": run_id},
+        )
+        thread = threading.Thread(
+            target=lambda: results.append(h.runtime.claim(ref, "w2")), daemon=True
+        )
+        thread.start()
+        wait_until_blocked(h.store, thread)
+        first.commit()
+    thread.join(30)
+    assert results == [None]
+    step = h.store.list_steps(run_id)[0]
+    assert (step.status.value, step.lease_owner) == ("running", "w1")
+
+
+def wait_until_blocked(store: Store, thread: threading.Thread) -> None:
+    """Until some session waits for a row lock (the claim in ``thread``)."""
+    query = sa.text(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    for _ in range(3000):
+        with store.engine.connect() as conn:
+            if conn.execute(query).scalar_one():
+                return
+        assert thread.is_alive(), "the claim ended without waiting for the run"
+        threading.Event().wait(0.01)
+    raise AssertionError("the claim never waited for the run's lock")
