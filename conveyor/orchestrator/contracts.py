@@ -194,6 +194,11 @@ class StepType(Protocol):
 
     ``Config`` is a pydantic model with ``extra="forbid"``; ``run`` returns the outputs
     later steps see under ``steps.<name>``. Raise ``StepFailed`` to fail with a reason.
+
+    A type may also say ``brief = True``: it runs in the worker's own process, reaches
+    nothing outside it and ends within milliseconds (``step.set``, ``step.log``). The
+    brief steps of a run are then coalesced, a worker taking several with one message
+    and recording them in one transaction; any other step gets a message of its own.
     """
 
     Config: type[BaseModel]

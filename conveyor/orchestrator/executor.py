@@ -33,7 +33,7 @@ from .errors import (
 from .plan import PlanStep
 from .plugins import Sandboxes, load_artifact_store
 from .records import RunRecord, StepRecord
-from .runtime import Claim, Outcome, Runtime
+from .runtime import Claim, Finished, Outcome, Runtime
 from .settings import Settings
 from .spec import format_path
 from .store import utcnow
@@ -86,20 +86,50 @@ class Executor:
         """Claim ``ref`` and run it; a duplicate or stale delivery does nothing.
 
         When it succeeds and makes another step ready, that step is claimed with the
-        result and run here next (see ``Runtime.succeed``).
+        result and run here next (see ``Runtime.succeed``). Brief steps claimed
+        together run one after the other and are recorded together.
         """
         claimed = self.runtime.claim(ref, self.owner)
         while claimed is not None:
-            claimed = self._attempt(*claimed)
+            if claimed.batch:
+                claimed = self._attempt_batch(claimed)
+            else:
+                claimed = self._attempt(claimed.run, claimed.step, claimed.ref)
 
     def _attempt(self, run: RunRecord, step: StepRecord, ref: StepRef) -> Claim | None:
+        finished, interrupt = self._run_one(run, step, ref)
+        try:
+            return self._record_all([finished])
+        finally:
+            self._release(ref.run_id)
+            if interrupt is not None:
+                raise interrupt
+
+    def _attempt_batch(self, first: Claim) -> Claim | None:
+        """Run brief steps claimed together, in order, and record them in one go."""
+        done: list[Finished] = []
+        interrupt: BaseException | None = None
+        try:
+            for claim in (first._replace(batch=()), *first.batch):
+                finished, interrupt = self._run_one(claim.run, claim.step, claim.ref)
+                done.append(finished)
+                if interrupt is not None:
+                    break  # the others stay claimed: their leases run out, they run again
+            return self._record_all(done)
+        finally:
+            self._release(first.ref.run_id)
+            if interrupt is not None:
+                raise interrupt
+
+    def _run_one(
+        self, run: RunRecord, step: StepRecord, ref: StepRef
+    ) -> tuple[Finished, BaseException | None]:
+        """Run one claimed attempt: how it ended, and what stops the worker, if anything."""
         plan_step = self.runtime.plan(run).step(ref.step_key)
         try:
             secrets = self.runtime.secrets(run.id)
         except SecretsUnavailable as exc:  # fail the step rather than leave it running
-            outcome = Outcome(exc.message)
-            _record(lambda: self.runtime.fail(ref, outcome))
-            return None
+            return Finished(ref, outcome=Outcome(exc.message)), None
         masker = Masker(secrets)
         logger = StoreLogger(self.runtime.store, run.id, ref.step_key, ref.attempt, masker)
         ctx = self._context(run, plan_step, ref, logger, secrets)
@@ -108,14 +138,21 @@ class Executor:
             outputs = self._run(run, plan_step, ctx)
             if ctx.cancelled:  # it returned after it was told to stop: that result is void
                 raise StepCancelled("the step returned after it was cancelled")
-            return self._finish(ref, ctx, masker, outputs=outputs)
+            return self._conclude(ref, ctx, masker, outputs=outputs), None
         except BaseException as exc:  # the worker's top: every failure becomes the step's
-            self._finish(ref, ctx, masker, error=exc)
-            if not isinstance(exc, Exception):
-                raise
-            return None
-        finally:
-            self._release(ref.run_id)
+            finished = self._conclude(ref, ctx, masker, error=exc)
+            return finished, (None if isinstance(exc, Exception) else exc)
+
+    def _record_all(self, done: list[Finished]) -> Claim | None:
+        """Record attempts of one run; the step to run next when one is claimed with them."""
+        if any(f.outcome is not None and f.outcome.kind == "timeout" for f in done):
+            # When it was the run's deadline, the run fails for that (and its other
+            # steps stop) rather than for this step; otherwise this does nothing.
+            self.runtime.expire(done[0].ref.run_id)
+        # Only after successes does this worker go on with what they made ready: a
+        # retry or a step after a failure goes out as a message like any other.
+        owner = self.owner if all(f.outcome is None for f in done) else None
+        return _record(lambda: self.runtime.record(done, continue_as=owner, queues=self.queues))
 
     def _context(
         self,
@@ -207,7 +244,7 @@ class Executor:
         except TemplateError as exc:
             raise StepFailed(f"{where}: {exc.message}") from None
 
-    def _finish(
+    def _conclude(
         self,
         ref: StepRef,
         ctx: Context,
@@ -215,33 +252,25 @@ class Executor:
         *,
         outputs: Mapping[str, Any] | None = None,
         error: BaseException | None = None,
-    ) -> Claim | None:
+    ) -> Finished:
+        """Close the step's sandboxes and say how it ended, with its last log lines."""
         try:
             ctx.close()
         except Exception as exc:  # cleanup trouble is reported, never hides the result
             ctx.log.line(f"sandbox cleanup failed: {exc}", "system")
+        clean: dict[str, Any] = {}
         if error is None:
             try:
                 clean = masker.value(_checked_outputs(outputs, self.settings.max_output_bytes))
             except StepFailed as exc:
                 error = exc
+        outcome = None
         if error is not None:
             outcome = self._outcome(ctx, error, masker)
             ctx.log.line(_ending(outcome), "system")
         self._untrack(ref)
         logs = ctx.log.take()  # written in the same transaction as the result
-        if error is None:
-            return _record(
-                lambda: self.runtime.succeed(
-                    ref, clean, logs, continue_as=self.owner, queues=self.queues
-                )
-            )
-        if outcome.kind == "timeout":
-            # When it was the run's deadline, the run fails for that (and its other
-            # steps stop) rather than for this step; otherwise this does nothing.
-            self.runtime.expire(ref.run_id)
-        _record(lambda: self.runtime.fail(ref, outcome, logs))
-        return None
+        return Finished(ref, outputs=clean if outcome is None else None, outcome=outcome, logs=logs)
 
     def _outcome(self, ctx: Context, error: BaseException, masker: Masker) -> Outcome:
         if ctx.timed_out or isinstance(error, StepTimeout):

@@ -44,6 +44,8 @@ class PlanStep(BaseModel):
     retry: RetrySpec = Field(default_factory=RetrySpec)
     queue: str
     matrix: dict[str, Any] = Field(default_factory=dict)
+    #: The step type is brief (see ``StepType``): such steps of a run are coalesced.
+    brief: bool = False
 
     @property
     def runs_on_failure(self) -> bool:
@@ -262,6 +264,7 @@ class Compiler:
             retry=step.retry or RetrySpec(),
             queue=step.queue or (step_type.queue if step_type else "control"),
             matrix=matrix,
+            brief=bool(getattr(step_type, "brief", False)),
         )
 
 

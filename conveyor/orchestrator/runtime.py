@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 from .contracts import Dispatcher, StepRef
 from .durations import format_duration
-from .errors import Conflict, TemplateError
+from .errors import Conflict, NotFound, TemplateError
 from .plan import ExecutionPlan, PlanStep
 from .records import RunRecord, StepRecord
 from .run_state import RunState
@@ -34,12 +34,20 @@ S = StepStatus
 Dispatch = tuple[StepRef, datetime | None]
 
 
+#: Brief steps of one run taken at once by one worker, at most (see ``Runtime``).
+BRIEF_BATCH = 16
+
+
 class Claim(NamedTuple):
-    """A step attempt taken by a worker: the run, the step as claimed, its ref."""
+    """A step attempt taken by a worker: the run, the step as claimed, its ref.
+
+    ``batch``: brief steps of the same run claimed with it, to run after it.
+    """
 
     run: RunRecord
     step: StepRecord
     ref: StepRef
+    batch: tuple[Claim, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -51,8 +59,27 @@ class Outcome:
     kind: str = "error"  # error | timeout | cancelled
 
 
+@dataclass(frozen=True)
+class Finished:
+    """An attempt that ended, to record: its outputs when it succeeded, else its outcome."""
+
+    ref: StepRef
+    outputs: Mapping[str, Any] | None = None
+    outcome: Outcome | None = None
+    logs: Sequence[tuple[str, str]] = ()
+
+
 class Runtime:
-    """Moves runs forward. Shared by the embedded engine and the Celery workers."""
+    """Moves runs forward. Shared by the embedded engine and the Celery workers.
+
+    Brief steps (``PlanStep.brief``: in-process, milliseconds, nothing outside the
+    worker) are coalesced: those of one run that become ready together on one queue get
+    one message per ``BRIEF_BATCH`` of them, and the worker that claims one takes the
+    run's other queued brief steps on that queue in the same transaction, runs them one
+    after the other and records them together (``record``). A message and two
+    transactions per step would cost far more than such a step does. Every other step
+    keeps a message of its own, so steps that do real work still spread over workers.
+    """
 
     def __init__(
         self,
@@ -159,12 +186,52 @@ class Runtime:
         def work(tx: RunTx) -> list[Dispatch]:
             claim = self._claim_in(tx, ref, owner)
             if claim is not None:
-                claimed.append(claim)
+                claimed.append(self._with_brief_siblings(tx, claim, owner))
             return []
 
         try:
             self.write(ref.run_id, work, ref.step_key, claim_attempt=ref.attempt)
         except NothingToClaim:  # a duplicate or stale delivery: nothing was locked
+            return self._claim_brief(ref, owner)
+        return claimed[0] if claimed else None
+
+    def _claim_brief(self, ref: StepRef, owner: str) -> Claim | None:
+        """For a stale message of a brief step: the run's queued brief steps on its queue.
+
+        Such a message stands for up to ``BRIEF_BATCH`` brief steps (see ``_coalesced``),
+        and another worker's batch may have taken the one it names: it takes the
+        others, so none is left without a message.
+        """
+        with self._lock:
+            plan = self._plans.get(ref.run_id)
+        if plan is None:
+            try:
+                plan = self.plan(self.store.get_run(ref.run_id))
+            except NotFound:
+                return None
+        named = plan.by_key.get(ref.step_key)
+        if named is None or not named.brief:
+            return None
+        types = sorted({p.type for p in plan.steps if p.brief})
+        claimed: list[Claim] = []
+
+        def work(tx: RunTx) -> list[Dispatch]:
+            if tx.run.status.terminal:
+                return []
+            taken = []
+            for step in tx.queued_now(ref.queue, types, BRIEF_BATCH):
+                if plan.step(step.key).brief:
+                    one = StepRef(tx.run.id, step.key, step.attempts, step.queue)
+                    claim = self._claim_in(tx, one, owner)
+                    if claim is not None:
+                        taken.append(claim)
+            if taken:
+                claimed.append(taken[0]._replace(batch=tuple(taken[1:])))
+            return []
+
+        try:
+            self.write(ref.run_id, work)
+        except NotFound:
             return None
         return claimed[0] if claimed else None
 
@@ -184,6 +251,31 @@ class Runtime:
             return None
         return Claim(tx.run, replace(step, status=S.RUNNING, started_at=tx.now), ref)
 
+    def _with_brief_siblings(
+        self, tx: RunTx, claim: Claim, owner: str, among: Sequence[Dispatch] | None = None
+    ) -> Claim:
+        """``claim``, and when its step is brief, the run's queued brief steps on its queue.
+
+        ``among``: only those of these dispatches (the steps a result just made ready);
+        brief steps queued before have messages of their own, or ride one.
+        """
+        plan = self.plan(tx.run)
+        if not plan.step(claim.ref.step_key).brief:
+            return claim
+        if among is None:
+            types = sorted({p.type for p in plan.steps if p.brief})
+            found = tx.queued_now(claim.ref.queue, types, BRIEF_BATCH - 1)
+            refs = [StepRef(tx.run.id, s.key, s.attempts, s.queue) for s in found]
+        else:
+            refs = [r for r, eta in among if eta is None and r != claim.ref]
+        refs = [r for r in refs if r.queue == claim.ref.queue and plan.step(r.step_key).brief]
+        batch = []
+        for ref in refs[: BRIEF_BATCH - 1]:
+            taken = self._claim_in(tx, ref, owner)
+            if taken is not None:
+                batch.append(taken)
+        return claim._replace(batch=tuple(batch))
+
     def succeed(
         self,
         ref: StepRef,
@@ -200,60 +292,91 @@ class Runtime:
         runs it next, sparing a dispatch, a thread hop and a transaction per step of a
         chain. The others are dispatched as usual.
         """
-        claimed: list[Claim] = []
-
-        def work(tx: RunTx) -> list[Dispatch]:
-            dispatches = record(tx)
-            if continue_as is None:
-                return dispatches
-            for index, (next_ref, eta) in enumerate(dispatches):
-                if eta is None and (queues is None or next_ref.queue in queues):
-                    claim = self._claim_in(tx, next_ref, continue_as)
-                    if claim is not None:
-                        claimed.append(claim)
-                        return dispatches[:index] + dispatches[index + 1 :]
-            return dispatches
-
-        def record(tx: RunTx) -> list[Dispatch]:
-            tx.append_logs(ref.step_key, ref.attempt, logs)
-            step = self._running(tx, ref)
-            if step is None:
-                return []
-            exit_code = outputs.get("exit_code")
-            tx.move_step(
-                step,
-                S.SUCCEEDED,
-                event={"duration": _seconds(step, tx.now)},
-                outputs=dict(outputs),
-                exit_code=exit_code if isinstance(exit_code, int) else None,
-                last_error=None,
-                **_done(tx.now),
-            )
-            return self.advance_in(tx, step.key)
-
-        self.write(ref.run_id, work, ref.step_key)
-        return claimed[0] if claimed else None
+        return self.record(
+            [Finished(ref, outputs=outputs, logs=logs)], continue_as=continue_as, queues=queues
+        )
 
     def fail(self, ref: StepRef, outcome: Outcome, logs: Sequence[tuple[str, str]] = ()) -> None:
         """Record a failed attempt: retry it, fail it, or mark it cancelled."""
+        self.record([Finished(ref, outcome=outcome, logs=logs)])
+
+    def record(
+        self,
+        finished: Sequence[Finished],
+        *,
+        continue_as: str | None = None,
+        queues: Collection[str] | None = None,
+    ) -> Claim | None:
+        """Record attempts of one run's steps, in order, in one transaction.
+
+        Each as ``succeed`` or ``fail`` would; ``continue_as`` as for ``succeed``, after
+        the last of them.
+        """
+        if not finished:
+            return None
+        run_id = finished[0].ref.run_id
+        claimed: list[Claim] = []
 
         def work(tx: RunTx) -> list[Dispatch]:
-            tx.append_logs(ref.step_key, ref.attempt, logs)
-            step = self._running(tx, ref)
-            if step is None:
-                return []
-            plan_step = self.plan(tx.run).step(step.key)
-            fields = {"last_error": outcome.error, "exit_code": outcome.exit_code, **_done(tx.now)}
-            event = {"error": outcome.error, "exit_code": outcome.exit_code, "kind": outcome.kind}
-            if outcome.kind == "cancelled" or tx.run.status.terminal:
-                tx.move_step(step, S.CANCELLED, event=event, **fields)
-                return []
-            if _should_retry(plan_step, step, outcome):
-                return self._retry(tx, plan_step, step, event, fields)
-            tx.move_step(step, S.FAILED, event=event, **fields)
-            return self.advance_in(tx)
+            tx.append_many_logs([(f.ref.step_key, f.ref.attempt, f.logs) for f in finished])
+            if len(finished) > 1:
+                tx.read_ahead([f.ref.step_key for f in finished])
+            dispatches: list[Dispatch] = []
+            succeeded: list[str] = []
+            for one in finished:
+                if one.outcome is None:
+                    if self._record_success(tx, one.ref, one.outputs or {}):
+                        succeeded.append(one.ref.step_key)
+                else:
+                    dispatches += self._record_failure(tx, one.ref, one.outcome)
+            if succeeded:  # what they made ready, once for all of them
+                dispatches += self.advance_in(tx, succeeded)
+            if continue_as is None:
+                return dispatches
+            for next_ref, eta in dispatches:
+                if eta is None and (queues is None or next_ref.queue in queues):
+                    claim = self._claim_in(tx, next_ref, continue_as)
+                    if claim is not None:
+                        claim = self._with_brief_siblings(tx, claim, continue_as, dispatches)
+                        claimed.append(claim)
+                        taken = {c.ref for c in (claim, *claim.batch)}
+                        return [d for d in dispatches if d[0] not in taken]
+            return dispatches
 
-        self.write(ref.run_id, work, ref.step_key)
+        self.write(run_id, work, finished[0].ref.step_key)
+        return claimed[0] if claimed else None
+
+    def _record_success(self, tx: RunTx, ref: StepRef, outputs: Mapping[str, Any]) -> bool:
+        """Mark the attempt succeeded; False when it no longer owns its step."""
+        step = self._running(tx, ref)
+        if step is None:
+            return False
+        exit_code = outputs.get("exit_code")
+        tx.move_step(
+            step,
+            S.SUCCEEDED,
+            event={"duration": _seconds(step, tx.now)},
+            outputs=dict(outputs),
+            exit_code=exit_code if isinstance(exit_code, int) else None,
+            last_error=None,
+            **_done(tx.now),
+        )
+        return True
+
+    def _record_failure(self, tx: RunTx, ref: StepRef, outcome: Outcome) -> list[Dispatch]:
+        step = self._running(tx, ref)
+        if step is None:
+            return []
+        plan_step = self.plan(tx.run).step(step.key)
+        fields = {"last_error": outcome.error, "exit_code": outcome.exit_code, **_done(tx.now)}
+        event = {"error": outcome.error, "exit_code": outcome.exit_code, "kind": outcome.kind}
+        if outcome.kind == "cancelled" or tx.run.status.terminal:
+            tx.move_step(step, S.CANCELLED, event=event, **fields)
+            return []
+        if _should_retry(plan_step, step, outcome):
+            return self._retry(tx, plan_step, step, event, fields)
+        tx.move_step(step, S.FAILED, event=event, **fields)
+        return self.advance_in(tx)
 
     def _retry(
         self,
@@ -323,12 +446,12 @@ class Runtime:
 
     # -- advancing ---------------------------------------------------------------------
 
-    def advance_in(self, tx: RunTx, changed: str | None = None) -> list[Dispatch]:
+    def advance_in(self, tx: RunTx, changed: str | Sequence[str] | None = None) -> list[Dispatch]:
         """Start what is ready, cancel what cannot run, settle the run.
 
-        After a success (``changed``) only that step's dependents can have become ready,
-        so only they and their needs are read: a long chain stays linear. Anything else
-        (a failure, a first pass) reads every step.
+        After successes (``changed``) only those steps' dependents can have become
+        ready, so only they and their needs are read: a long chain stays linear.
+        Anything else (a failure, a first pass) reads every step.
         """
         if tx.run.status.terminal:
             return []
@@ -338,7 +461,9 @@ class Runtime:
             candidates = plan.steps
             state = RunState(plan, {s.key: s for s in tx.steps()}, counts)
         else:
-            candidates = tuple(plan.step(k) for k in plan.dependents[changed])
+            keys = (changed,) if isinstance(changed, str) else changed
+            dependents = dict.fromkeys(d for k in keys for d in plan.dependents[k])
+            candidates = tuple(plan.step(k) for k in dependents)
             wanted = {k for p in candidates for k in (p.key, *p.needs)}
             found = tx.steps(wanted) if wanted else []  # a leaf: nothing to read
             state = RunState(plan, {s.key: s for s in found}, counts)
@@ -439,12 +564,30 @@ class Runtime:
             dispatches = work(tx)
             finished = tx.run if tx.run.status.terminal and not was_terminal else None
         if self.dispatcher is not None:
+            if len(dispatches) > 1:
+                dispatches = self._coalesced(tx.run, dispatches)
             for ref, eta in dispatches:
                 self.dispatcher.dispatch(ref, eta)
         if finished is not None:
             self._secrets.pop(run_id, None)  # sealed in the store still, for a retry
             for callback in self.on_finished:
                 callback(finished)
+
+    def _coalesced(self, run: RunRecord, dispatches: list[Dispatch]) -> list[Dispatch]:
+        """One message per ``BRIEF_BATCH`` brief steps due now on a queue (see the class).
+
+        The worker that claims the step a message names takes the others with it.
+        """
+        plan = self.plan(run)
+        seen: Counter[str] = Counter()
+        kept: list[Dispatch] = []
+        for ref, eta in dispatches:
+            if eta is None and plan.step(ref.step_key).brief:
+                seen[ref.queue] += 1
+                if (seen[ref.queue] - 1) % BRIEF_BATCH:
+                    continue
+            kept.append((ref, eta))
+        return kept
 
 
 def _should_retry(plan_step: PlanStep, step: StepRecord, outcome: Outcome) -> bool:

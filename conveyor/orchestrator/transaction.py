@@ -57,12 +57,28 @@ _LOCK_RUN_FOR_CLAIM = (
     .where(runs.c.id == _RUN)
     .with_for_update(of=runs)
 )
+#: A run's steps queued and due by now on one queue, of some types, in plan order.
+_QUEUED_NOW = (
+    sa.select(*STEP_STATE_COLUMNS)
+    .where(
+        steps.c.instance_id == _RUN,
+        steps.c.status == StepStatus.QUEUED.value,
+        steps.c.queue == sa.bindparam("b_queue"),
+        steps.c.type.in_(sa.bindparam("b_types", expanding=True)),
+        sa.or_(steps.c.available_at.is_(None), steps.c.available_at <= sa.bindparam("b_now")),
+    )
+    .order_by(steps.c.position)
+    .limit(sa.bindparam("b_limit"))
+)
 _STEPS = (
     sa.select(*STEP_STATE_COLUMNS).where(steps.c.instance_id == _RUN).order_by(steps.c.position)
 )
 _SOME_STEPS = _STEPS.where(steps.c.step_key.in_(sa.bindparam("b_keys", expanding=True)))
 _ONE_STEP = sa.select(steps).where(
     steps.c.instance_id == _RUN, steps.c.step_key == sa.bindparam("b_key")
+)
+_FULL_STEPS = sa.select(steps).where(
+    steps.c.instance_id == _RUN, steps.c.step_key.in_(sa.bindparam("b_keys", expanding=True))
 )
 _COUNTS = (
     sa.select(steps.c.status, sa.func.count())
@@ -184,6 +200,8 @@ class RunTx:
         self._ids = {"b_run": run_id}
         #: The step read with the lock (``step_key``), handed out once by ``step``.
         self._prefetched: StepRecord | None = None
+        #: Steps read ahead by ``read_ahead``, each handed out once by ``step``.
+        self._ahead: dict[str, StepRecord] = {}
         if step_key is None:
             row = conn.execute(_LOCK_RUN, self._ids).mappings().first()
         elif claim_attempt is not None:
@@ -215,6 +233,14 @@ class RunTx:
             rows = self.conn.execute(_SOME_STEPS, {**self._ids, "b_keys": list(keys)})
         return [step_from_row(r) for r in rows.mappings()]
 
+    def queued_now(self, queue: str, types: Sequence[str], limit: int) -> list[StepRecord]:
+        """Up to ``limit`` of the run's steps of ``types`` queued and due on ``queue``."""
+        if limit <= 0 or not types:
+            return []
+        params = {"b_queue": queue, "b_types": list(types), "b_now": self.now, "b_limit": limit}
+        rows = self.conn.execute(_QUEUED_NOW, {**self._ids, **params})
+        return [step_from_row(r) for r in rows.mappings()]
+
     def status_counts(self) -> Counter[StepStatus]:
         """How many of the run's steps are in each status."""
         rows = self.conn.execute(_COUNTS, self._ids)
@@ -225,11 +251,19 @@ class RunTx:
         rows = self.conn.execute(_OUTPUTS, self._ids)
         return {r.step_key: r.outputs or {} for r in rows}
 
+    def read_ahead(self, keys: Collection[str]) -> None:
+        """Read these steps in one round trip, for the ``step`` calls that follow."""
+        rows = self.conn.execute(_FULL_STEPS, {**self._ids, "b_keys": list(keys)})
+        self._ahead = {r["step_key"]: step_from_row(r) for r in rows.mappings()}
+
     def step(self, key: str) -> StepRecord:
         """One step of the run by key."""
         found, self._prefetched = self._prefetched, None
         if found is not None and found.key == key:
             return found  # read with the lock, and not changed since: nothing wrote yet
+        ahead = self._ahead.pop(key, None)
+        if ahead is not None:
+            return ahead  # read in this transaction, and only its own move changes it
         row = self.conn.execute(_ONE_STEP, {**self._ids, "b_key": key}).mappings().first()
         if row is None:
             raise NotFound(f"run {self.run.id} has no step {key!r}")
@@ -258,6 +292,7 @@ class RunTx:
         """
         status = check_step_move(step.status, new)
         self._prefetched = None
+        self._ahead.pop(step.key, None)
         params = {"b_id": step.id, "b_status": step.status.value, "b_attempts": step.attempts}
         result = self.conn.execute(_MOVE_STEP, {**params, "status": status.value, **fields})
         if result.rowcount != 1:
@@ -274,12 +309,23 @@ class RunTx:
     def update_step(self, step: StepRecord, **fields: Any) -> None:
         """Change a step's fields without changing its status."""
         self._prefetched = None
+        self._ahead.pop(step.key, None)
         self.conn.execute(_UPDATE_STEP, {"b_id": step.id, **fields})
 
     def append_logs(self, step_key: str, attempt: int, lines: Sequence[tuple[str, str]]) -> None:
         """Write a step's last log lines in the same transaction as its result."""
-        if lines:
-            rows = log_rows(self.run.id, step_key, attempt, lines, self.now)
+        self.append_many_logs([(step_key, attempt, lines)])
+
+    def append_many_logs(
+        self, batches: Sequence[tuple[str, int, Sequence[tuple[str, str]]]]
+    ) -> None:
+        """Write the last log lines of several steps (key, attempt, lines) at once."""
+        rows = [
+            row
+            for step_key, attempt, lines in batches
+            for row in log_rows(self.run.id, step_key, attempt, lines, self.now)
+        ]
+        if rows:
             self.conn.execute(_INSERT_LOGS, rows)
 
     def event(self, type_: str, step_key: str | None = None, **payload: Any) -> None:

@@ -32,6 +32,8 @@ class Log:
     Config: type[BaseModel] = LogConfig
     queue = "control"
     shell_fields: frozenset[str] = frozenset()
+    #: In-process and instant: coalesced with the run's other brief steps.
+    brief = True
 
     def run(self, ctx: StepContext, config: LogConfig) -> dict[str, str]:
         """Log every line of the message; the message is also the step's output."""

@@ -39,6 +39,8 @@ class Set:
     Config: type[BaseModel] = SetConfig
     queue = "control"
     shell_fields: frozenset[str] = frozenset()
+    #: In-process and instant: coalesced with the run's other brief steps.
+    brief = True
 
     def run(self, ctx: StepContext, config: SetConfig) -> dict[str, Any]:
         """Return the values as outputs and note their names in the step log."""

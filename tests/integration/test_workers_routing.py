@@ -69,6 +69,31 @@ def test_steps_run_only_on_workers_that_consume_their_queue(
             assert runners(events, key) == ["builder"], cluster.logs()
 
 
+def test_brief_steps_ride_one_message_and_the_rest_keep_theirs(
+    cluster: Stack, submitter: Submitter, pg_store: Store
+) -> None:
+    # Given two workers on the same queues
+    one = cluster.worker("one", "sandbox,control")
+    two = cluster.worker("two", "sandbox,control")
+    cluster.wait_ready(one, two)
+    sets = [
+        f"      - {{name: s{i}, type: step.set, needs: [], config: {{values: {{n: '{i}'}}}}}}\n"
+        for i in range(12)
+    ]
+    shells = [shell(f"sh{i}", "sleep 0.3", {}, ", needs: []") for i in range(2)]
+    # When a run makes twelve step.set steps and two commands ready at once
+    run = submitter.submit(pipeline(*sets, *shells))
+    # Then one worker took every step.set with the one message they shared, each ran
+    # once, and the two commands, with a message each, ran one on each worker
+    assert submitter.wait(run.id, 60, cluster).status == "succeeded"
+    events = pg_store.list_events(run.id)
+    owners = {name for i in range(12) for name in runners(events, f"s{i}")}
+    assert len(owners) == 1 and all(len(runners(events, f"s{i}")) == 1 for i in range(12))
+    assert sorted(runners(events, "sh0") + runners(events, "sh1")) == ["one", "two"]
+    steps = {s.key: s for s in pg_store.list_steps(run.id)}
+    assert steps["s11"].outputs == {"n": "11"}
+
+
 def test_a_duplicated_message_runs_the_step_once(
     cluster: Stack, submitter: Submitter, pg_store: Store, tmp_path: Path
 ) -> None:

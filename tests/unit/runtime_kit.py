@@ -31,6 +31,12 @@ class Noop:
         return {}
 
 
+class Brief(Noop):
+    """A brief step type: the runtime coalesces such steps of a run."""
+
+    brief = True
+
+
 @dataclass
 class Recorder:
     """The in-memory twin of a dispatcher: remembers what it was asked to run."""
@@ -48,7 +54,8 @@ class Harness:
     store: Store
 
     def start(self, yaml_text: str, params: dict[str, Any] | None = None) -> str:
-        compiled = Compiler({"noop": Noop()}, self.runtime.templates).compile(yaml_text)
+        types = {"noop": Noop(), "brief": Brief()}
+        compiled = Compiler(types, self.runtime.templates).compile(yaml_text)
         return self.runtime.submit(compiled.select(None), compiled.source, params or {}).id
 
     def drive(self, run_id: str, script: dict[str, list[Any]]) -> None:

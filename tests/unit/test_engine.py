@@ -368,3 +368,34 @@ def test_two_runs_do_not_see_each_others_files(engine: EmbeddedEngine) -> None:
 
     # Then each saw only its own file
     assert [step(engine, r.id, "a").outputs["files"] for r in runs] == ["one.txt", "two.txt"]
+
+
+# --- brief steps --------------------------------------------------------------------
+
+
+def test_brief_steps_of_a_run_are_taken_together_and_each_recorded(
+    engine: EmbeddedEngine,
+) -> None:
+    # Given twenty independent step.set steps, one log step, and a step that reads them
+    sets = "\n".join(
+        f"- {{name: s{i}, type: step.set, needs: [], config: {{values: {{n: '{i}'}}}}}}"
+        for i in range(20)
+    )
+    text = pipeline(
+        sets
+        + "\n- {name: say, type: step.log, needs: [], config: {message: hello}}"
+        + "\n- {name: sum, type: step.log, needs: ["
+        + ", ".join(f"s{i}" for i in range(20))
+        + "], config: {message: '{{ .steps.s0.n }}-{{ .steps.s19.n }}'}}"
+    )
+
+    # When the run goes
+    result = run(engine, text)
+
+    # Then each ran once, with its outputs and logs, and the last saw all of them
+    assert result.status == "succeeded"
+    assert step(engine, result.id, "s7").outputs == {"n": "7"}
+    assert log_text(engine, result.id, "sum") == ["0-19"]
+    assert log_text(engine, result.id, "s3") == ["set n"]
+    running = [e for e in engine.store.list_events(result.id) if e.type == "step.running"]
+    assert len(running) == 22 and len({e.step_key for e in running}) == 22
