@@ -8,7 +8,11 @@ prefetch 1), in the same run of this script:
   200-step chain of ``step.set`` (no subprocess), timed from submit to the run's end,
   with p99 from the gaps between the steps' ``step.succeeded`` events.
 - throughput: 2,000 raw no-op tasks sent at once (and their results read) against
-  200 runs x 10 independent steps submitted at once.
+  200 runs x 10 independent ``step.set`` steps submitted at once. ``step.set`` is
+  brief, so a run's ten ride one message (see ``Runtime``).
+- commands: 2,000 raw tasks that each run ``sh -c true`` against 200 runs x 10
+  ``step.shell_exec`` steps running ``true`` in the local sandbox: steps that are not
+  brief, with a message, a claim and a result each.
 - commits per step: COMMITs counted by SQLAlchemy on the workers' own code path
   (submit, claim, result) run in this process; and, for the record,
   ``pg_stat_database.xact_commit`` over the throughput phase, which also counts the
@@ -75,11 +79,25 @@ def baseline_app(redis_url: str) -> Celery:
         broker_connection_retry_on_startup=True,
     )
     app.task(name="baseline.noop")(_noop)
+    app.task(name="baseline.sh")(_sh_true)
     return app
 
 
 def _noop() -> None:
     return None
+
+
+def _sh_true() -> None:
+    subprocess.run(["sh", "-c", "true"], check=True)
+
+
+def throughput(task: Any, total: int) -> float:
+    """Tasks per second of ``total`` tasks sent at once, their results read."""
+    start = time.perf_counter()
+    results = [task.delay() for _ in range(total)]
+    for result in results:
+        result.get(timeout=120)
+    return total / (time.perf_counter() - start)
 
 
 def measure_baseline(redis_url: str, chain: int, total: int) -> dict[str, float]:
@@ -93,15 +111,13 @@ def measure_baseline(redis_url: str, chain: int, total: int) -> dict[str, float]
         start = time.perf_counter()
         noop.delay().get(timeout=30)
         hops.append(time.perf_counter() - start)
-    start = time.perf_counter()
-    results = [noop.delay() for _ in range(total)]
-    for result in results:
-        result.get(timeout=120)
-    elapsed = time.perf_counter() - start
+    sh = app.tasks["baseline.sh"]
+    throughput(sh, 50)  # warm
     return {
         "hop": statistics.mean(hops),
         "p99": percentile(hops, 99),
-        "throughput": total / elapsed,
+        "throughput": throughput(noop, total),
+        "commands": throughput(sh, total),
     }
 
 
@@ -124,6 +140,15 @@ def fan_pipeline(steps: int) -> str:
         for i in range(steps)
     ]
     return "pipelines:\n  fan:\n    steps:\n" + "\n".join(lines) + "\n"
+
+
+def command_pipeline(steps: int) -> str:
+    """A pipeline of ``steps`` independent steps that each run ``true``."""
+    lines = [
+        f"      - {{name: s{i}, type: step.shell_exec, needs: [], config: {{commands: ['true']}}}}"
+        for i in range(steps)
+    ]
+    return "pipelines:\n  commands:\n    steps:\n" + "\n".join(lines) + "\n"
 
 
 @dataclass
@@ -176,9 +201,9 @@ class Conveyor:
         gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(done)]
         return {"step": elapsed / steps, "p99": percentile(gaps, 99)}
 
-    def fan(self, runs: int, width: int) -> dict[str, float]:
+    def fan(self, runs: int, width: int, text: str | None = None) -> dict[str, float]:
         """Steps per second of ``runs`` runs of ``width`` independent steps."""
-        text = fan_pipeline(width)
+        text = text or fan_pipeline(width)
         start = time.perf_counter()
         ids = [self.submit(text) for _ in range(runs)]
         self.wait(ids)
@@ -348,6 +373,9 @@ def run_conveyor(args: argparse.Namespace, db_url: str, tmp: Path) -> dict[str, 
         before = commits(db_url)
         out.update(side.fan(args.runs, args.width))
         out["pg_commits"] = (commits(db_url) - before) / (args.runs * args.width)
+        commands = command_pipeline(args.width)
+        side.fan(10, args.width, commands)  # warm
+        out["commands"] = side.fan(args.runs, args.width, commands)["throughput"]
         out["commits"] = exact_commits(side.settings, args.width)
         out["rss"] = long_run(side, procs, args)
         return out
@@ -385,6 +413,15 @@ def report(raw: dict[str, float], ours: dict[str, Any], args: argparse.Namespace
         (f"raw Celery, {args.runs * args.width} no-op tasks", f"{raw['throughput']:.0f} tasks/s"),
         (f"Conveyor, {args.runs} runs x {args.width}", f"{ours['throughput']:.0f} steps/s"),
         ("  ratio Conveyor / raw throughput", f"{ratio:.2f}x (target >= 0.7x)"),
+        (
+            f"raw Celery, {args.runs * args.width} tasks running sh",
+            f"{raw['commands']:.0f} tasks/s",
+        ),
+        (f"Conveyor, {args.runs} runs x {args.width} true", f"{ours['commands']:.0f} steps/s"),
+        (
+            "  ratio for steps that run a command",
+            f"{ours['commands'] / raw['commands']:.2f}x (a message and a claim each)",
+        ),
         ("database commits per step", f"{ours['commits']:.2f} (target <= 3)"),
         ("  xact_commit per step in pg_stat", f"{ours['pg_commits']:.2f} (pre-pings, polling too)"),
     ]
