@@ -67,3 +67,17 @@ class RunState:
         if new == S.QUEUED:
             return StepRef(tx.run.id, step.key, step.attempts + 1, step.queue)
         return None
+
+    def queue_all(self, tx: RunTx, steps: list[StepRecord]) -> list[StepRef]:
+        """Queue these pending steps in one round trip; their refs, in the same order."""
+        if not steps:
+            return []
+        moves = [(s, {"attempts": s.attempts + 1, "available_at": tx.now}, None) for s in steps]
+        tx.move_steps(moves, S.QUEUED)
+        refs = []
+        for step in steps:
+            self.counts[step.status] -= 1
+            self.counts[S.QUEUED] += 1
+            self.steps[step.key] = replace(step, status=S.QUEUED, attempts=step.attempts + 1)
+            refs.append(StepRef(tx.run.id, step.key, step.attempts + 1, step.queue))
+        return refs

@@ -26,7 +26,7 @@ from .run_state import RunState
 from .status import RunStatus, StepStatus
 from .store import NewRun, StepSeed, Store, utcnow
 from .templates import TemplateEngine
-from .transaction import NothingToClaim, RunTx
+from .transaction import Move, NothingToClaim, RunTx
 from .variables import Masker, condition_context
 from .vault import SecretsUnavailable, Vault
 
@@ -216,15 +216,8 @@ class Runtime:
         claimed: list[Claim] = []
 
         def work(tx: RunTx) -> list[Dispatch]:
-            if tx.run.status.terminal:
-                return []
-            taken = []
-            for step in tx.queued_now(ref.queue, types, BRIEF_BATCH):
-                if plan.step(step.key).brief:
-                    one = StepRef(tx.run.id, step.key, step.attempts, step.queue)
-                    claim = self._claim_in(tx, one, owner)
-                    if claim is not None:
-                        taken.append(claim)
+            found = tx.queued_now(ref.queue, types, BRIEF_BATCH)
+            taken = self._claim_all(tx, [s for s in found if plan.step(s.key).brief], owner)
             if taken:
                 claimed.append(taken[0]._replace(batch=tuple(taken[1:])))
             return []
@@ -241,15 +234,37 @@ class Runtime:
             return None
         if step.available_at and step.available_at > tx.now:
             return None  # an early delivery; the message with the right eta comes later
-        fields = {
+        if not tx.move_step(step, S.RUNNING, event={"owner": owner}, **self._lease(tx, owner)):
+            return None
+        return Claim(tx.run, replace(step, status=S.RUNNING, started_at=tx.now), ref)
+
+    def _lease(self, tx: RunTx, owner: str) -> dict[str, Any]:
+        return {
             "started_at": tx.now,
             "completed_at": None,
             "lease_owner": owner,
             "lease_expires_at": tx.now + self.lease,
         }
-        if not tx.move_step(step, S.RUNNING, event={"owner": owner}, **fields):
-            return None
-        return Claim(tx.run, replace(step, status=S.RUNNING, started_at=tx.now), ref)
+
+    def _claim_all(self, tx: RunTx, found: Sequence[StepRecord], owner: str) -> list[Claim]:
+        """Claim these steps, read under the run's lock, in one round trip (see _claim_in)."""
+        if tx.run.status.terminal:
+            return []
+        due = [
+            s
+            for s in found
+            if s.status == S.QUEUED and not (s.available_at and s.available_at > tx.now)
+        ]
+        fields = self._lease(tx, owner)
+        tx.move_steps([(s, fields, {"owner": owner}) for s in due], S.RUNNING)
+        return [
+            Claim(
+                tx.run,
+                replace(s, status=S.RUNNING, started_at=tx.now),
+                StepRef(tx.run.id, s.key, s.attempts, s.queue),
+            )
+            for s in due
+        ]
 
     def _with_brief_siblings(
         self, tx: RunTx, claim: Claim, owner: str, among: Sequence[Dispatch] | None = None
@@ -262,19 +277,25 @@ class Runtime:
         plan = self.plan(tx.run)
         if not plan.step(claim.ref.step_key).brief:
             return claim
+        queue = claim.ref.queue
         if among is None:
             types = sorted({p.type for p in plan.steps if p.brief})
-            found = tx.queued_now(claim.ref.queue, types, BRIEF_BATCH - 1)
-            refs = [StepRef(tx.run.id, s.key, s.attempts, s.queue) for s in found]
+            found = tx.queued_now(queue, types, BRIEF_BATCH - 1)
         else:
-            refs = [r for r, eta in among if eta is None and r != claim.ref]
-        refs = [r for r in refs if r.queue == claim.ref.queue and plan.step(r.step_key).brief]
-        batch = []
-        for ref in refs[: BRIEF_BATCH - 1]:
-            taken = self._claim_in(tx, ref, owner)
-            if taken is not None:
-                batch.append(taken)
-        return claim._replace(batch=tuple(batch))
+            keys = [
+                r.step_key
+                for r, eta in among
+                if eta is None
+                and r != claim.ref
+                and r.queue == queue
+                and plan.step(r.step_key).brief
+            ][: BRIEF_BATCH - 1]
+            if not keys:
+                return claim
+            tx.read_ahead(keys)
+            found = [tx.step(k) for k in keys]
+        brief = [s for s in found if s.queue == queue and plan.step(s.key).brief]
+        return claim._replace(batch=tuple(self._claim_all(tx, brief, owner)))
 
     def succeed(
         self,
@@ -323,12 +344,18 @@ class Runtime:
                 tx.read_ahead([f.ref.step_key for f in finished])
             dispatches: list[Dispatch] = []
             succeeded: list[str] = []
+            moves: list[Move] = []
             for one in finished:
                 if one.outcome is None:
-                    if self._record_success(tx, one.ref, one.outputs or {}):
+                    move = self._success(tx, one.ref, one.outputs or {})
+                    if move is not None:
+                        moves.append(move)
                         succeeded.append(one.ref.step_key)
-                else:
+                else:  # successes before a failure are written first, as they happened
+                    tx.move_steps(moves, S.SUCCEEDED)
+                    moves = []
                     dispatches += self._record_failure(tx, one.ref, one.outcome)
+            tx.move_steps(moves, S.SUCCEEDED)
             if succeeded:  # what they made ready, once for all of them
                 dispatches += self.advance_in(tx, succeeded)
             if continue_as is None:
@@ -346,22 +373,19 @@ class Runtime:
         self.write(run_id, work, finished[0].ref.step_key)
         return claimed[0] if claimed else None
 
-    def _record_success(self, tx: RunTx, ref: StepRef, outputs: Mapping[str, Any]) -> bool:
-        """Mark the attempt succeeded; False when it no longer owns its step."""
+    def _success(self, tx: RunTx, ref: StepRef, outputs: Mapping[str, Any]) -> Move | None:
+        """The move that records the attempt's success; None when it lost its step."""
         step = self._running(tx, ref)
         if step is None:
-            return False
+            return None
         exit_code = outputs.get("exit_code")
-        tx.move_step(
-            step,
-            S.SUCCEEDED,
-            event={"duration": _seconds(step, tx.now)},
-            outputs=dict(outputs),
-            exit_code=exit_code if isinstance(exit_code, int) else None,
-            last_error=None,
+        fields = {
+            "outputs": dict(outputs),
+            "exit_code": exit_code if isinstance(exit_code, int) else None,
+            "last_error": None,
             **_done(tx.now),
-        )
-        return True
+        }
+        return step, fields, {"duration": _seconds(step, tx.now)}
 
     def _record_failure(self, tx: RunTx, ref: StepRef, outcome: Outcome) -> list[Dispatch]:
         step = self._running(tx, ref)
@@ -468,12 +492,14 @@ class Runtime:
             found = tx.steps(wanted) if wanted else []  # a leaf: nothing to read
             state = RunState(plan, {s.key: s for s in found}, counts)
         out: list[Dispatch] = []
+        ready: list[StepRecord] = []
         for plan_step in candidates:
             step = state.steps[plan_step.key]
-            if step.status == S.PENDING and state.needs_done(plan_step):
-                ref = self._start_or_skip(tx, state, plan_step, step)
-                if ref is not None:
-                    out.append((ref, None))
+            pending = step.status == S.PENDING and state.needs_done(plan_step)
+            if pending and self._start_or_skip(tx, state, plan_step, step):
+                ready.append(step)
+        # Queued together: one round trip however many there are (a fan-out, a start).
+        out += [(ref, None) for ref in state.queue_all(tx, ready)]
         if state.failing and candidates is not plan.steps:
             return out + self.advance_in(tx)  # a condition failed: see the whole run again
         if state.failing:
@@ -483,20 +509,24 @@ class Runtime:
 
     def _start_or_skip(
         self, tx: RunTx, state: RunState, plan_step: PlanStep, step: StepRecord
-    ) -> StepRef | None:
+    ) -> bool:
+        """Cancel, fail or skip a step whose needs are done; True when it is to be queued."""
         broken = state.broken_need(plan_step)
         if (state.failing or broken) and not plan_step.runs_on_failure:
             # Name the step that failed, not a need that was only cancelled because of it.
             reason = f"not run: step {state.failing or broken!r} failed"
-            return state.move(tx, step, S.CANCELLED, reason)
+            state.move(tx, step, S.CANCELLED, reason)
+            return False
         try:
             skip_reason = self._skip_reason(tx, state, plan_step)
         except TemplateError as exc:  # the message may quote a secret's value
             masked = Masker(self.secrets(tx.run.id))(exc.message)
-            return state.move(tx, step, S.FAILED, masked)
+            state.move(tx, step, S.FAILED, masked)
+            return False
         if skip_reason:
-            return state.move(tx, step, S.SKIPPED, skip_reason)
-        return state.move(tx, step, S.QUEUED, None)
+            state.move(tx, step, S.SKIPPED, skip_reason)
+            return False
+        return True
 
     def _skip_reason(self, tx: RunTx, state: RunState, plan_step: PlanStep) -> str | None:
         if plan_step.if_ is None and plan_step.skip_if is None:

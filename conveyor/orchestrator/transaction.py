@@ -17,7 +17,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from .errors import NotFound
+from .errors import ConveyorError, NotFound
 from .records import RunRecord, StepRecord, run_from_row, step_from_row
 from .schema import RUN_COLUMNS, STEP_STATE_COLUMNS, definitions, events, runs, step_logs, steps
 from .status import RunStatus, StepStatus, check_run_move, check_step_move
@@ -168,6 +168,14 @@ def version_definition(conn: sa.Connection, name: str, source: str) -> tuple[str
     return definition_id, version, True
 
 
+#: A step to move, the fields to set with its new status, and its event's payload.
+Move = tuple[StepRecord, dict[str, Any], dict[str, Any] | None]
+
+
+class StepsMoved(ConveyorError):
+    """A step changed although the run's lock was held: nothing of the transaction stays."""
+
+
 class NothingToClaim(NotFound):
     """The step is not queued at that attempt (or the run is gone): nothing was locked."""
 
@@ -300,6 +308,34 @@ class RunTx:
         payload = {"attempt": fields.get("attempts", step.attempts), **(event or {})}
         self.event(f"step.{status.value}", step.key, **payload)
         return True
+
+    def move_steps(self, moves: Sequence[Move], new: StepStatus) -> None:
+        """``move_step`` for several steps (each with its fields and event) in one round trip.
+
+        Every step must still be as given: the run's lock keeps any other writer from
+        changing a step's status, so a step that moved anyway is a broken invariant
+        and the whole transaction is refused.
+        """
+        if len(moves) == 1:
+            step, fields, event = moves[0]
+            if not self.move_step(step, new, event=event, **fields):
+                raise StepsMoved(f"step {step.key!r} changed under the run's lock")
+            return
+        params = []
+        for step, fields, _ in moves:
+            status = check_step_move(step.status, new)
+            self._ahead.pop(step.key, None)
+            ids = {"b_id": step.id, "b_status": step.status.value, "b_attempts": step.attempts}
+            params.append({**ids, "status": status.value, **fields})
+        if not params:
+            return
+        self._prefetched = None
+        result = self.conn.execute(_MOVE_STEP, params)
+        if result.rowcount != len(params):
+            raise StepsMoved(f"{len(params) - result.rowcount} steps changed under the run's lock")
+        for step, fields, event in moves:
+            payload = {"attempt": fields.get("attempts", step.attempts), **(event or {})}
+            self.event(f"step.{new.value}", step.key, **payload)
 
     def update_run(self, **fields: Any) -> None:
         """Change the run's fields (never its status: see ``move_run``)."""
