@@ -33,6 +33,7 @@ from .errors import (
 from .plan import PlanStep
 from .plugins import Sandboxes, load_artifact_store
 from .records import RunRecord, StepRecord
+from .retention import ExplainedArtifacts
 from .runtime import Claim, Finished, Outcome, Runtime
 from .settings import Settings
 from .spec import format_path
@@ -77,9 +78,13 @@ class Executor:
         runtime.on_finished.append(lambda run: self.run_over(run.id))
 
     def artifacts(self) -> ArtifactStore:
-        """The configured artifact store, made on first use and shared by every step."""
+        """The configured artifact store, made on first use and shared by every step.
+
+        Its misses say when a run's artifacts expired (see ``ExplainedArtifacts``).
+        """
         if self._artifact_store is None:
-            self._artifact_store = load_artifact_store(self.settings)
+            store = load_artifact_store(self.settings)
+            self._artifact_store = ExplainedArtifacts(store, self.runtime.store)
         return self._artifact_store
 
     def execute(self, ref: StepRef) -> None:

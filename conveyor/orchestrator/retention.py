@@ -17,11 +17,12 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 import sqlalchemy as sa
 
-from .artifacts import ArtifactError, ArtifactExpired
+from .artifacts import Artifact, ArtifactError, ArtifactExpired, ArtifactNotFound
 from .contracts import ArtifactStore
 from .durations import format_duration
 from .errors import ConveyorError, PluginError, SpecError
@@ -260,3 +261,42 @@ def explain_missing(store: Store, run_id: str, key: str | None = None) -> None:
         f"{what} expired: deleted {found.at:%Y-%m-%d %H:%M} UTC, "
         f"{describe(found.retention)} after the run ended"
     )
+
+
+class ExplainedArtifacts:
+    """The artifact store as steps see it: a miss says so when the run's artifacts expired.
+
+    ``artifact_pull`` of a run whose retention ran out then fails with when and why they
+    went, not with a bare "no artifact".
+    """
+
+    def __init__(self, inner: ArtifactStore, store: Store) -> None:
+        self._inner, self._store = inner, store
+
+    def put(self, run_id: str, key: str, src: Path, kind: str = "file") -> Artifact:
+        return self._inner.put(run_id, key, src, kind)
+
+    def get(self, run_id: str, key: str, dest: Path) -> Artifact:
+        try:
+            return self._inner.get(run_id, key, dest)
+        except ArtifactNotFound as exc:
+            if not isinstance(exc, ArtifactExpired):
+                explain_missing(self._store, run_id, key)
+            raise
+
+    def open(self, run_id: str, key: str) -> tuple[Artifact, BinaryIO]:
+        try:
+            return self._inner.open(run_id, key)
+        except ArtifactNotFound as exc:
+            if not isinstance(exc, ArtifactExpired):
+                explain_missing(self._store, run_id, key)
+            raise
+
+    def list(self, run_id: str) -> list[Artifact]:
+        return self._inner.list(run_id)
+
+    def delete(self, run_id: str, key: str) -> None:
+        self._inner.delete(run_id, key)
+
+    def delete_run(self, run_id: str) -> int:
+        return self._inner.delete_run(run_id)

@@ -285,3 +285,27 @@ def test_a_backlog_drains_a_batch_per_pass(
     assert reconciler.run_once(now).expired_artifacts == 2
     assert reconciler.run_once(now + timedelta(minutes=1)).expired_artifacts == 1
     assert [artifacts.list(r) for r in runs] == [[], [], []]
+
+
+def test_pulling_an_expired_artifact_fails_saying_it_expired(settings: Settings) -> None:
+    """Given a run whose artifacts went with a retention of zero,
+    when a later run pulls one of them,
+    then its step fails saying when and why they went, not just that none is there."""
+    from tests.unit.engine_kit import open_engine, run
+
+    build = engine_pipeline(
+        "- {name: build, type: step.shell_exec, config: {commands: ['echo v1 > bin'], "
+        "artifacts_out: [{key: bin, path: bin}]}}"
+    )
+    zero = settings.model_copy(update={"artifact_retention": 0.0})
+    with open_engine(zero) as engine:
+        first = run(engine, build)
+        assert first.status == "succeeded", first.error
+    with open_engine(zero) as engine:  # it sweeps as it starts
+        pull = engine_pipeline(
+            "- {name: fetch, type: step.artifact_pull, config: {source: previous_execution, "
+            f"execution_id: '{first.id}', key: bin, dest: old/bin}}}}"
+        )
+        later = run(engine, pull)
+    assert later.status == "failed"
+    assert f"artifact bin of run {first.id} expired: deleted" in (later.error or "")
