@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
+from .claims import Claim
 from .context import Context, LazyOutputs, StoreLogger
 from .contracts import ArtifactStore, StepRef, StepType
 from .durations import format_duration
@@ -34,7 +35,7 @@ from .plan import PlanStep
 from .plugins import Sandboxes, load_artifact_store
 from .records import RunRecord, StepRecord
 from .retention import ExplainedArtifacts
-from .runtime import Claim, Finished, Outcome, Runtime
+from .runtime import Finished, Outcome, Runtime
 from .settings import Settings
 from .spec import format_path
 from .store import utcnow

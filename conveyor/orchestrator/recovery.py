@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from .claims import Dispatch
 from .contracts import StepRef
 from .errors import Conflict
 from .records import RunRecord
 from .retention import ArtifactRetention
-from .runtime import Dispatch, Runtime
+from .runtime import Runtime
 from .status import RunStatus, StepStatus
 from .store import utcnow
 from .transaction import RunTx

@@ -11,43 +11,35 @@ from __future__ import annotations
 
 import re
 import threading
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any
 
+from .advance import Advance
+from .claims import (
+    BRIEF_BATCH,
+    Claim,
+    Dispatch,
+    claim_all,
+    claim_in,
+    coalesced,
+    queued_brief,
+    with_brief_siblings,
+)
 from .contracts import Dispatcher, StepRef
 from .durations import format_duration
-from .errors import Conflict, NotFound, TemplateError
+from .errors import Conflict, NotFound
 from .plan import ExecutionPlan, PlanStep
 from .records import RunRecord, StepRecord
-from .run_state import RunState
 from .status import RunStatus, StepStatus
 from .store import NewRun, StepSeed, Store, utcnow
 from .templates import TemplateEngine
 from .transaction import Move, NothingToClaim, RunTx
-from .variables import Masker, condition_context
 from .vault import SecretsUnavailable, Vault
 
 S = StepStatus
-Dispatch = tuple[StepRef, datetime | None]
-
-
-#: Brief steps of one run taken at once by one worker, at most (see ``Runtime``).
-BRIEF_BATCH = 16
-
-
-class Claim(NamedTuple):
-    """A step attempt taken by a worker: the run, the step as claimed, its ref.
-
-    ``batch``: brief steps of the same run claimed with it, to run after it.
-    """
-
-    run: RunRecord
-    step: StepRecord
-    ref: StepRef
-    batch: tuple[Claim, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -101,6 +93,7 @@ class Runtime:
         self.on_cancel: list[Callable[[str], None]] = []
         self._plans: OrderedDict[str, ExecutionPlan] = OrderedDict()
         self._lock = threading.Lock()
+        self._advance = Advance(self.plan, templates, self.secrets)
 
     # -- plans -------------------------------------------------------------------------
 
@@ -184,9 +177,9 @@ class Runtime:
         claimed: list[Claim] = []
 
         def work(tx: RunTx) -> list[Dispatch]:
-            claim = self._claim_in(tx, ref, owner)
+            claim = claim_in(tx, ref, owner, self.lease)
             if claim is not None:
-                claimed.append(self._with_brief_siblings(tx, claim, owner))
+                claimed.append(with_brief_siblings(tx, self.plan(tx.run), claim, owner, self.lease))
             return []
 
         try:
@@ -198,7 +191,7 @@ class Runtime:
     def _claim_brief(self, ref: StepRef, owner: str) -> Claim | None:
         """For a stale message of a brief step: the run's queued brief steps on its queue.
 
-        Such a message stands for up to ``BRIEF_BATCH`` brief steps (see ``_coalesced``),
+        Such a message stands for up to ``BRIEF_BATCH`` brief steps (``claims.coalesced``),
         and another worker's batch may have taken the one it names: it takes the
         others, so none is left without a message.
         """
@@ -212,12 +205,11 @@ class Runtime:
         named = plan.by_key.get(ref.step_key)
         if named is None or not named.brief:
             return None
-        types = sorted({p.type for p in plan.steps if p.brief})
         claimed: list[Claim] = []
 
         def work(tx: RunTx) -> list[Dispatch]:
-            found = tx.queued_now(ref.queue, types, BRIEF_BATCH)
-            taken = self._claim_all(tx, [s for s in found if plan.step(s.key).brief], owner)
+            found = queued_brief(tx, plan, ref.queue, BRIEF_BATCH)
+            taken = claim_all(tx, found, owner, self.lease)
             if taken:
                 claimed.append(taken[0]._replace(batch=tuple(taken[1:])))
             return []
@@ -227,75 +219,6 @@ class Runtime:
         except NotFound:
             return None
         return claimed[0] if claimed else None
-
-    def _claim_in(self, tx: RunTx, ref: StepRef, owner: str) -> Claim | None:
-        step = tx.step(ref.step_key)
-        if step.status != S.QUEUED or step.attempts != ref.attempt or tx.run.status.terminal:
-            return None
-        if step.available_at and step.available_at > tx.now:
-            return None  # an early delivery; the message with the right eta comes later
-        if not tx.move_step(step, S.RUNNING, event={"owner": owner}, **self._lease(tx, owner)):
-            return None
-        return Claim(tx.run, replace(step, status=S.RUNNING, started_at=tx.now), ref)
-
-    def _lease(self, tx: RunTx, owner: str) -> dict[str, Any]:
-        return {
-            "started_at": tx.now,
-            "completed_at": None,
-            "lease_owner": owner,
-            "lease_expires_at": tx.now + self.lease,
-        }
-
-    def _claim_all(self, tx: RunTx, found: Sequence[StepRecord], owner: str) -> list[Claim]:
-        """Claim these steps, read under the run's lock, in one round trip (see _claim_in)."""
-        if tx.run.status.terminal:
-            return []
-        due = [
-            s
-            for s in found
-            if s.status == S.QUEUED and not (s.available_at and s.available_at > tx.now)
-        ]
-        fields = self._lease(tx, owner)
-        tx.move_steps([(s, fields, {"owner": owner}) for s in due], S.RUNNING)
-        return [
-            Claim(
-                tx.run,
-                replace(s, status=S.RUNNING, started_at=tx.now),
-                StepRef(tx.run.id, s.key, s.attempts, s.queue),
-            )
-            for s in due
-        ]
-
-    def _with_brief_siblings(
-        self, tx: RunTx, claim: Claim, owner: str, among: Sequence[Dispatch] | None = None
-    ) -> Claim:
-        """``claim``, and when its step is brief, the run's queued brief steps on its queue.
-
-        ``among``: only those of these dispatches (the steps a result just made ready);
-        brief steps queued before have messages of their own, or ride one.
-        """
-        plan = self.plan(tx.run)
-        if not plan.step(claim.ref.step_key).brief:
-            return claim
-        queue = claim.ref.queue
-        if among is None:
-            types = sorted({p.type for p in plan.steps if p.brief})
-            found = tx.queued_now(queue, types, BRIEF_BATCH - 1)
-        else:
-            keys = [
-                r.step_key
-                for r, eta in among
-                if eta is None
-                and r != claim.ref
-                and r.queue == queue
-                and plan.step(r.step_key).brief
-            ][: BRIEF_BATCH - 1]
-            if not keys:
-                return claim
-            tx.read_ahead(keys)
-            found = [tx.step(k) for k in keys]
-        brief = [s for s in found if s.queue == queue and plan.step(s.key).brief]
-        return claim._replace(batch=tuple(self._claim_all(tx, brief, owner)))
 
     def succeed(
         self,
@@ -362,9 +285,12 @@ class Runtime:
                 return dispatches
             for next_ref, eta in dispatches:
                 if eta is None and (queues is None or next_ref.queue in queues):
-                    claim = self._claim_in(tx, next_ref, continue_as)
+                    claim = claim_in(tx, next_ref, continue_as, self.lease)
                     if claim is not None:
-                        claim = self._with_brief_siblings(tx, claim, continue_as, dispatches)
+                        plan = self.plan(tx.run)
+                        claim = with_brief_siblings(
+                            tx, plan, claim, continue_as, self.lease, dispatches
+                        )
                         claimed.append(claim)
                         taken = {c.ref for c in (claim, *claim.batch)}
                         return [d for d in dispatches if d[0] not in taken]
@@ -471,109 +397,8 @@ class Runtime:
     # -- advancing ---------------------------------------------------------------------
 
     def advance_in(self, tx: RunTx, changed: str | Sequence[str] | None = None) -> list[Dispatch]:
-        """Start what is ready, cancel what cannot run, settle the run.
-
-        After successes (``changed``) only those steps' dependents can have become
-        ready, so only they and their needs are read: a long chain stays linear.
-        Anything else (a failure, a first pass) reads every step.
-        """
-        if tx.run.status.terminal:
-            return []
-        plan = self.plan(tx.run)
-        counts = tx.status_counts()
-        if changed is None or counts[S.FAILED] or counts[S.CANCELLED]:
-            candidates = plan.steps
-            state = RunState(plan, {s.key: s for s in tx.steps()}, counts)
-        else:
-            keys = (changed,) if isinstance(changed, str) else changed
-            dependents = dict.fromkeys(d for k in keys for d in plan.dependents[k])
-            candidates = tuple(plan.step(k) for k in dependents)
-            wanted = {k for p in candidates for k in (p.key, *p.needs)}
-            found = tx.steps(wanted) if wanted else []  # a leaf: nothing to read
-            state = RunState(plan, {s.key: s for s in found}, counts)
-        out: list[Dispatch] = []
-        ready: list[StepRecord] = []
-        for plan_step in candidates:
-            step = state.steps[plan_step.key]
-            pending = step.status == S.PENDING and state.needs_done(plan_step)
-            if pending and self._start_or_skip(tx, state, plan_step, step):
-                ready.append(step)
-        # Queued together: one round trip however many there are (a fan-out, a start).
-        out += [(ref, None) for ref in state.queue_all(tx, ready)]
-        if state.failing and candidates is not plan.steps:
-            return out + self.advance_in(tx)  # a condition failed: see the whole run again
-        if state.failing:
-            self._cancel_queued(tx, state, {r.step_key for r, _ in out})
-        self._settle_run(tx, state)
-        return out
-
-    def _start_or_skip(
-        self, tx: RunTx, state: RunState, plan_step: PlanStep, step: StepRecord
-    ) -> bool:
-        """Cancel, fail or skip a step whose needs are done; True when it is to be queued."""
-        broken = state.broken_need(plan_step)
-        if (state.failing or broken) and not plan_step.runs_on_failure:
-            # Name the step that failed, not a need that was only cancelled because of it.
-            reason = f"not run: step {state.failing or broken!r} failed"
-            state.move(tx, step, S.CANCELLED, reason)
-            return False
-        try:
-            skip_reason = self._skip_reason(tx, state, plan_step)
-        except TemplateError as exc:  # the message may quote a secret's value
-            masked = Masker(self.secrets(tx.run.id))(exc.message)
-            state.move(tx, step, S.FAILED, masked)
-            return False
-        if skip_reason:
-            state.move(tx, step, S.SKIPPED, skip_reason)
-            return False
-        return True
-
-    def _skip_reason(self, tx: RunTx, state: RunState, plan_step: PlanStep) -> str | None:
-        if plan_step.if_ is None and plan_step.skip_if is None:
-            return None
-        context = condition_context(
-            tx.run,
-            state.plan,
-            plan_step,
-            tx.outputs(),
-            self.secrets(tx.run.id),
-            state.failing,
-        )
-        try:
-            # Conditions see the pipeline env as steps do: with its templates rendered.
-            env = self.templates.render_value(context["env"], context)
-            context.update(env=env, Env=env)
-            if plan_step.if_ is not None and not self.templates.evaluate(plan_step.if_, context):
-                return f"`if: {plan_step.if_}` is false"
-            if plan_step.skip_if is not None and self.templates.evaluate(
-                plan_step.skip_if, context
-            ):
-                return f"`skip_if: {plan_step.skip_if}` is true"
-        except TemplateError as exc:
-            raise TemplateError(f"step {plan_step.key!r}: condition: {exc.message}") from None
-        return None
-
-    def _cancel_queued(self, tx: RunTx, state: RunState, just_queued: set[str]) -> None:
-        for key, step in list(state.steps.items()):
-            keep = key in just_queued or state.plan.step(key).runs_on_failure
-            if step.status == S.QUEUED and not keep:
-                state.move(tx, step, S.CANCELLED, f"not run: step {state.failing!r} failed")
-
-    def _settle_run(self, tx: RunTx, state: RunState) -> None:
-        statuses = {status for status, count in state.counts.items() if count}
-        if all(s.terminal for s in statuses):
-            if state.failing:
-                failed = state.steps[state.failing]
-                tx.move_run(
-                    RunStatus.FAILED, error=f"step {failed.key!r} failed: {failed.last_error}"
-                )
-            else:
-                tx.move_run(RunStatus.SUCCEEDED)
-        elif S.BLOCKED in statuses and not statuses & {S.QUEUED, S.RUNNING}:
-            if tx.run.status == RunStatus.RUNNING:
-                tx.move_run(RunStatus.BLOCKED)
-        elif tx.run.status == RunStatus.BLOCKED:
-            tx.move_run(RunStatus.RUNNING)
+        """Start what is ready, cancel what cannot run, settle the run (see ``Advance``)."""
+        return self._advance(tx, changed)
 
     # -- plumbing ----------------------------------------------------------------------
 
@@ -595,29 +420,13 @@ class Runtime:
             finished = tx.run if tx.run.status.terminal and not was_terminal else None
         if self.dispatcher is not None:
             if len(dispatches) > 1:
-                dispatches = self._coalesced(tx.run, dispatches)
+                dispatches = coalesced(self.plan(tx.run), dispatches)
             for ref, eta in dispatches:
                 self.dispatcher.dispatch(ref, eta)
         if finished is not None:
             self._secrets.pop(run_id, None)  # sealed in the store still, for a retry
             for callback in self.on_finished:
                 callback(finished)
-
-    def _coalesced(self, run: RunRecord, dispatches: list[Dispatch]) -> list[Dispatch]:
-        """One message per ``BRIEF_BATCH`` brief steps due now on a queue (see the class).
-
-        The worker that claims the step a message names takes the others with it.
-        """
-        plan = self.plan(run)
-        seen: Counter[str] = Counter()
-        kept: list[Dispatch] = []
-        for ref, eta in dispatches:
-            if eta is None and plan.step(ref.step_key).brief:
-                seen[ref.queue] += 1
-                if (seen[ref.queue] - 1) % BRIEF_BATCH:
-                    continue
-            kept.append((ref, eta))
-        return kept
 
 
 def _should_retry(plan_step: PlanStep, step: StepRecord, outcome: Outcome) -> bool:

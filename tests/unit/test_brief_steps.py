@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from conveyor.orchestrator.runtime import BRIEF_BATCH, Claim, Finished, Outcome
+from conveyor.orchestrator.claims import BRIEF_BATCH, Claim
+from conveyor.orchestrator.runtime import Finished, Outcome
 from tests.unit.runtime_kit import Harness, pipeline
 
 
