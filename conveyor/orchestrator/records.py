@@ -26,6 +26,8 @@ class RunRecord:
     created_at: datetime
     updated_at: datetime
     completed_at: datetime | None
+    #: When retention deleted its artifacts since it last ended, if it did.
+    artifacts_expired_at: datetime | None = None
 
     @property
     def duration(self) -> float | None:
@@ -105,6 +107,7 @@ def run_from_row(row: Mapping[Any, Any]) -> RunRecord:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         completed_at=row.get("completed_at"),
+        artifacts_expired_at=row.get("artifacts_expired_at"),
     )
 
 

@@ -46,7 +46,9 @@ def retry_run(runtime: Runtime, run_id: str, by: str | None = None) -> RunRecord
         plan = runtime.plan(tx.run)
         deadline = tx.now + timedelta(seconds=plan.timeout) if plan.timeout else None
         tx.move_run(RunStatus.RUNNING, retried_by=by, steps=[s.key for s in again])
-        tx.update_run(deadline=deadline)
+        # Its artifacts (what is left, and what the steps store again) count from its
+        # new end: the retention sweep looks at it again then.
+        tx.update_run(deadline=deadline, artifacts_expired_at=None)
         return runtime.advance_in(tx)
 
     runtime.write(run_id, work)

@@ -31,7 +31,6 @@ from .settings import Settings
 from .spec import parse
 from .status import RunStatus
 from .store import Store, translate_errors, utcnow
-from .transaction import RunTx
 
 log = logging.getLogger("conveyor.retention")
 
@@ -151,8 +150,8 @@ class ArtifactRetention:
             .where(
                 runs.c.status.in_(FINISHED),
                 runs.c.completed_at < cutoff,
+                runs.c.artifacts_expired_at.is_(None),
                 where,
-                ~_expired_since_end(),
             )
             .order_by(runs.c.completed_at)
             .limit(self.batch)
@@ -183,9 +182,10 @@ class ArtifactRetention:
             cutoff = now - timedelta(seconds=retention)
             if not run.status.terminal or run.completed_at is None or run.completed_at >= cutoff:
                 return False
-            if _already_expired(tx):
-                return False
+            if run.artifacts_expired_at is not None:
+                return False  # already, since the run last ended
             count = self.artifacts().delete_run(run_id)
+            tx.update_run(artifacts_expired_at=now)
             tx.event(EXPIRED, count=count, retention=describe(retention), seconds=retention)
         log.info(
             "deleted %d artifacts of run %s (retention %s)", count, run_id, describe(retention)
@@ -207,28 +207,10 @@ def _policy(name: str, source: str) -> Any:
     return pipeline.artifacts.retention
 
 
-def _expired_since_end() -> sa.Exists:
-    """The run's artifacts were deleted after it last ended."""
-    return sa.exists().where(
-        events.c.instance_id == runs.c.id,
-        events.c.type == EXPIRED,
-        events.c.created_at >= runs.c.completed_at,
-    )
-
-
-def _already_expired(tx: RunTx) -> bool:
-    query = sa.select(events.c.id).where(
-        events.c.instance_id == tx.run.id,
-        events.c.type == EXPIRED,
-        events.c.created_at >= tx.run.completed_at,
-    )
-    return tx.conn.execute(query.limit(1)).first() is not None
-
-
 def expiry(store: Store, run_id: str) -> Expiry | None:
     """When the run's artifacts expired, if they did (and the run did not run since)."""
     run = store.get_run(run_id)
-    if run.completed_at is None:
+    if run.completed_at is None or run.artifacts_expired_at is None:
         return None
     query = (
         sa.select(events.c.created_at, events.c.payload)

@@ -74,8 +74,18 @@ runs = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Column("completed_at", UTCDateTime),
+    #: When retention deleted the run's artifacts since it last ended (a retry clears it).
+    sa.Column("artifacts_expired_at", UTCDateTime),
     sa.Index("ix_workflow_instances_status", "status"),
     sa.Index("ix_workflow_instances_pipeline_created", "pipeline", "created_at"),
+)
+#: Runs that still have their artifacts, oldest end first: what a retention sweep reads,
+#: however many runs before them already lost theirs.
+sa.Index(
+    "ix_workflow_instances_artifacts_kept",
+    runs.c.completed_at,
+    postgresql_where=runs.c.artifacts_expired_at.is_(None),
+    sqlite_where=runs.c.artifacts_expired_at.is_(None),
 )
 
 #: Every column of a run but its plan, which is large and read once per process.
