@@ -23,7 +23,9 @@ from .schema import RUN_COLUMNS, STEP_STATE_COLUMNS, definitions, events, runs, 
 from .status import RunStatus, StepStatus, check_run_move, check_step_move
 
 _RUN: sa.BindParameter[str] = sa.bindparam("b_run")
-_LOCK_RUN = sa.select(*RUN_COLUMNS).where(runs.c.id == _RUN).with_for_update()
+#: ``FOR NO KEY UPDATE``: writers of the run serialise on it, while inserts of its log
+#: lines and events elsewhere (their foreign-key checks take KEY SHARE) never wait for it.
+_LOCK_RUN = sa.select(*RUN_COLUMNS).where(runs.c.id == _RUN).with_for_update(key_share=True)
 #: The run's row locked and one of its steps read in the same round trip: a claim or a
 #: result always starts with both. ``FOR UPDATE OF`` locks the run only; the step row
 #: is fenced by the conditional UPDATE of ``move_step``.
@@ -37,7 +39,7 @@ _LOCK_RUN_WITH_STEP = (
         )
     )
     .where(runs.c.id == _RUN)
-    .with_for_update(of=runs)
+    .with_for_update(of=runs, key_share=True)
 )
 #: The same for a claim, with the step's claimability in the join: a duplicate or stale
 #: delivery reads no row, so it takes no lock and writes nothing, not even a row lock.
@@ -55,7 +57,7 @@ _LOCK_RUN_FOR_CLAIM = (
         )
     )
     .where(runs.c.id == _RUN)
-    .with_for_update(of=runs)
+    .with_for_update(of=runs, key_share=True)
 )
 #: A run's steps queued and due by now on one queue, of some types, in plan order.
 _QUEUED_NOW = (

@@ -101,3 +101,25 @@ def wait_until_blocked(store: Store, thread: threading.Thread) -> None:
         assert thread.is_alive(), "the claim ended without waiting for the run"
         threading.Event().wait(0.01)
     raise AssertionError("the claim never waited for the run's lock")
+
+
+def test_a_running_steps_log_lines_never_wait_for_the_runs_lock(pg_store: Store) -> None:
+    """Given a worker recording a result (it holds the run's row), when another step of
+    the run streams log lines, then they are written at once, not after that result."""
+    h = harness(pg_store)
+    run_id = h.start(pipeline(A, B))
+    written: list[bool] = []
+    with h.store.transaction(run_id) as tx:
+        assert tx.run.id == run_id  # the run's row is held until this block ends
+        thread = threading.Thread(
+            target=lambda: written.append(
+                h.store.append_logs(run_id, "a", 1, [("stdout", "hello")]) is None
+            ),
+            daemon=True,
+        )
+        thread.start()
+        thread.join(30)  # a write that waited for the lock would still be waiting here
+        alive = thread.is_alive()
+    thread.join(30)
+    assert not alive and written == [True]
+    assert [line.text for line in h.store.list_logs(run_id, "a")] == ["hello"]
