@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -40,16 +41,16 @@ def store(settings: Settings) -> Iterator[Store]:
     s.close()
 
 
-@pytest.fixture(scope="session")
-def pg_database() -> Iterator[str]:
-    """A fresh Postgres database for the test session, dropped afterwards."""
+@contextlib.contextmanager
+def new_pg_database(prefix: str = "conveyor_test") -> Iterator[str]:
+    """The URL of a new, empty Postgres database, dropped afterwards."""
     try:
         import psycopg
 
         admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5)
     except Exception as exc:
         missing("Postgres", str(exc))
-    name = f"conveyor_test_{uuid.uuid4().hex[:10]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     with admin:
         admin.execute(f'CREATE DATABASE "{name}"')
     base = PG_ADMIN_URL.rsplit("/", 1)[0]
@@ -59,6 +60,13 @@ def pg_database() -> Iterator[str]:
         # A new connection: a test may have restarted the server since (tests/integration).
         with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=10) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """A fresh Postgres database for the test session, dropped afterwards."""
+    with new_pg_database() as url:
+        yield url
 
 
 @pytest.fixture

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import tests.unit.test_migrations as on_sqlite
-from tests.conftest import PG_ADMIN_URL, missing
+from tests.conftest import new_pg_database
 
 pytestmark = pytest.mark.postgres
 
@@ -17,20 +16,8 @@ pytestmark = pytest.mark.postgres
 @pytest.fixture
 def empty_database() -> Iterator[str]:
     """A new, empty Postgres database, dropped afterwards."""
-    try:
-        import psycopg
-
-        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5)
-    except Exception as exc:
-        missing("Postgres", str(exc))
-    name = f"conveyor_migrate_{uuid.uuid4().hex[:10]}"
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with new_pg_database("conveyor_migrate") as url:
+        yield url
 
 
 def test_0005_fills_in_when_each_runs_artifacts_expired(
