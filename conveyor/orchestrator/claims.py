@@ -52,13 +52,20 @@ def lease(tx: RunTx, owner: str, length: timedelta) -> dict[str, Any]:
     }
 
 
+def claimable(tx: RunTx, step: StepRecord) -> bool:
+    """The step is queued and due, in a run still going.
+
+    Not due yet is an early delivery: the message with the right eta comes later.
+    """
+    due = not (step.available_at and step.available_at > tx.now)
+    return step.status == S.QUEUED and due and not tx.run.status.terminal
+
+
 def claim_in(tx: RunTx, ref: StepRef, owner: str, length: timedelta) -> Claim | None:
     """Take ``ref`` if its step is queued at that attempt and due; else None."""
     step = tx.step(ref.step_key)
-    if step.status != S.QUEUED or step.attempts != ref.attempt or tx.run.status.terminal:
+    if step.attempts != ref.attempt or not claimable(tx, step):
         return None
-    if step.available_at and step.available_at > tx.now:
-        return None  # an early delivery; the message with the right eta comes later
     if not tx.move_step(step, S.RUNNING, event={"owner": owner}, **lease(tx, owner, length)):
         return None
     return Claim(tx.run, replace(step, status=S.RUNNING, started_at=tx.now), ref)
@@ -66,13 +73,7 @@ def claim_in(tx: RunTx, ref: StepRef, owner: str, length: timedelta) -> Claim | 
 
 def claim_all(tx: RunTx, found: Sequence[StepRecord], owner: str, length: timedelta) -> list[Claim]:
     """Claim these steps, read under the run's lock, in one round trip (see claim_in)."""
-    if tx.run.status.terminal:
-        return []
-    due = [
-        s
-        for s in found
-        if s.status == S.QUEUED and not (s.available_at and s.available_at > tx.now)
-    ]
+    due = [s for s in found if claimable(tx, s)]
     fields = lease(tx, owner, length)
     tx.move_steps([(s, fields, {"owner": owner}) for s in due], S.RUNNING)
     return [
@@ -85,14 +86,9 @@ def claim_all(tx: RunTx, found: Sequence[StepRecord], owner: str, length: timede
     ]
 
 
-def brief_types(plan: ExecutionPlan) -> list[str]:
-    """The step types of the plan's brief steps."""
-    return sorted({p.type for p in plan.steps if p.brief})
-
-
 def queued_brief(tx: RunTx, plan: ExecutionPlan, queue: str, limit: int) -> list[StepRecord]:
     """Up to ``limit`` of the run's brief steps queued and due on ``queue``."""
-    found = tx.queued_now(queue, brief_types(plan), limit)
+    found = tx.queued_now(queue, plan.brief_types, limit)
     return [s for s in found if plan.step(s.key).brief]
 
 

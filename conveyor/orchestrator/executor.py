@@ -97,22 +97,10 @@ class Executor:
         """
         claimed = self.runtime.claim(ref, self.owner)
         while claimed is not None:
-            if claimed.batch:
-                claimed = self._attempt_batch(claimed)
-            else:
-                claimed = self._attempt(claimed.run, claimed.step, claimed.ref)
+            claimed = self._attempt(claimed)
 
-    def _attempt(self, run: RunRecord, step: StepRecord, ref: StepRef) -> Claim | None:
-        finished, interrupt = self._run_one(run, step, ref)
-        try:
-            return self._record_all([finished])
-        finally:
-            self._release(ref.run_id)
-            if interrupt is not None:
-                raise interrupt
-
-    def _attempt_batch(self, first: Claim) -> Claim | None:
-        """Run brief steps claimed together, in order, and record them in one go."""
+    def _attempt(self, first: Claim) -> Claim | None:
+        """Run a claimed step (and the brief steps claimed with it, in order); record them."""
         done: list[Finished] = []
         interrupt: BaseException | None = None
         try:

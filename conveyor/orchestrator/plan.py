@@ -69,6 +69,11 @@ class ExecutionPlan(BaseModel):
         """Steps by key."""
         return {s.key: s for s in self.steps}
 
+    @cached_property
+    def brief_types(self) -> list[str]:
+        """The step types of the plan's brief steps, sorted."""
+        return sorted({s.type for s in self.steps if s.brief})
+
     def step(self, key: str) -> PlanStep:
         """One step by key."""
         return self.by_key[key]

@@ -11,6 +11,7 @@ alone. A run retried and finished again after that counts from its new end.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from collections import defaultdict
@@ -259,16 +260,18 @@ class ExplainedArtifacts:
         return self._inner.put(run_id, key, src, kind)
 
     def get(self, run_id: str, key: str, dest: Path) -> Artifact:
-        try:
+        with self._explained(run_id, key):
             return self._inner.get(run_id, key, dest)
-        except ArtifactNotFound as exc:
-            if not isinstance(exc, ArtifactExpired):
-                explain_missing(self._store, run_id, key)
-            raise
 
     def open(self, run_id: str, key: str) -> tuple[Artifact, BinaryIO]:
-        try:
+        with self._explained(run_id, key):
             return self._inner.open(run_id, key)
+
+    @contextlib.contextmanager
+    def _explained(self, run_id: str, key: str) -> Iterator[None]:
+        """A miss inside becomes ArtifactExpired when the run's artifacts expired."""
+        try:
+            yield
         except ArtifactNotFound as exc:
             if not isinstance(exc, ArtifactExpired):
                 explain_missing(self._store, run_id, key)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import replace
-from typing import Any
 
 from .contracts import StepRef
 from .plan import ExecutionPlan, PlanStep
@@ -47,26 +46,13 @@ class RunState:
                 return need
         return None
 
-    def move(
-        self, tx: RunTx, step: StepRecord, new: StepStatus, reason: str | None
-    ) -> StepRef | None:
-        """Move a step, keeping this view and its counts in step; the ref when queued."""
-        fields: dict[str, Any] = {}
-        if new == S.QUEUED:
-            fields = {"attempts": step.attempts + 1, "available_at": tx.now}
-        else:
-            fields = {"last_error": reason, "completed_at": tx.now}
-        tx.move_step(step, new, event={"reason": reason} if reason else None, **fields)
-        self.counts[step.status] -= 1
-        self.counts[new] += 1
-        self.steps[step.key] = replace(
-            step, status=new, attempts=fields.get("attempts", step.attempts), last_error=reason
-        )
+    def move(self, tx: RunTx, step: StepRecord, new: StepStatus, reason: str) -> None:
+        """End a step that will not run (cancelled, failed, skipped), keeping this view."""
+        event = {"reason": reason} if reason else None
+        tx.move_step(step, new, event=event, last_error=reason, completed_at=tx.now)
+        self._note(step, new, step.attempts, reason)
         if new == S.FAILED and self.failing is None and self.plan.step(step.key).on_error == "stop":
             self.failing = step.key
-        if new == S.QUEUED:
-            return StepRef(tx.run.id, step.key, step.attempts + 1, step.queue)
-        return None
 
     def queue_all(self, tx: RunTx, steps: list[StepRecord]) -> list[StepRef]:
         """Queue these pending steps in one round trip; their refs, in the same order."""
@@ -74,10 +60,12 @@ class RunState:
             return []
         moves = [(s, {"attempts": s.attempts + 1, "available_at": tx.now}, None) for s in steps]
         tx.move_steps(moves, S.QUEUED)
-        refs = []
         for step in steps:
-            self.counts[step.status] -= 1
-            self.counts[S.QUEUED] += 1
-            self.steps[step.key] = replace(step, status=S.QUEUED, attempts=step.attempts + 1)
-            refs.append(StepRef(tx.run.id, step.key, step.attempts + 1, step.queue))
-        return refs
+            self._note(step, S.QUEUED, step.attempts + 1, None)
+        return [StepRef(tx.run.id, s.key, s.attempts + 1, s.queue) for s in steps]
+
+    def _note(self, step: StepRecord, new: StepStatus, attempts: int, error: str | None) -> None:
+        """Keep the counts and this view of ``step`` in step with its move."""
+        self.counts[step.status] -= 1
+        self.counts[new] += 1
+        self.steps[step.key] = replace(step, status=new, attempts=attempts, last_error=error)

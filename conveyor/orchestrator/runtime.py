@@ -99,12 +99,16 @@ class Runtime:
 
     def plan(self, run: RunRecord) -> ExecutionPlan:
         """The run's plan, parsed once per process (plans never change)."""
+        return self.plan_of(run.id)
+
+    def plan_of(self, run_id: str) -> ExecutionPlan:
+        """The plan of the run ``run_id`` (NotFound when there is none), as ``plan``."""
         with self._lock:
-            plan = self._plans.get(run.id)
+            plan = self._plans.get(run_id)
         if plan is None:
-            plan = ExecutionPlan.model_validate(self.store.get_plan(run.id))
+            plan = ExecutionPlan.model_validate(self.store.get_plan(run_id))
             with self._lock:
-                self._plans[run.id] = plan
+                self._plans[run_id] = plan
                 while len(self._plans) > 512:
                     self._plans.popitem(last=False)
         return plan
@@ -195,13 +199,10 @@ class Runtime:
         and another worker's batch may have taken the one it names: it takes the
         others, so none is left without a message.
         """
-        with self._lock:
-            plan = self._plans.get(ref.run_id)
-        if plan is None:
-            try:
-                plan = self.plan(self.store.get_run(ref.run_id))
-            except NotFound:
-                return None
+        try:
+            plan = self.plan_of(ref.run_id)
+        except NotFound:
+            return None
         named = plan.by_key.get(ref.step_key)
         if named is None or not named.brief:
             return None
@@ -262,9 +263,9 @@ class Runtime:
         claimed: list[Claim] = []
 
         def work(tx: RunTx) -> list[Dispatch]:
-            tx.append_many_logs([(f.ref.step_key, f.ref.attempt, f.logs) for f in finished])
-            if len(finished) > 1:
-                tx.read_ahead([f.ref.step_key for f in finished])
+            tx.append_logs([(f.ref.step_key, f.ref.attempt, f.logs) for f in finished])
+            if len(finished) > 1:  # the first was read with the lock
+                tx.read_ahead([f.ref.step_key for f in finished[1:]])
             dispatches: list[Dispatch] = []
             succeeded: list[str] = []
             moves: list[Move] = []

@@ -27,37 +27,36 @@ _RUN: sa.BindParameter[str] = sa.bindparam("b_run")
 #: lines and events elsewhere (their foreign-key checks take KEY SHARE) never wait for it.
 _LOCK_RUN = sa.select(*RUN_COLUMNS).where(runs.c.id == _RUN).with_for_update(key_share=True)
 #: The run's row locked and one of its steps read in the same round trip: a claim or a
-#: result always starts with both. ``FOR UPDATE OF`` locks the run only; the step row
-#: is fenced by the conditional UPDATE of ``move_step``.
+#: result always starts with both. ``FOR ... OF`` locks the run only; the step row is
+#: fenced by the conditional UPDATE of ``move_step``.
 _STEP_PREFIX = "step__"
-_LOCK_RUN_WITH_STEP = (
-    sa.select(*RUN_COLUMNS, *(c.label(_STEP_PREFIX + c.name) for c in steps.c))
-    .select_from(
-        runs.outerjoin(
-            steps,
-            sa.and_(steps.c.instance_id == runs.c.id, steps.c.step_key == sa.bindparam("b_key")),
-        )
+
+
+def _lock_run_with_step(*step_conditions: sa.ColumnElement[bool]) -> sa.Select[Any]:
+    """The run locked, joined to its step ``b_key``.
+
+    With ``step_conditions`` the join is inner: a step that does not meet them reads no
+    row at all, so nothing is locked.
+    """
+    on = sa.and_(steps.c.instance_id == runs.c.id, steps.c.step_key == sa.bindparam("b_key"))
+    joined = (
+        runs.join(steps, sa.and_(on, *step_conditions))
+        if step_conditions
+        else runs.outerjoin(steps, on)
     )
-    .where(runs.c.id == _RUN)
-    .with_for_update(of=runs, key_share=True)
-)
-#: The same for a claim, with the step's claimability in the join: a duplicate or stale
-#: delivery reads no row, so it takes no lock and writes nothing, not even a row lock.
-_LOCK_RUN_FOR_CLAIM = (
-    sa.select(*RUN_COLUMNS, *(c.label(_STEP_PREFIX + c.name) for c in steps.c))
-    .select_from(
-        runs.join(
-            steps,
-            sa.and_(
-                steps.c.instance_id == runs.c.id,
-                steps.c.step_key == sa.bindparam("b_key"),
-                steps.c.status == StepStatus.QUEUED.value,
-                steps.c.attempts == sa.bindparam("b_attempt"),
-            ),
-        )
+    return (
+        sa.select(*RUN_COLUMNS, *(c.label(_STEP_PREFIX + c.name) for c in steps.c))
+        .select_from(joined)
+        .where(runs.c.id == _RUN)
+        .with_for_update(of=runs, key_share=True)
     )
-    .where(runs.c.id == _RUN)
-    .with_for_update(of=runs, key_share=True)
+
+
+_LOCK_RUN_WITH_STEP = _lock_run_with_step()
+#: For a claim, the step's claimability is in the join: a duplicate or stale delivery
+#: reads no row, so it takes no lock and writes nothing, not even a row lock.
+_LOCK_RUN_FOR_CLAIM = _lock_run_with_step(
+    steps.c.status == StepStatus.QUEUED.value, steps.c.attempts == sa.bindparam("b_attempt")
 )
 #: A run's steps queued and due by now on one queue, of some types, in plan order.
 _QUEUED_NOW = (
@@ -300,16 +299,8 @@ class RunTx:
 
         Returns False (and changes nothing) when another writer got there first.
         """
-        status = check_step_move(step.status, new)
-        self._prefetched = None
-        self._ahead.pop(step.key, None)
-        params = {"b_id": step.id, "b_status": step.status.value, "b_attempts": step.attempts}
-        result = self.conn.execute(_MOVE_STEP, {**params, "status": status.value, **fields})
-        if result.rowcount != 1:
-            return False
-        payload = {"attempt": fields.get("attempts", step.attempts), **(event or {})}
-        self.event(f"step.{status.value}", step.key, **payload)
-        return True
+        moves: list[Move] = [(step, fields, event)]
+        return self._move(moves, new) == 1
 
     def move_steps(self, moves: Sequence[Move], new: StepStatus) -> None:
         """``move_step`` for several steps (each with its fields and event) in one round trip.
@@ -318,26 +309,25 @@ class RunTx:
         changing a step's status, so a step that moved anyway is a broken invariant
         and the whole transaction is refused.
         """
-        if len(moves) == 1:
-            step, fields, event = moves[0]
-            if not self.move_step(step, new, event=event, **fields):
-                raise StepsMoved(f"step {step.key!r} changed under the run's lock")
-            return
+        moved = self._move(moves, new) if moves else 0
+        if moved != len(moves):
+            raise StepsMoved(f"{len(moves) - moved} steps changed under the run's lock")
+
+    def _move(self, moves: Sequence[Move], new: StepStatus) -> int:
+        """Move the steps still as given; how many that was (events only when all moved)."""
         params = []
         for step, fields, _ in moves:
             status = check_step_move(step.status, new)
             self._ahead.pop(step.key, None)
             ids = {"b_id": step.id, "b_status": step.status.value, "b_attempts": step.attempts}
             params.append({**ids, "status": status.value, **fields})
-        if not params:
-            return
         self._prefetched = None
-        result = self.conn.execute(_MOVE_STEP, params)
-        if result.rowcount != len(params):
-            raise StepsMoved(f"{len(params) - result.rowcount} steps changed under the run's lock")
-        for step, fields, event in moves:
-            payload = {"attempt": fields.get("attempts", step.attempts), **(event or {})}
-            self.event(f"step.{new.value}", step.key, **payload)
+        moved = self.conn.execute(_MOVE_STEP, params).rowcount
+        if moved == len(moves):
+            for step, fields, event in moves:
+                payload = {"attempt": fields.get("attempts", step.attempts), **(event or {})}
+                self.event(f"step.{new.value}", step.key, **payload)
+        return moved
 
     def update_run(self, **fields: Any) -> None:
         """Change the run's fields (never its status: see ``move_run``)."""
@@ -350,14 +340,8 @@ class RunTx:
         self._ahead.pop(step.key, None)
         self.conn.execute(_UPDATE_STEP, {"b_id": step.id, **fields})
 
-    def append_logs(self, step_key: str, attempt: int, lines: Sequence[tuple[str, str]]) -> None:
-        """Write a step's last log lines in the same transaction as its result."""
-        self.append_many_logs([(step_key, attempt, lines)])
-
-    def append_many_logs(
-        self, batches: Sequence[tuple[str, int, Sequence[tuple[str, str]]]]
-    ) -> None:
-        """Write the last log lines of several steps (key, attempt, lines) at once."""
+    def append_logs(self, batches: Sequence[tuple[str, int, Sequence[tuple[str, str]]]]) -> None:
+        """Write steps' last log lines, (key, attempt, lines) each, with their results."""
         rows = [
             row
             for step_key, attempt, lines in batches

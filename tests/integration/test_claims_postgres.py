@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import replace
+from typing import TypeVar
 
 import sqlalchemy as sa
 
@@ -12,27 +14,26 @@ from conveyor.orchestrator.store import Store
 from conveyor.orchestrator.templates import TemplateEngine
 from tests.unit.runtime_kit import A, B, Harness, Recorder, pipeline
 
+T = TypeVar("T")
+
 
 def harness(store: Store) -> Harness:
     recorder = Recorder()
     return Harness(Runtime(store, TemplateEngine(), recorder), recorder, store)
 
 
-def claim_while_the_run_is_locked(h: Harness, run_id: str, claim: object) -> list[object]:
-    """Call ``claim`` from another thread while a transaction holds the run's row."""
-    done: list[object] = []
-    with h.store.engine.connect() as holder:
-        holder.execute(
-            sa.text("SELECT id FROM workflow_instances WHERE id = :id FOR UPDATE"), {"id": run_id}
-        )
-        thread = threading.Thread(target=lambda: done.append(claim()), daemon=True)  # type: ignore[operator]
+def while_a_worker_holds_the_run(h: Harness, run_id: str, work: Callable[[], T]) -> T:
+    """``work`` from another thread while a transaction holds the run's row, as a worker
+    recording a result does; it must end without waiting for that transaction."""
+    done: list[T] = []
+    with h.store.transaction(run_id):
+        thread = threading.Thread(target=lambda: done.append(work()), daemon=True)
         thread.start()
-        thread.join(30)  # a claim that waited for the lock would still be waiting here
+        thread.join(30)  # work that waited for the lock would still be waiting here
         alive = thread.is_alive()
-        holder.rollback()
     thread.join(30)
-    assert not alive, "the claim waited for the run's lock"
-    return done
+    assert not alive, "it waited for the run's lock"
+    return done[0]
 
 
 def test_a_duplicate_delivery_neither_waits_nor_locks(pg_store: Store) -> None:
@@ -43,7 +44,7 @@ def test_a_duplicate_delivery_neither_waits_nor_locks(pg_store: Store) -> None:
 
     # The step is running: the same message again is dropped without touching the run,
     # even while another worker holds the run to record a result.
-    assert claim_while_the_run_is_locked(h, run_id, lambda: h.runtime.claim(ref, "w2")) == [None]
+    assert while_a_worker_holds_the_run(h, run_id, lambda: h.runtime.claim(ref, "w2")) is None
     step = h.store.list_steps(run_id)[0]
     assert (step.status.value, step.lease_owner) == ("running", "w1")
 
@@ -108,18 +109,6 @@ def test_a_running_steps_log_lines_never_wait_for_the_runs_lock(pg_store: Store)
     the run streams log lines, then they are written at once, not after that result."""
     h = harness(pg_store)
     run_id = h.start(pipeline(A, B))
-    written: list[bool] = []
-    with h.store.transaction(run_id) as tx:
-        assert tx.run.id == run_id  # the run's row is held until this block ends
-        thread = threading.Thread(
-            target=lambda: written.append(
-                h.store.append_logs(run_id, "a", 1, [("stdout", "hello")]) is None
-            ),
-            daemon=True,
-        )
-        thread.start()
-        thread.join(30)  # a write that waited for the lock would still be waiting here
-        alive = thread.is_alive()
-    thread.join(30)
-    assert not alive and written == [True]
+    lines = [("stdout", "hello")]
+    while_a_worker_holds_the_run(h, run_id, lambda: h.store.append_logs(run_id, "a", 1, lines))
     assert [line.text for line in h.store.list_logs(run_id, "a")] == ["hello"]
