@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from conveyor.orchestrator.store import Store
+from tests.conftest import missing
 from tests.integration.workers_kit import Stack, Submitter, redis_database, stack
 
 
@@ -37,3 +40,17 @@ def submitter(pg_store: Store, cluster: Stack) -> Iterator[Submitter]:
     result = Submitter(pg_store, cluster.settings)
     yield result
     result.close()
+
+
+@pytest.fixture(scope="module")
+def docker() -> str:
+    """The docker command, talking to an engine that answers."""
+    path = shutil.which("docker")
+    if path is None:
+        missing("Docker engine", "no docker command (scripts/docker-engine installs one)")
+    answer = subprocess.run([path, "info"], capture_output=True, text=True, timeout=30, check=False)
+    if answer.returncode != 0:
+        missing(
+            "Docker engine", f"`docker info` failed (run scripts/docker-engine): {answer.stderr}"
+        )
+    return path

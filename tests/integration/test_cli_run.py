@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conveyor.orchestrator.store import Store
-from tests.conftest import PG_ADMIN_URL
+from tests.conftest import new_pg_database
 
 from .clirun import Cli, Result, gone, wait_for_file
 
@@ -583,18 +582,10 @@ def test_step_types_lists_the_builtin_types_with_schemas(cli: Cli) -> None:
 
 
 @pytest.fixture
-def fresh_pg(pg_database: str) -> Iterator[str]:
+def fresh_pg() -> Iterator[str]:
     """An empty database beside the session's, never migrated; dropped afterwards."""
-    import psycopg
-
-    name = f"conveyor_cli_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{pg_database.rsplit('/', 1)[0]}/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with new_pg_database("conveyor_cli") as url:
+        yield url
 
 
 @pytest.mark.postgres

@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -33,7 +32,7 @@ from typing import Any
 import pytest
 
 from conveyor.orchestrator.store import Store
-from tests.conftest import PG_ADMIN_URL, missing
+from tests.conftest import missing, new_pg_database
 from tests.integration.test_packaging import BASE_IMAGE, Container, ok, run
 from tests.integration.workers_kit import STARTUP, Proc, Stack
 from tests.unit.test_helm_chart import RELEASE, ROOT, Rendered, container, render
@@ -170,18 +169,10 @@ def chart(cluster: Stack, pg_database: str, broker_url: str) -> Rendered:
 
 
 @pytest.fixture
-def empty_database(pg_database: str) -> Iterator[str]:
+def empty_database() -> Iterator[str]:
     """A database of its own with no schema at all, dropped afterwards."""
-    import psycopg
-
-    name = f"conveyor_chart_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{pg_database.rsplit('/', 1)[0]}/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with new_pg_database("conveyor_chart") as url:
+        yield url
 
 
 def test_a_worker_pod_starts_and_passes_its_liveness_probe(cluster: Stack, chart: Rendered) -> None:
@@ -220,20 +211,6 @@ def test_the_flower_pod_asks_for_its_login(cluster: Stack, chart: Rendered) -> N
 # -- in the project's image, under the chart's securityContext ----------------------------
 
 
-@pytest.fixture(scope="module")
-def docker_cli() -> str:
-    """The docker command, talking to an engine that answers."""
-    path = shutil.which("docker")
-    if path is None:
-        missing("Docker engine", "no docker command (scripts/docker-engine installs one)")
-    answer = run([path, "info"], timeout=30)
-    if answer.returncode != 0:
-        missing(
-            "Docker engine", f"`docker info` failed (run scripts/docker-engine): {answer.stderr}"
-        )
-    return path
-
-
 @pytest.fixture
 def started() -> Iterator[dict[str, Container]]:
     """Containers a test starts, by name; all removed afterwards."""
@@ -244,15 +221,15 @@ def started() -> Iterator[dict[str, Container]]:
 
 
 @pytest.fixture(scope="module")
-def image(docker_cli: str) -> Iterator[str]:
+def image(docker: str) -> Iterator[str]:
     """The project's image, built the documented way FROM the local Python base image."""
-    if run([docker_cli, "image", "inspect", BASE_IMAGE]).returncode != 0:
+    if run([docker, "image", "inspect", BASE_IMAGE]).returncode != 0:
         missing("base image", f"{BASE_IMAGE} is not built (run scripts/base-images)")
     tag = f"conveyor-test/conveyor:chart-{uuid.uuid4().hex[:8]}"
     build = [str(ROOT / "scripts/build-image"), "-t", tag, "--base", BASE_IMAGE]
     ok(run(build, timeout=600, PYTHON=sys.executable))
     yield tag
-    run([docker_cli, "rmi", "--force", tag])
+    run([docker, "rmi", "--force", tag])
 
 
 def wait_answer(url: str, started: Container) -> None:
@@ -271,7 +248,7 @@ def wait_answer(url: str, started: Container) -> None:
 @pytest.mark.timeout(900)
 def test_every_pod_runs_in_the_image_read_only_and_passes_its_probes(
     image: str,
-    docker_cli: str,
+    docker: str,
     started: dict[str, Container],
     broker_url: str,
     empty_database: str,
@@ -288,7 +265,7 @@ def test_every_pod_runs_in_the_image_read_only_and_passes_its_probes(
     host = ["--network", "host"]
     # When the migration job runs in the image: read-only root, user 10001, no capabilities
     job = Pod(rendered, rendered.get("Job", f"{RELEASE}-conveyor-migrate"), "migrate")
-    migrated = run([docker_cli, "run", "--rm", *host, *job.run_options(), image, *job.args()])
+    migrated = run([docker, "run", "--rm", *host, *job.run_options(), image, *job.args()])
     # Then the schema is migrated to the one the API and the workers require
     assert migrated.returncode == 0, migrated.stdout + migrated.stderr
     store = Store(empty_database)
@@ -309,7 +286,7 @@ def test_every_pod_runs_in_the_image_read_only_and_passes_its_probes(
             args[args.index("--host") + 1] = "127.0.0.1"
         if name == "flower":
             args.append("--address=127.0.0.1")
-        started[name] = Container(docker_cli, [*host, *pod.run_options(), image, *args])
+        started[name] = Container(docker, [*host, *pod.run_options(), image, *args])
     # Then each becomes ready and passes its probes, as the kubelet runs them
     started["api"].wait_for(r"listening on http://")
     api = pods["api"].container
@@ -318,7 +295,7 @@ def test_every_pod_runs_in_the_image_read_only_and_passes_its_probes(
         assert get(url)[0] == 200, (kind, started["api"].logs())
     started["worker"].wait_for(rf"control@{re.escape(POD_NAME)} ready\.")
     probe = pods["worker"].container["livenessProbe"]["exec"]["command"]
-    pinged = run([docker_cli, "exec", started["worker"].id, *probe], timeout=60)
+    pinged = run([docker, "exec", started["worker"].id, *probe], timeout=60)
     assert pinged.returncode == 0 and "pong" in pinged.stdout, pinged.stdout + pinged.stderr
     started["beat"].wait_for(r"beat: Starting")
     flower = pods["flower"].container

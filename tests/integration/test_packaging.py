@@ -99,20 +99,6 @@ def compose() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def docker() -> str:
-    """The docker command, talking to an engine that answers."""
-    path = shutil.which("docker")
-    if path is None:
-        missing("Docker engine", "no docker command (scripts/docker-engine installs one)")
-    answer = run([path, "info"], timeout=30)
-    if answer.returncode != 0:
-        missing(
-            "Docker engine", f"`docker info` failed (run scripts/docker-engine): {answer.stderr}"
-        )
-    return path
-
-
-@pytest.fixture(scope="module")
 def image(docker: str) -> Iterator[str]:
     """The project image, built by scripts/build-image FROM the local Python base image."""
     if run([docker, "image", "inspect", BASE_IMAGE]).returncode != 0:
