@@ -51,11 +51,11 @@ import sqlalchemy as sa
 from celery import Celery
 
 from conveyor.orchestrator.contracts import StepRef
-from conveyor.orchestrator.embedded import make_compiler
-from conveyor.orchestrator.plan import Compiled
-from conveyor.orchestrator.runtime import Runtime
+from conveyor.orchestrator.engine.embedded import make_compiler
+from conveyor.orchestrator.engine.runtime import Runtime
+from conveyor.orchestrator.pipeline.plan import Compiled
 from conveyor.orchestrator.settings import Settings
-from conveyor.orchestrator.store import Store
+from conveyor.orchestrator.store.sql import SqlStore
 from conveyor.workers.app import make_celery
 from conveyor.workers.dispatcher import CeleryDispatcher
 from conveyor.workers.process import WorkerProcess
@@ -158,7 +158,7 @@ class Conveyor:
     settings: Settings
 
     def __post_init__(self) -> None:
-        self.store = Store(self.settings.resolved_database_url)
+        self.store = SqlStore(self.settings.resolved_database_url)
         self.compiler = make_compiler(self.settings)
         self.dispatcher = CeleryDispatcher(make_celery(self.settings))
         self.runtime = Runtime(self.store, self.compiler.templates, self.dispatcher)
@@ -255,7 +255,7 @@ def bench_database(admin_url: str) -> Iterator[str]:
     with psycopg.connect(admin_url, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
     url = f"{admin_url.rsplit('/', 1)[0]}/{name}"
-    store = Store(url)
+    store = SqlStore(url)
     store.upgrade()
     store.close()
     try:

@@ -12,7 +12,7 @@ from typing import NoReturn
 import pytest
 
 from conveyor.orchestrator.settings import Settings
-from conveyor.orchestrator.store import Store
+from conveyor.orchestrator.store.sql import SqlStore
 
 PG_ADMIN_URL = os.environ.get(
     "CONVEYOR_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -33,9 +33,9 @@ def settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def store(settings: Settings) -> Iterator[Store]:
+def store(settings: Settings) -> Iterator[SqlStore]:
     """A migrated SQLite store in the test's data directory."""
-    s = Store(settings.resolved_database_url)
+    s = SqlStore(settings.resolved_database_url)
     s.upgrade()
     yield s
     s.close()
@@ -70,9 +70,9 @@ def pg_database() -> Iterator[str]:
 
 
 @pytest.fixture
-def pg_store(pg_database: str) -> Iterator[Store]:
+def pg_store(pg_database: str) -> Iterator[SqlStore]:
     """A migrated store on the session's Postgres database, emptied after each test."""
-    s = Store(pg_database)
+    s = SqlStore(pg_database)
     s.upgrade()
     yield s
     with s.engine.begin() as conn:
@@ -85,8 +85,8 @@ def pg_store(pg_database: str) -> Iterator[Store]:
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def any_store(request: pytest.FixtureRequest) -> Store:
+def any_store(request: pytest.FixtureRequest) -> SqlStore:
     """The same test on SQLite and on the real Postgres."""
     name = "store" if request.param == "sqlite" else "pg_store"
-    result: Store = request.getfixturevalue(name)
+    result: SqlStore = request.getfixturevalue(name)
     return result

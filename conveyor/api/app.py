@@ -9,14 +9,14 @@ from collections import defaultdict
 from flask import Blueprint, Flask
 
 from conveyor.orchestrator.contracts import Dispatcher
-from conveyor.orchestrator.definitions import Definitions
-from conveyor.orchestrator.embedded import make_compiler, open_store
+from conveyor.orchestrator.engine.embedded import make_compiler, open_store
+from conveyor.orchestrator.engine.runtime import Runtime
+from conveyor.orchestrator.engine.vault import make_vault
 from conveyor.orchestrator.plugins import load_artifact_store
-from conveyor.orchestrator.runtime import Runtime
 from conveyor.orchestrator.settings import Settings
-from conveyor.orchestrator.store import Store
-from conveyor.orchestrator.tokens import Tokens
-from conveyor.orchestrator.vault import make_vault
+from conveyor.orchestrator.store.definitions import Definitions
+from conveyor.orchestrator.store.sql import SqlStore
+from conveyor.orchestrator.store.tokens import Tokens
 
 from .errors import handle_error
 from .openapi import PREFIX
@@ -32,7 +32,7 @@ BODY_FACTOR = 4
 def create_app(
     settings: Settings,
     *,
-    store: Store | None = None,
+    store: SqlStore | None = None,
     dispatcher: Dispatcher | None = None,
     broker_check: BrokerCheck | None = None,
 ) -> Flask:
@@ -53,7 +53,7 @@ def create_app(
 
 def build_services(
     settings: Settings,
-    store: Store | None,
+    store: SqlStore | None,
     dispatcher: Dispatcher | None,
     broker_check: BrokerCheck | None,
 ) -> Services:

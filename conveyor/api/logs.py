@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from flask import Response
 
 from conveyor.orchestrator.errors import ConveyorError
-from conveyor.orchestrator.store import Store
+from conveyor.orchestrator.store.sql import SqlStore
 
 from .errors import error_code
 from .models import ErrorBody, LogLine, LogList, LogQuery
@@ -57,7 +57,7 @@ def sse(event: str, data: str, event_id: int | None = None) -> str:
 
 
 def _follow(
-    store: Store, run_id: str, step: str, after: int, attempt: int | None, poll: float
+    store: SqlStore, run_id: str, step: str, after: int, attempt: int | None, poll: float
 ) -> Iterator[str]:
     """``log`` events for each line, then one ``end`` event once the step has ended.
 

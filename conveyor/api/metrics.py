@@ -12,8 +12,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from conveyor.orchestrator.stats import Stats
 from conveyor.orchestrator.status import RunStatus
+from conveyor.orchestrator.store.stats import Stats
 
 #: Queues a deployment always has: reported (at 0) even before any step used them.
 QUEUES = ("control", "sandbox", "scan", "deploy")

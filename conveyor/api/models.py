@@ -7,9 +7,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from conveyor.orchestrator.records import EventRecord, LogRecord, RunRecord, StepRecord
 from conveyor.orchestrator.status import RunStatus, StepStatus
-from conveyor.orchestrator.tokens import Role, Token
+from conveyor.orchestrator.store.records import EventRecord, LogRecord, RunRecord, StepRecord
+from conveyor.orchestrator.store.tokens import Role, Token
 
 MAX_PAGE = 200
 

@@ -15,8 +15,8 @@ from flask import Response, request
 from pydantic import BaseModel, ValidationError
 from werkzeug.datastructures import Headers
 
-from conveyor.orchestrator.spec import format_path
-from conveyor.orchestrator.tokens import Role, Token
+from conveyor.orchestrator.pipeline.spec import format_path
+from conveyor.orchestrator.store.tokens import Role, Token
 
 from .errors import BadRequest, Forbidden, Unauthorized
 from .services import Services

@@ -6,13 +6,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from conveyor.orchestrator.contracts import ArtifactStore
-from conveyor.orchestrator.definitions import Definitions
+from conveyor.orchestrator.engine.runtime import Runtime
 from conveyor.orchestrator.errors import PluginError
-from conveyor.orchestrator.plan import Compiler
-from conveyor.orchestrator.runtime import Runtime
+from conveyor.orchestrator.pipeline.plan import Compiler
 from conveyor.orchestrator.settings import Settings
-from conveyor.orchestrator.store import Store
-from conveyor.orchestrator.tokens import Tokens
+from conveyor.orchestrator.store.definitions import Definitions
+from conveyor.orchestrator.store.sql import SqlStore
+from conveyor.orchestrator.store.tokens import Tokens
 
 #: Raises when the broker cannot be reached; what it returns is ignored.
 BrokerCheck = Callable[[], object]
@@ -23,7 +23,7 @@ class Services:
     """The store and the orchestrator objects behind every route."""
 
     settings: Settings
-    store: Store
+    store: SqlStore
     compiler: Compiler
     runtime: Runtime
     definitions: Definitions

@@ -24,8 +24,8 @@ from conveyor.orchestrator.errors import (
     SpecError,
     StoreUnavailable,
 )
-from conveyor.orchestrator.records import EventRecord, LogRecord, RunRecord, StepRecord
 from conveyor.orchestrator.status import RunStatus, StepStatus
+from conveyor.orchestrator.store.records import EventRecord, LogRecord, RunRecord, StepRecord
 
 PREFIX = "/api/v1"
 #: How an answer's status comes back as an error here.

@@ -32,7 +32,7 @@ from .render import when
 
 if TYPE_CHECKING:
     from conveyor.orchestrator.contracts import Dispatcher
-    from conveyor.orchestrator.store import Store
+    from conveyor.orchestrator.store.sql import SqlStore
 
     from .api_client import ApiClient
 
@@ -82,7 +82,7 @@ def api(ctx: click.Context, host: str, port: int, threads: int) -> None:
         store.close()
 
 
-def _serve(settings: Settings, store: Store, host: str, port: int, threads: int) -> None:
+def _serve(settings: Settings, store: SqlStore, host: str, port: int, threads: int) -> None:
     import waitress  # noqa: PLC0415  (the server and Flask load only for `conveyor api`)
 
     from conveyor.api import create_app  # noqa: PLC0415
@@ -105,7 +105,7 @@ def _exit_on_sigterm(_signum: int, _frame: FrameType | None) -> None:
 
 
 def _dispatching(
-    settings: Settings, store: Store
+    settings: Settings, store: SqlStore
 ) -> tuple[Dispatcher, Callable[[], object] | None, Callable[[], None], str]:
     """(dispatcher, broker check, clean-up, description) for the settings' shape."""
     if settings.broker_url:
@@ -115,7 +115,7 @@ def _dispatching(
         celery = make_celery(settings)
         dispatcher = CeleryDispatcher(celery)
         return dispatcher, partial(broker_ping, celery), dispatcher.close, "steps go to workers"
-    from conveyor.orchestrator.embedded import EmbeddedEngine  # noqa: PLC0415
+    from conveyor.orchestrator.engine.embedded import EmbeddedEngine  # noqa: PLC0415
 
     engine = EmbeddedEngine(settings, store=store)
     return engine.dispatcher, None, engine.close, "no broker: steps run in this process"
@@ -231,7 +231,7 @@ def create_token(ctx: click.Context, role: str, name: str | None) -> None:
 
     Viewers read; operators also submit, cancel and retry runs; admins also manage tokens.
     """
-    from conveyor.orchestrator.tokens import Tokens  # noqa: PLC0415  (loads the store)
+    from conveyor.orchestrator.store.tokens import Tokens  # noqa: PLC0415  (loads the store)
 
     user = os.environ.get("USER") or "conveyor"
     store = backend.open_store(_settings(ctx))
@@ -247,7 +247,7 @@ def create_token(ctx: click.Context, role: str, name: str | None) -> None:
 @click.pass_context
 def list_tokens(ctx: click.Context) -> None:
     """List every token (never their secrets), newest first."""
-    from conveyor.orchestrator.tokens import Tokens  # noqa: PLC0415  (loads the store)
+    from conveyor.orchestrator.store.tokens import Tokens  # noqa: PLC0415  (loads the store)
 
     store = backend.open_store(_settings(ctx))
     try:
@@ -269,7 +269,7 @@ def list_tokens(ctx: click.Context) -> None:
 @click.pass_context
 def revoke_token(ctx: click.Context, token_id: str) -> None:
     """Revoke a token: it stops working at once."""
-    from conveyor.orchestrator.tokens import Tokens  # noqa: PLC0415  (loads the store)
+    from conveyor.orchestrator.store.tokens import Tokens  # noqa: PLC0415  (loads the store)
 
     store = backend.open_store(_settings(ctx))
     try:

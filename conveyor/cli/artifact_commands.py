@@ -8,9 +8,9 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from conveyor.orchestrator.artifacts import ArtifactNotFound
+from conveyor.orchestrator.artifacts.models import ArtifactNotFound
+from conveyor.orchestrator.artifacts.retention import describe, expiry, explain_missing
 from conveyor.orchestrator.plugins import load_artifact_store
-from conveyor.orchestrator.retention import describe, expiry, explain_missing
 from conveyor.orchestrator.settings import Settings
 
 from . import backend

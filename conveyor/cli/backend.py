@@ -11,14 +11,14 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from conveyor.orchestrator.contracts import StepType
-from conveyor.orchestrator.plan import Compiler, Limits
+from conveyor.orchestrator.pipeline.plan import Compiler, Limits
+from conveyor.orchestrator.pipeline.templates import TemplateEngine
 from conveyor.orchestrator.plugins import StepTypes
 from conveyor.orchestrator.settings import Settings
-from conveyor.orchestrator.templates import TemplateEngine
 
 if TYPE_CHECKING:
-    from conveyor.orchestrator.embedded import EmbeddedEngine
-    from conveyor.orchestrator.store import Store
+    from conveyor.orchestrator.engine.embedded import EmbeddedEngine
+    from conveyor.orchestrator.store.sql import SqlStore
 
 
 def compiler(settings: Settings) -> Compiler:
@@ -32,22 +32,22 @@ def compiler(settings: Settings) -> Compiler:
     return Compiler(StepTypes(), TemplateEngine(max_output=settings.max_template_output), limits)
 
 
-def open_store(settings: Settings) -> Store:
+def open_store(settings: Settings) -> SqlStore:
     """The settings' store, migrated (SQLite) or checked to be current (others)."""
-    from conveyor.orchestrator.embedded import open_store  # noqa: PLC0415  (see above)
+    from conveyor.orchestrator.engine.embedded import open_store  # noqa: PLC0415  (see above)
 
     return open_store(settings)
 
 
-def bare_store(settings: Settings) -> Store:
+def bare_store(settings: Settings) -> SqlStore:
     """The settings' store as it is, for ``db upgrade``."""
-    from conveyor.orchestrator.store import Store  # noqa: PLC0415  (see above)
+    from conveyor.orchestrator.store.sql import SqlStore  # noqa: PLC0415  (see above)
 
-    return Store(settings.resolved_database_url)
+    return SqlStore(settings.resolved_database_url)
 
 
 def engine(settings: Settings, step_types: Mapping[str, StepType] | None = None) -> EmbeddedEngine:
     """An embedded engine: store, runtime, executor and a thread pool."""
-    from conveyor.orchestrator.embedded import EmbeddedEngine  # noqa: PLC0415  (see above)
+    from conveyor.orchestrator.engine.embedded import EmbeddedEngine  # noqa: PLC0415  (see above)
 
     return EmbeddedEngine(settings, step_types=step_types)

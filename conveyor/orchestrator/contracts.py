@@ -15,7 +15,8 @@ from typing import Any, BinaryIO, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .artifacts import Artifact
+from conveyor.orchestrator.artifacts.models import Artifact
+
 from .durations import Duration
 from .scanning.history import FindingsLedger
 from .settings import Settings

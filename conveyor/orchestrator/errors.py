@@ -72,6 +72,20 @@ class IllegalTransition(Conflict):
     """That status change is not allowed."""
 
 
+class StepsMoved(ConveyorError):
+    """A step changed although the run's lock was held: nothing of the transaction stays."""
+
+
+class NothingToClaim(NotFound):
+    """The step is not queued at that attempt (or the run is gone): nothing was locked."""
+
+
+class SecretsUnavailable(ConveyorError):
+    """The run's secrets cannot be opened here."""
+
+    http_status = 422
+
+
 class StoreUnavailable(ConveyorError):
     """The execution store is unavailable."""
 

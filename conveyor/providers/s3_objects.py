@@ -21,7 +21,7 @@ import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 from urllib3.exceptions import HTTPError
 
-from conveyor.orchestrator.artifacts import (
+from conveyor.orchestrator.artifacts.models import (
     Artifact,
     ArtifactError,
     ArtifactNotFound,

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from conveyor.orchestrator.artifacts import ArtifactError
+from conveyor.orchestrator.artifacts.models import ArtifactError
 from conveyor.orchestrator.contracts import ObjectSource, SandboxConfig, StepContext
 from conveyor.orchestrator.errors import StepFailed
 

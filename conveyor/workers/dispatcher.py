@@ -22,10 +22,10 @@ from datetime import datetime, timedelta
 
 from celery import Celery
 
+from conveyor.orchestrator.clock import utcnow
 from conveyor.orchestrator.contracts import StepRef
-from conveyor.orchestrator.due import DueTimer
+from conveyor.orchestrator.engine.due import DueTimer
 from conveyor.orchestrator.errors import ConveyorError
-from conveyor.orchestrator.store import utcnow
 
 from .queues import RUN_STEP_TASK
 

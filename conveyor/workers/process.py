@@ -17,17 +17,17 @@ from typing import TypeVar
 
 from celery import Celery
 
+from conveyor.orchestrator.artifacts.retention import ArtifactRetention
 from conveyor.orchestrator.contracts import StepRef
-from conveyor.orchestrator.embedded import make_compiler
+from conveyor.orchestrator.engine.embedded import make_compiler
+from conveyor.orchestrator.engine.executor import Executor
+from conveyor.orchestrator.engine.recovery import Reconciler
+from conveyor.orchestrator.engine.runtime import Runtime
+from conveyor.orchestrator.engine.vault import make_vault
 from conveyor.orchestrator.errors import NotFound, StoreUnavailable
-from conveyor.orchestrator.executor import Executor
 from conveyor.orchestrator.plugins import Sandboxes
-from conveyor.orchestrator.recovery import Reconciler
-from conveyor.orchestrator.retention import ArtifactRetention
-from conveyor.orchestrator.runtime import Runtime
 from conveyor.orchestrator.settings import Settings
-from conveyor.orchestrator.store import Store
-from conveyor.orchestrator.vault import make_vault
+from conveyor.orchestrator.store.sql import SqlStore
 
 from .dispatcher import CeleryDispatcher
 
@@ -39,14 +39,14 @@ T = TypeVar("T")
 STORE_PATIENCE = 60.0
 
 
-def open_current_store(settings: Settings) -> Store:
+def open_current_store(settings: Settings) -> SqlStore:
     """The settings' store, refusing (SchemaOutdated) a schema that is not current.
 
     No pre-ping: every write a worker makes is retried while the store is unavailable
     (``patiently``, the executor's result writes), so a pooled connection a Postgres
     restart killed costs one retry instead of a round trip on every transaction.
     """
-    store = Store(settings.resolved_database_url, pre_ping=False)
+    store = SqlStore(settings.resolved_database_url, pre_ping=False)
     try:
         store.ensure_current()
     except BaseException:
@@ -59,7 +59,7 @@ def open_current_store(settings: Settings) -> Store:
 class WorkerProcess:
     """Everything one worker process needs to run steps and reconcile."""
 
-    store: Store
+    store: SqlStore
     runtime: Runtime
     executor: Executor
     reconciler: Reconciler

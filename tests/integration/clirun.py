@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from conveyor.orchestrator.store import Store
+from conveyor.orchestrator.store.sql import SqlStore
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 RUN_LINE = re.compile(r"^run (?P<id>[0-9a-f-]{36}) of ", re.MULTILINE)
@@ -100,10 +100,10 @@ class Cli:
         return self.data_dir / "conveyor.db"
 
     @contextmanager
-    def store(self) -> Iterator[Store]:
+    def store(self) -> Iterator[SqlStore]:
         """The store the command wrote to."""
         assert self.database.is_file(), f"no database at {self.database}"
-        store = Store(f"sqlite:///{self.database}")
+        store = SqlStore(f"sqlite:///{self.database}")
         try:
             yield store
         finally:

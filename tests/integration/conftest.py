@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from conveyor.orchestrator.store import Store
+from conveyor.orchestrator.store.sql import SqlStore
 from tests.conftest import missing
 from tests.integration.workers_kit import Stack, Submitter, redis_database, stack
 
 
 @pytest.fixture
-def db_store(pg_store: Store) -> Store:
+def db_store(pg_store: SqlStore) -> SqlStore:
     """The store the shared store tests run against: this machine's Postgres."""
     return pg_store
 
@@ -28,14 +28,16 @@ def broker_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def cluster(pg_store: Store, pg_database: str, broker_url: str, tmp_path: Path) -> Iterator[Stack]:
+def cluster(
+    pg_store: SqlStore, pg_database: str, broker_url: str, tmp_path: Path
+) -> Iterator[Stack]:
     """Workers (and beat) started by the test; every process is killed afterwards."""
     with stack(pg_database, broker_url, tmp_path) as result:
         yield result
 
 
 @pytest.fixture
-def submitter(pg_store: Store, cluster: Stack) -> Iterator[Submitter]:
+def submitter(pg_store: SqlStore, cluster: Stack) -> Iterator[Submitter]:
     """Submits runs from the test process, as the API does."""
     result = Submitter(pg_store, cluster.settings)
     yield result

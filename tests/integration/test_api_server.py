@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from conveyor.orchestrator.store import Store
+from conveyor.orchestrator.store.sql import SqlStore
 from tests.conftest import PG_ADMIN_URL, missing
 from tests.integration.api_server import (
     Answer,
@@ -92,7 +92,7 @@ def scratch_database(pg_admin: psycopg.Connection[Any]) -> Iterator[str]:
 
 
 @pytest.fixture
-def server(tmp_path: Path, pg_store: Store, pg_database: str) -> Iterator[Server]:
+def server(tmp_path: Path, pg_store: SqlStore, pg_database: str) -> Iterator[Server]:
     """The API on the session's Postgres, with an operator token made by `conveyor token`."""
     env = base_env(tmp_path, pg_database)
     made = conveyor("token", "create", "--role", "operator", "--name", "ci", env=env)
@@ -225,7 +225,7 @@ def test_submit_reports_an_invalid_file_and_a_missing_token_in_one_line(
 
 
 def test_readyz_is_503_while_the_broker_port_is_closed(
-    tmp_path: Path, pg_store: Store, pg_database: str
+    tmp_path: Path, pg_store: SqlStore, pg_database: str
 ) -> None:
     broker = f"redis://127.0.0.1:{closed_port()}/0"
     env = base_env(tmp_path, pg_database, CONVEYOR_BROKER_URL=broker)
@@ -240,7 +240,7 @@ def test_readyz_is_503_while_the_broker_port_is_closed(
 
 
 def test_readyz_is_200_with_a_live_broker_and_steps_are_queued_for_workers(
-    tmp_path: Path, pg_store: Store, pg_database: str
+    tmp_path: Path, pg_store: SqlStore, pg_database: str
 ) -> None:
     queue = f"api-test-{tmp_path.name[-12:]}"
     with redis_database() as broker:  # an index of this session's own, emptied after

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from conveyor.orchestrator.artifacts import ArtifactError, ArtifactNotFound
+from conveyor.orchestrator.artifacts.models import ArtifactError, ArtifactNotFound
 from conveyor.orchestrator.settings import Settings
 from conveyor.providers.s3_objects import S3Objects
 from tests.integration.s3_kit import client, empty, moto_server

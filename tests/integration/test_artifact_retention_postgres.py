@@ -5,12 +5,13 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-from conveyor.orchestrator.recovery import Reconciler
-from conveyor.orchestrator.retention import ArtifactRetention, expiry
-from conveyor.orchestrator.runtime import Runtime
+from conveyor.orchestrator.artifacts.retention import ArtifactRetention, expiry
+from conveyor.orchestrator.clock import utcnow
+from conveyor.orchestrator.engine.recovery import Reconciler
+from conveyor.orchestrator.engine.runtime import Runtime
+from conveyor.orchestrator.pipeline.templates import TemplateEngine
 from conveyor.orchestrator.settings import Settings
-from conveyor.orchestrator.store import Store, utcnow
-from conveyor.orchestrator.templates import TemplateEngine
+from conveyor.orchestrator.store.sql import SqlStore
 from conveyor.providers.artifacts_local import LocalArtifactStore
 from tests.unit.runtime_kit import FAIL, A, Harness, Recorder, pipeline
 
@@ -18,7 +19,7 @@ DAY = timedelta(days=1)
 
 
 def test_the_reconciler_expires_finished_runs_artifacts_on_postgres(
-    pg_store: Store, settings: Settings, tmp_path: Path
+    pg_store: SqlStore, settings: Settings, tmp_path: Path
 ) -> None:
     """Given on Postgres a succeeded run keeping artifacts 1 day, a failed run under the
     operator's 3-day default, a `forever` run and a run still going,

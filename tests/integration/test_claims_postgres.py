@@ -9,15 +9,15 @@ from typing import TypeVar
 
 import sqlalchemy as sa
 
-from conveyor.orchestrator.runtime import Runtime
-from conveyor.orchestrator.store import Store
-from conveyor.orchestrator.templates import TemplateEngine
+from conveyor.orchestrator.engine.runtime import Runtime
+from conveyor.orchestrator.pipeline.templates import TemplateEngine
+from conveyor.orchestrator.store.sql import SqlStore
 from tests.unit.runtime_kit import A, B, Harness, Recorder, pipeline
 
 T = TypeVar("T")
 
 
-def harness(store: Store) -> Harness:
+def harness(store: SqlStore) -> Harness:
     recorder = Recorder()
     return Harness(Runtime(store, TemplateEngine(), recorder), recorder, store)
 
@@ -36,7 +36,7 @@ def while_a_worker_holds_the_run(h: Harness, run_id: str, work: Callable[[], T])
     return done[0]
 
 
-def test_a_duplicate_delivery_neither_waits_nor_locks(pg_store: Store) -> None:
+def test_a_duplicate_delivery_neither_waits_nor_locks(pg_store: SqlStore) -> None:
     h = harness(pg_store)
     run_id = h.start(pipeline(A, B))
     ref, _ = h.recorder.sent.pop()
@@ -49,7 +49,7 @@ def test_a_duplicate_delivery_neither_waits_nor_locks(pg_store: Store) -> None:
     assert (step.status.value, step.lease_owner) == ("running", "w1")
 
 
-def test_a_stale_attempt_and_a_deleted_run_are_dropped(pg_store: Store) -> None:
+def test_a_stale_attempt_and_a_deleted_run_are_dropped(pg_store: SqlStore) -> None:
     h = harness(pg_store)
     h.start(pipeline(A))
     ref, _ = h.recorder.sent.pop()
@@ -59,7 +59,7 @@ def test_a_stale_attempt_and_a_deleted_run_are_dropped(pg_store: Store) -> None:
     assert h.runtime.claim(ref, "w") is not None  # the real one still claims
 
 
-def test_two_claims_racing_on_one_step_run_it_once(pg_store: Store) -> None:
+def test_two_claims_racing_on_one_step_run_it_once(pg_store: SqlStore) -> None:
     """The second claim read the step as queued, then waited for the run: it gets None."""
     h = harness(pg_store)
     run_id = h.start(pipeline(A))
@@ -89,7 +89,7 @@ def test_two_claims_racing_on_one_step_run_it_once(pg_store: Store) -> None:
     assert (step.status.value, step.lease_owner) == ("running", "w1")
 
 
-def wait_until_blocked(store: Store, thread: threading.Thread) -> None:
+def wait_until_blocked(store: SqlStore, thread: threading.Thread) -> None:
     """Until some session waits for a row lock (the claim in ``thread``)."""
     query = sa.text(
         "SELECT count(*) FROM pg_stat_activity"
@@ -104,7 +104,7 @@ def wait_until_blocked(store: Store, thread: threading.Thread) -> None:
     raise AssertionError("the claim never waited for the run's lock")
 
 
-def test_a_running_steps_log_lines_never_wait_for_the_runs_lock(pg_store: Store) -> None:
+def test_a_running_steps_log_lines_never_wait_for_the_runs_lock(pg_store: SqlStore) -> None:
     """Given a worker recording a result (it holds the run's row), when another step of
     the run streams log lines, then they are written at once, not after that result."""
     h = harness(pg_store)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conveyor.orchestrator.store import Store
+from conveyor.orchestrator.store.sql import SqlStore
 from tests.conftest import new_pg_database
 
 from .clirun import Cli, Result, gone, wait_for_file
@@ -595,7 +595,7 @@ def test_run_on_postgres_after_db_upgrade(cli: Cli, pg_database: str) -> None:
     assert upgraded.stdout.strip() == "database schema is current"
     result = cli("--database-url", pg_database, "run", "examples/hello.yaml")
     assert result.code == 0, result.output
-    store = Store(pg_database)
+    store = SqlStore(pg_database)
     try:
         run = store.get_run(result.run_id)
         steps = store.list_steps(run.id)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from cryptography.fernet import Fernet
 
-from conveyor.orchestrator.store import Store
+from conveyor.orchestrator.store.sql import SqlStore
 from tests.integration.api_server import Server, api_server, conveyor, eventually
 from tests.integration.workers_kit import Stack, redis_database, stack
 
@@ -41,7 +41,7 @@ PIPELINE = textwrap.dedent("""\
 
 
 @pytest.fixture
-def running(tmp_path: Path, pg_store: Store, pg_database: str) -> Iterator[tuple[Server, Stack]]:
+def running(tmp_path: Path, pg_store: SqlStore, pg_database: str) -> Iterator[tuple[Server, Stack]]:
     """API, one worker for the control queue, one for sandbox, and beat."""
     key = Fernet.generate_key().decode()  # secrets cross hosts sealed with it
     with (

@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from conveyor.orchestrator.store import Store
+from conveyor.orchestrator.store.sql import SqlStore
 from tests.conftest import missing, new_pg_database
 from tests.integration.test_packaging import BASE_IMAGE, Container, ok, run
 from tests.integration.workers_kit import STARTUP, Proc, Stack
@@ -268,7 +268,7 @@ def test_every_pod_runs_in_the_image_read_only_and_passes_its_probes(
     migrated = run([docker, "run", "--rm", *host, *job.run_options(), image, *job.args()])
     # Then the schema is migrated to the one the API and the workers require
     assert migrated.returncode == 0, migrated.stdout + migrated.stderr
-    store = Store(empty_database)
+    store = SqlStore(empty_database)
     try:
         store.ensure_current()
     finally:

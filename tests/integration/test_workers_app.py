@@ -19,10 +19,11 @@ from typing import Any
 import pytest
 import redis
 
+from conveyor.orchestrator.clock import utcnow
 from conveyor.orchestrator.contracts import StepRef
 from conveyor.orchestrator.errors import ConveyorError
 from conveyor.orchestrator.settings import Settings
-from conveyor.orchestrator.store import Store, utcnow
+from conveyor.orchestrator.store.sql import SqlStore
 from conveyor.workers.app import celery_config, make_celery
 from conveyor.workers.dispatcher import BrokerUnavailable, CeleryDispatcher, broker_ping
 from conveyor.workers.queues import RECONCILE_TASK, RUN_STEP_TASK, parse_queues
@@ -183,7 +184,7 @@ def free_port() -> int:
 
 
 def test_flower_runs_on_the_documented_app(
-    tmp_path: Path, pg_database: str, pg_store: Store, broker_url: str
+    tmp_path: Path, pg_database: str, pg_store: SqlStore, broker_url: str
 ) -> None:
     # Given the stack's environment and the app path the docs give to Celery
     with stack(pg_database, broker_url, tmp_path) as cluster:
@@ -205,7 +206,7 @@ def test_flower_runs_on_the_documented_app(
 
 
 def test_workers_run_steps_over_rabbitmq_too(
-    tmp_path: Path, pg_database: str, pg_store: Store
+    tmp_path: Path, pg_database: str, pg_store: SqlStore
 ) -> None:
     try:
         socket.create_connection(("127.0.0.1", 5672), timeout=2).close()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conveyor.orchestrator.store import Store
+from conveyor.orchestrator.store.sql import SqlStore
 from tests.conftest import missing
 from tests.integration.clirun import wait_for_file
 from tests.integration.test_workers_routing import pipeline, shell
@@ -41,7 +41,7 @@ SLACK = 8.0
 
 
 def test_a_step_of_a_killed_worker_is_run_again_by_another(
-    cluster: Stack, submitter: Submitter, pg_store: Store, tmp_path: Path
+    cluster: Stack, submitter: Submitter, pg_store: SqlStore, tmp_path: Path
 ) -> None:
     # Given two workers on the same queues, and beat
     procs = {name: cluster.worker(name, "sandbox,control") for name in ("one", "two")}
@@ -73,7 +73,7 @@ def test_a_step_of_a_killed_worker_is_run_again_by_another(
 
 
 def test_messages_lost_with_redis_are_sent_again_from_postgres(
-    cluster: Stack, submitter: Submitter, pg_store: Store, tmp_path: Path
+    cluster: Stack, submitter: Submitter, pg_store: SqlStore, tmp_path: Path
 ) -> None:
     # Given runs whose first steps are queued in Redis, and no worker running
     markers = tmp_path / "markers"
@@ -121,7 +121,7 @@ def pg_restart_command() -> list[str]:
 
 
 def test_workers_carry_on_after_a_postgres_restart(
-    pg_store: Store, pg_database: str, broker_url: str, tmp_path: Path
+    pg_store: SqlStore, pg_database: str, broker_url: str, tmp_path: Path
 ) -> None:
     restart = pg_restart_command()
     # Given a worker whose lease outlives a restart (heartbeats fail while it lasts)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conveyor.orchestrator.store import Store
+from conveyor.orchestrator.store.sql import SqlStore
 from conveyor.workers.queues import RUN_STEP_TASK
 from tests.integration.clirun import alive, gone, wait_for_file
 from tests.integration.workers_kit import (
@@ -51,7 +51,7 @@ def pipeline(*steps: str) -> str:
 
 
 def test_steps_run_only_on_workers_that_consume_their_queue(
-    cluster: Stack, submitter: Submitter, pg_store: Store
+    cluster: Stack, submitter: Submitter, pg_store: SqlStore
 ) -> None:
     # Given a worker on `scan` only and one on `sandbox` and `control`
     scanner = cluster.worker("scanner", "scan")
@@ -70,7 +70,7 @@ def test_steps_run_only_on_workers_that_consume_their_queue(
 
 
 def test_brief_steps_ride_one_message_and_the_rest_keep_theirs(
-    cluster: Stack, submitter: Submitter, pg_store: Store
+    cluster: Stack, submitter: Submitter, pg_store: SqlStore
 ) -> None:
     # Given two workers on the same queues
     one = cluster.worker("one", "sandbox,control")
@@ -95,7 +95,7 @@ def test_brief_steps_ride_one_message_and_the_rest_keep_theirs(
 
 
 def test_a_duplicated_message_runs_the_step_once(
-    cluster: Stack, submitter: Submitter, pg_store: Store, tmp_path: Path
+    cluster: Stack, submitter: Submitter, pg_store: SqlStore, tmp_path: Path
 ) -> None:
     # Given a worker with two slots, so a duplicate can arrive while the step runs
     twin = cluster.worker("twin", "sandbox,control", 2)
@@ -116,7 +116,7 @@ def test_a_duplicated_message_runs_the_step_once(
 
 
 def test_cancel_kills_the_running_sandbox_and_cancels_the_rest(
-    cluster: Stack, submitter: Submitter, pg_store: Store, tmp_path: Path
+    cluster: Stack, submitter: Submitter, pg_store: SqlStore, tmp_path: Path
 ) -> None:
     # Given a run whose first step is a long sleep in the sandbox, with two after it
     runner = cluster.worker("runner", "sandbox,control")
@@ -145,7 +145,7 @@ def test_cancel_kills_the_running_sandbox_and_cancels_the_rest(
 
 
 def test_a_step_waiting_for_its_retry_holds_no_worker_slot(
-    cluster: Stack, submitter: Submitter, pg_store: Store, tmp_path: Path
+    cluster: Stack, submitter: Submitter, pg_store: SqlStore, tmp_path: Path
 ) -> None:
     # Given one worker with a single slot (and no beat: no reconciler helps here)
     single = cluster.worker("single", "sandbox,control", 1)

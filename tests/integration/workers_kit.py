@@ -25,11 +25,11 @@ from typing import Any
 
 import pytest
 
-from conveyor.orchestrator.embedded import make_compiler
-from conveyor.orchestrator.records import EventRecord, RunRecord
-from conveyor.orchestrator.runtime import Runtime
+from conveyor.orchestrator.engine.embedded import make_compiler
+from conveyor.orchestrator.engine.runtime import Runtime
 from conveyor.orchestrator.settings import Settings
-from conveyor.orchestrator.store import Store
+from conveyor.orchestrator.store.records import EventRecord, RunRecord
+from conveyor.orchestrator.store.sql import SqlStore
 from conveyor.workers.app import make_celery
 from conveyor.workers.dispatcher import CeleryDispatcher
 from tests.conftest import missing
@@ -228,7 +228,7 @@ def stack(database_url: str, broker_url: str, root: Path, **overrides: str) -> I
 class Submitter:
     """Starts runs as the API does: compile, ``Runtime.submit``, a CeleryDispatcher."""
 
-    def __init__(self, store: Store, settings: Settings) -> None:
+    def __init__(self, store: SqlStore, settings: Settings) -> None:
         self.store = store
         self.compiler = make_compiler(settings)
         self.app = make_celery(settings)

@@ -7,24 +7,24 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from conveyor.orchestrator.contracts import ArtifactStore
-from conveyor.orchestrator.embedded import EmbeddedEngine
-from conveyor.orchestrator.runtime import Runtime
+from conveyor.orchestrator.engine.embedded import EmbeddedEngine
+from conveyor.orchestrator.engine.runtime import Runtime
+from conveyor.orchestrator.pipeline.templates import TemplateEngine
 from conveyor.orchestrator.settings import Settings
-from conveyor.orchestrator.store import Store
-from conveyor.orchestrator.templates import TemplateEngine
+from conveyor.orchestrator.store.sql import SqlStore
 from conveyor.providers.artifacts_local import LocalArtifactStore
 from tests.unit.engine_kit import open_engine
 from tests.unit.runtime_kit import Harness, Recorder
 
 
 @pytest.fixture
-def db_store(store: Store) -> Store:
+def db_store(store: SqlStore) -> SqlStore:
     """The store the shared store tests run against (SQLite here, Postgres in integration/)."""
     return store
 
 
 @pytest.fixture
-def h(store: Store) -> Harness:
+def h(store: SqlStore) -> Harness:
     """A runtime on SQLite whose dispatches are recorded, driven by the test."""
     recorder = Recorder()
     return Harness(Runtime(store, TemplateEngine(), recorder), recorder, store)

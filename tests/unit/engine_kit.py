@@ -13,10 +13,10 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from conveyor.orchestrator.contracts import SandboxConfig, StepContext, StepType
-from conveyor.orchestrator.embedded import EmbeddedEngine
+from conveyor.orchestrator.engine.embedded import EmbeddedEngine
 from conveyor.orchestrator.plugins import StepTypes
-from conveyor.orchestrator.records import EventRecord, RunRecord
 from conveyor.orchestrator.settings import Settings
+from conveyor.orchestrator.store.records import EventRecord, RunRecord
 
 T = TypeVar("T")
 

@@ -10,9 +10,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from conveyor.orchestrator.contracts import StepRef
-from conveyor.orchestrator.plan import Compiler
-from conveyor.orchestrator.runtime import Outcome, Runtime
-from conveyor.orchestrator.store import Store
+from conveyor.orchestrator.engine.runtime import Outcome, Runtime
+from conveyor.orchestrator.pipeline.plan import Compiler
+from conveyor.orchestrator.store.sql import SqlStore
 
 
 class NoopConfig(BaseModel):
@@ -51,7 +51,7 @@ class Recorder:
 class Harness:
     runtime: Runtime
     recorder: Recorder
-    store: Store
+    store: SqlStore
 
     def start(self, yaml_text: str, params: dict[str, Any] | None = None) -> str:
         types = {"noop": Noop(), "brief": Brief()}

@@ -10,14 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from conveyor.orchestrator.artifacts import ArtifactExpired, ArtifactNotFound
+from conveyor.orchestrator.artifacts.models import ArtifactExpired, ArtifactNotFound
+from conveyor.orchestrator.artifacts.retention import ArtifactRetention, expiry, explain_missing
+from conveyor.orchestrator.clock import utcnow
 from conveyor.orchestrator.contracts import ArtifactStore
+from conveyor.orchestrator.engine.recovery import Reconciler, retry_run
 from conveyor.orchestrator.errors import SpecError
-from conveyor.orchestrator.recovery import Reconciler, retry_run
-from conveyor.orchestrator.retention import ArtifactRetention, expiry, explain_missing
+from conveyor.orchestrator.pipeline.spec import parse
 from conveyor.orchestrator.settings import Settings
-from conveyor.orchestrator.spec import parse
-from conveyor.orchestrator.store import Store, utcnow
+from conveyor.orchestrator.store.sql import SqlStore
 from conveyor.providers.artifacts_local import LocalArtifactStore
 from tests.unit.runtime_kit import FAIL, A, Harness, pipeline
 
@@ -31,7 +32,7 @@ def artifacts(settings: Settings) -> ArtifactStore:
 
 
 def retention(
-    store: Store, artifacts: ArtifactStore, default: float | None = None
+    store: SqlStore, artifacts: ArtifactStore, default: float | None = None
 ) -> ArtifactRetention:
     return ArtifactRetention(store, lambda: artifacts, default)
 
@@ -49,7 +50,7 @@ def finished_run(
     return run_id
 
 
-def expired_events(store: Store, run_id: str) -> list[dict[str, object]]:
+def expired_events(store: SqlStore, run_id: str) -> list[dict[str, object]]:
     return [e.payload for e in store.list_events(run_id) if e.type == "artifacts.expired"]
 
 
@@ -195,7 +196,7 @@ def test_a_failing_store_is_tried_again_next_sweep(
         def delete_run(self, rid: str) -> int:
             calls.append(rid)
             if len(calls) == 1:
-                from conveyor.orchestrator.artifacts import ArtifactError
+                from conveyor.orchestrator.artifacts.models import ArtifactError
 
                 raise ArtifactError("S3 request failed: connection refused")
             return artifacts.delete_run(rid)

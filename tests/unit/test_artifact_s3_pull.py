@@ -13,7 +13,7 @@ import pytest
 from pydantic import ValidationError
 from urllib3.exceptions import ProtocolError
 
-from conveyor.orchestrator.artifacts import Artifact, ArtifactError, ArtifactNotFound
+from conveyor.orchestrator.artifacts.models import Artifact, ArtifactError, ArtifactNotFound
 from conveyor.orchestrator.contracts import ObjectSource
 from conveyor.orchestrator.errors import StepFailed
 from conveyor.orchestrator.plugins import Providers

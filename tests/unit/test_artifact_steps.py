@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conveyor.orchestrator.embedded import EmbeddedEngine
+from conveyor.orchestrator.engine.embedded import EmbeddedEngine
 from conveyor.orchestrator.errors import StepFailed
 from conveyor.orchestrator.plugins import load_artifact_store
 from conveyor.steps.artifact_files import unpack

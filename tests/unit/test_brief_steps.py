@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from conveyor.orchestrator.claims import BRIEF_BATCH, Claim
-from conveyor.orchestrator.runtime import Finished, Outcome
+from conveyor.orchestrator.engine.claims import BRIEF_BATCH, Claim
+from conveyor.orchestrator.engine.runtime import Finished, Outcome
 from tests.unit.runtime_kit import Harness, pipeline
 
 

@@ -6,9 +6,9 @@ import threading
 import time
 from datetime import timedelta
 
+from conveyor.orchestrator.clock import utcnow
 from conveyor.orchestrator.contracts import StepRef
-from conveyor.orchestrator.dispatch import MAX_REDELIVERIES, InlineDispatcher
-from conveyor.orchestrator.store import utcnow
+from conveyor.orchestrator.engine.dispatch import MAX_REDELIVERIES, InlineDispatcher
 
 REF = StepRef("run", "step", 1, "control")
 

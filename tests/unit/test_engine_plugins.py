@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conveyor.orchestrator.embedded import EmbeddedEngine
+from conveyor.orchestrator.engine.embedded import EmbeddedEngine
 from conveyor.orchestrator.settings import Settings
 from tests.unit.engine_kit import (
     eventually,

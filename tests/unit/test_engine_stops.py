@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from conveyor.orchestrator.embedded import EmbeddedEngine
-from conveyor.orchestrator.runtime import Runtime
+from conveyor.orchestrator.engine.embedded import EmbeddedEngine
+from conveyor.orchestrator.engine.runtime import Runtime
+from conveyor.orchestrator.pipeline.templates import TemplateEngine
 from conveyor.orchestrator.settings import Settings
-from conveyor.orchestrator.store import Store
-from conveyor.orchestrator.templates import TemplateEngine
+from conveyor.orchestrator.store.sql import SqlStore
 from tests.unit.engine_kit import (
     alive,
     eventually,
@@ -199,7 +199,7 @@ def test_a_cancel_from_another_process_reaches_the_running_step(
     pid = wait_pid(pidfile)
 
     # When another process, with no executor, cancels the run in the database
-    other = Store(settings.resolved_database_url)
+    other = SqlStore(settings.resolved_database_url)
     try:
         Runtime(other, TemplateEngine()).cancel(run_id)
     finally:

@@ -15,13 +15,13 @@ from conveyor.orchestrator.scanning.ledger import (
 )
 from conveyor.orchestrator.scanning.results import Finding, build_result
 from conveyor.orchestrator.scanning.severity import Severity
-from conveyor.orchestrator.schema import runs
-from conveyor.orchestrator.store import NewRun, StepSeed, Store
+from conveyor.orchestrator.store.schema import runs
+from conveyor.orchestrator.store.sql import NewRun, SqlStore, StepSeed
 
 SOURCE = "pipelines: {p: {steps: [{name: a, type: step.log, config: {message: hi}}]}}"
 
 
-def new_run(store: Store, pipeline: str = "p", status: str = "succeeded") -> str:
+def new_run(store: SqlStore, pipeline: str = "p", status: str = "succeeded") -> str:
     """A run of ``pipeline`` in ``status``."""
     run = store.create_run(
         NewRun(
@@ -55,12 +55,14 @@ def result(*rules: str, severity: Severity = Severity.HIGH) -> object:
     )
 
 
-def record(store: Store, run_id: str, branch: str | None, *rules: str, step: str = "sast") -> None:
+def record(
+    store: SqlStore, run_id: str, branch: str | None, *rules: str, step: str = "sast"
+) -> None:
     """Record findings of ``rules`` for a step of a run."""
     StoreLedger(store, run_id, step, "p").record(result(*rules), branch)  # type: ignore[arg-type]
 
 
-def test_the_baseline_is_the_newest_earlier_succeeded_run_on_the_branch(db_store: Store) -> None:
+def test_the_baseline_is_the_newest_earlier_succeeded_run_on_the_branch(db_store: SqlStore) -> None:
     """Given runs on several branches and statuses, Then the baseline is the right one."""
     old_main = new_run(db_store)
     record(db_store, old_main, "main", "B1")
@@ -85,7 +87,7 @@ def test_the_baseline_is_the_newest_earlier_succeeded_run_on_the_branch(db_store
     assert ledger.baseline(None) is None
 
 
-def test_runs_without_a_branch_share_one_baseline(db_store: Store) -> None:
+def test_runs_without_a_branch_share_one_baseline(db_store: SqlStore) -> None:
     """Given an earlier run with no branch, Then a run with no branch compares with it."""
     earlier = new_run(db_store)
     record(db_store, earlier, None)  # a clean scan: a baseline with no findings
@@ -94,7 +96,7 @@ def test_runs_without_a_branch_share_one_baseline(db_store: Store) -> None:
     assert baseline is not None and baseline.run_id == earlier and baseline.fingerprints == set()
 
 
-def test_recording_again_replaces_the_step_findings(db_store: Store) -> None:
+def test_recording_again_replaces_the_step_findings(db_store: SqlStore) -> None:
     """Given a retry of a scan step, When it records, Then its findings replace the first ones."""
     run_id = new_run(db_store, status="running")
     record(db_store, run_id, "main", "B1", "B2")
@@ -109,7 +111,7 @@ def test_recording_again_replaces_the_step_findings(db_store: Store) -> None:
     ]
 
 
-def test_findings_filter_by_severity_scanner_step_and_newness(db_store: Store) -> None:
+def test_findings_filter_by_severity_scanner_step_and_newness(db_store: SqlStore) -> None:
     """Given recorded findings, When filtered, Then only the matching ones, worst first."""
     run_id = new_run(db_store, status="running")
     findings = [

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from conveyor.orchestrator import db
-from conveyor.orchestrator.schema import definitions, events, runs
+from conveyor.orchestrator.store import db
+from conveyor.orchestrator.store.schema import definitions, events, runs
 
 
 def database_url(tmp_path: Path) -> str:

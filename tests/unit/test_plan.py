@@ -7,9 +7,9 @@ import textwrap
 import pytest
 
 from conveyor.orchestrator.errors import SpecError
-from conveyor.orchestrator.plan import Compiler, Limits
+from conveyor.orchestrator.pipeline.plan import Compiler, Limits
+from conveyor.orchestrator.pipeline.templates import TemplateEngine
 from conveyor.orchestrator.plugins import StepTypes
-from conveyor.orchestrator.templates import TemplateEngine
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,10 @@ from datetime import timedelta
 
 import pytest
 
+from conveyor.orchestrator.clock import utcnow
+from conveyor.orchestrator.engine.recovery import Reconciler, retry_run
+from conveyor.orchestrator.engine.runtime import Outcome
 from conveyor.orchestrator.errors import Conflict
-from conveyor.orchestrator.recovery import Reconciler, retry_run
-from conveyor.orchestrator.runtime import Outcome
-from conveyor.orchestrator.store import utcnow
 from tests.unit.runtime_kit import FAIL, A, B, Harness, pipeline
 
 

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from conveyor.orchestrator.clock import utcnow
+from conveyor.orchestrator.engine.runtime import Outcome
 from conveyor.orchestrator.errors import Conflict
-from conveyor.orchestrator.runtime import Outcome
-from conveyor.orchestrator.store import utcnow
 from tests.unit.runtime_kit import FAIL, A, B, C, Harness, pipeline
 
 CASES = [

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from conveyor.orchestrator.contracts import StepRef
-from conveyor.orchestrator.embedded import EmbeddedEngine
+from conveyor.orchestrator.engine.embedded import EmbeddedEngine
+from conveyor.orchestrator.engine.sources import HeldDispatches, copy_source
 from conveyor.orchestrator.errors import ConveyorError
 from conveyor.orchestrator.settings import Settings
-from conveyor.orchestrator.sources import HeldDispatches, copy_source
 from tests.unit.engine_kit import log_text, open_engine, pipeline, run, statuses
 
 

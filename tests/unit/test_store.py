@@ -9,6 +9,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
+from conveyor.orchestrator.clock import utcnow
 from conveyor.orchestrator.errors import (
     Conflict,
     IllegalTransition,
@@ -16,14 +17,14 @@ from conveyor.orchestrator.errors import (
     SchemaOutdated,
     StoreUnavailable,
 )
-from conveyor.orchestrator.schema import metadata
 from conveyor.orchestrator.status import RunStatus, StepStatus
-from conveyor.orchestrator.store import NewRun, StepSeed, Store, utcnow
+from conveyor.orchestrator.store.schema import metadata
+from conveyor.orchestrator.store.sql import NewRun, SqlStore, StepSeed
 
 SOURCE = "pipelines: {p: {steps: [{name: a, type: step.log, config: {message: hi}}]}}"
 
 
-def new_run(store: Store, source: str = SOURCE, key: str | None = None, steps: int = 2) -> str:
+def new_run(store: SqlStore, source: str = SOURCE, key: str | None = None, steps: int = 2) -> str:
     seeds = [StepSeed(f"s{i}", "step.log", "control") for i in range(steps)]
     run = store.create_run(
         NewRun(
@@ -38,7 +39,7 @@ def new_run(store: Store, source: str = SOURCE, key: str | None = None, steps: i
     return run.id
 
 
-def test_a_new_run_has_pending_steps_and_a_first_event(db_store: Store) -> None:
+def test_a_new_run_has_pending_steps_and_a_first_event(db_store: SqlStore) -> None:
     run_id = new_run(db_store)
 
     run = db_store.get_run(run_id)
@@ -51,7 +52,7 @@ def test_a_new_run_has_pending_steps_and_a_first_event(db_store: Store) -> None:
     assert [(e.seq, e.type, e.payload["version"]) for e in events] == [(1, "run.created", 1)]
 
 
-def test_definitions_get_a_new_version_only_when_the_source_changes(db_store: Store) -> None:
+def test_definitions_get_a_new_version_only_when_the_source_changes(db_store: SqlStore) -> None:
     first, same = new_run(db_store), new_run(db_store)
     changed = new_run(db_store, SOURCE + "\n# edited")
 
@@ -59,12 +60,12 @@ def test_definitions_get_a_new_version_only_when_the_source_changes(db_store: St
     assert versions == [1, 1, 2]
 
 
-def test_an_idempotency_key_returns_the_same_run(db_store: Store) -> None:
+def test_an_idempotency_key_returns_the_same_run(db_store: SqlStore) -> None:
     assert new_run(db_store, key="k-1") == new_run(db_store, key="k-1")
     assert new_run(db_store, key="k-2") != new_run(db_store, key="k-1")
 
 
-def test_illegal_moves_are_refused_and_nothing_is_written(db_store: Store) -> None:
+def test_illegal_moves_are_refused_and_nothing_is_written(db_store: SqlStore) -> None:
     run_id = new_run(db_store)
 
     with pytest.raises(IllegalTransition), db_store.transaction(run_id) as tx:
@@ -76,7 +77,7 @@ def test_illegal_moves_are_refused_and_nothing_is_written(db_store: Store) -> No
     assert len(db_store.list_events(run_id)) == 1
 
 
-def test_a_move_from_a_stale_view_changes_nothing(db_store: Store) -> None:
+def test_a_move_from_a_stale_view_changes_nothing(db_store: SqlStore) -> None:
     run_id = new_run(db_store)
     with db_store.transaction(run_id) as tx:
         stale = tx.step("s0")
@@ -88,7 +89,7 @@ def test_a_move_from_a_stale_view_changes_nothing(db_store: Store) -> None:
     assert [e.type for e in db_store.list_events(run_id)] == ["run.created", "step.queued"]
 
 
-def test_concurrent_writers_leave_a_gap_free_event_sequence(db_store: Store) -> None:
+def test_concurrent_writers_leave_a_gap_free_event_sequence(db_store: SqlStore) -> None:
     run_id = new_run(db_store)
 
     def writer(n: int) -> None:
@@ -109,7 +110,7 @@ def test_concurrent_writers_leave_a_gap_free_event_sequence(db_store: Store) -> 
     assert db_store.get_run(run_id).event_seq == seqs[-1]
 
 
-def test_runs_are_found_by_a_unique_prefix(db_store: Store) -> None:
+def test_runs_are_found_by_a_unique_prefix(db_store: SqlStore) -> None:
     run_id = new_run(db_store)
 
     assert db_store.find_run(run_id[:8]).id == run_id
@@ -119,7 +120,7 @@ def test_runs_are_found_by_a_unique_prefix(db_store: Store) -> None:
         db_store.get_run("nope")
 
 
-def test_listing_runs_filters_and_orders_newest_first(db_store: Store) -> None:
+def test_listing_runs_filters_and_orders_newest_first(db_store: SqlStore) -> None:
     ids = [new_run(db_store) for _ in range(3)]
     with db_store.transaction(ids[0]) as tx:
         tx.move_run(RunStatus.CANCELLED, error="stop")
@@ -130,7 +131,7 @@ def test_listing_runs_filters_and_orders_newest_first(db_store: Store) -> None:
     assert db_store.get_run(ids[0]).error == "stop"
 
 
-def test_logs_keep_their_order_and_can_be_tailed(db_store: Store) -> None:
+def test_logs_keep_their_order_and_can_be_tailed(db_store: SqlStore) -> None:
     run_id = new_run(db_store)
     db_store.append_logs(run_id, "s0", 1, [("stdout", f"line {i}") for i in range(10)])
     db_store.append_logs(run_id, "s1", 1, [("stdout", "other")])
@@ -146,7 +147,7 @@ def test_logs_keep_their_order_and_can_be_tailed(db_store: Store) -> None:
     assert len(db_store.list_logs(run_id)) == 11
 
 
-def test_lease_renewal_reports_a_cancelled_run(db_store: Store) -> None:
+def test_lease_renewal_reports_a_cancelled_run(db_store: SqlStore) -> None:
     run_id = new_run(db_store)
     with db_store.transaction(run_id) as tx:
         tx.move_step(tx.step("s0"), StepStatus.QUEUED, attempts=1)
@@ -162,28 +163,28 @@ def test_lease_renewal_reports_a_cancelled_run(db_store: Store) -> None:
     assert db_store.renew_leases([step_id], "w1", until) == {step_id: "cancelled"}
 
 
-def test_the_migrations_create_exactly_the_tables_the_code_uses(db_store: Store) -> None:
+def test_the_migrations_create_exactly_the_tables_the_code_uses(db_store: SqlStore) -> None:
     with db_store.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
     assert diff == []
 
 
 def test_an_unmigrated_database_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    store = Store(f"sqlite:///{tmp_path / 'empty.db'}")
+    store = SqlStore(f"sqlite:///{tmp_path / 'empty.db'}")
     with pytest.raises(SchemaOutdated, match="conveyor db upgrade"):
         store.ensure_current()
 
 
 def test_an_unreachable_database_is_one_clear_error() -> None:
-    store = Store("postgresql://nobody@127.0.0.1:1/none")
+    store = SqlStore("postgresql://nobody@127.0.0.1:1/none")
     with pytest.raises(StoreUnavailable):
         store.list_runs()
 
 
-def test_a_conflicting_write_is_a_conflict(db_store: Store) -> None:
+def test_a_conflicting_write_is_a_conflict(db_store: SqlStore) -> None:
     run_id = new_run(db_store)
     with pytest.raises(Conflict), db_store.transaction(run_id) as tx:
-        from conveyor.orchestrator.schema import steps
+        from conveyor.orchestrator.store.schema import steps
 
         tx.conn.execute(
             steps.insert().values(

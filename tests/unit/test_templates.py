@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from conveyor.orchestrator.errors import TemplateError
-from conveyor.orchestrator.templates import TemplateEngine, has_template, translate
+from conveyor.orchestrator.pipeline.templates import TemplateEngine, has_template, translate
 
 CONTEXT: dict[str, Any] = {
     "version": "1.4.2",

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from conveyor.orchestrator.definitions import Definitions
 from conveyor.orchestrator.errors import NotFound
-from conveyor.orchestrator.schema import api_tokens
-from conveyor.orchestrator.store import Store
-from conveyor.orchestrator.tokens import Role, Tokens
+from conveyor.orchestrator.store.definitions import Definitions
+from conveyor.orchestrator.store.schema import api_tokens
+from conveyor.orchestrator.store.sql import SqlStore
+from conveyor.orchestrator.store.tokens import Role, Tokens
 
 
-def test_a_token_works_until_revoked_and_its_secret_is_never_stored(db_store: Store) -> None:
+def test_a_token_works_until_revoked_and_its_secret_is_never_stored(db_store: SqlStore) -> None:
     tokens = Tokens(db_store)
     token, secret = tokens.create("ci-bot", "operator")
 
@@ -34,7 +34,7 @@ def test_roles_include_the_ones_below() -> None:
     assert not Role.VIEWER.allows(Role.OPERATOR) and not Role.OPERATOR.allows(Role.ADMIN)
 
 
-def test_a_new_version_only_when_the_source_changes(db_store: Store) -> None:
+def test_a_new_version_only_when_the_source_changes(db_store: SqlStore) -> None:
     registry = Definitions(db_store)
     first, created = registry.register("build", "pipelines: {a: 1}")
     same, created_again = registry.register("build", "pipelines: {a: 1}")

@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 
-from conveyor.orchestrator.runtime import Runtime
+from conveyor.orchestrator.engine.runtime import Runtime
+from conveyor.orchestrator.engine.vault import Vault, make_vault
+from conveyor.orchestrator.errors import SecretsUnavailable
+from conveyor.orchestrator.pipeline.templates import TemplateEngine
 from conveyor.orchestrator.settings import Settings
-from conveyor.orchestrator.store import Store
-from conveyor.orchestrator.templates import TemplateEngine
-from conveyor.orchestrator.vault import SecretsUnavailable, Vault, make_vault
+from conveyor.orchestrator.store.sql import SqlStore
 from tests.unit.runtime_kit import Noop, Recorder, pipeline
 
 SECRET = "hunter2-very-secret"
@@ -46,12 +47,14 @@ def test_the_embedded_shape_makes_itself_a_private_key_once(tmp_path: Path) -> N
     )
 
 
-def runtime(store: Store, vault: Vault | None) -> Runtime:
+def runtime(store: SqlStore, vault: Vault | None) -> Runtime:
     return Runtime(store, TemplateEngine(), Recorder(), vault=vault)
 
 
-def test_another_process_with_the_key_sees_a_runs_secrets(store: Store, settings: Settings) -> None:
-    from conveyor.orchestrator.plan import Compiler
+def test_another_process_with_the_key_sees_a_runs_secrets(
+    store: SqlStore, settings: Settings
+) -> None:
+    from conveyor.orchestrator.pipeline.plan import Compiler
 
     vault = Vault(Fernet.generate_key())
     compiled = Compiler({"noop": Noop()}, TemplateEngine()).compile(
@@ -68,8 +71,8 @@ def test_another_process_with_the_key_sees_a_runs_secrets(store: Store, settings
         runtime(store, None).secrets(run.id)
 
 
-def test_secrets_without_a_key_are_refused_before_anything_is_written(store: Store) -> None:
-    from conveyor.orchestrator.plan import Compiler
+def test_secrets_without_a_key_are_refused_before_anything_is_written(store: SqlStore) -> None:
+    from conveyor.orchestrator.pipeline.plan import Compiler
 
     compiled = Compiler({"noop": Noop()}, TemplateEngine()).compile(
         pipeline("{name: a, type: noop}")

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from conveyor.orchestrator.errors import SpecError
-from conveyor.orchestrator.yamlload import Loaded, load_yaml
+from conveyor.orchestrator.pipeline.yamlload import Loaded, load_yaml
 
 PIPELINE = """\
 pipelines:

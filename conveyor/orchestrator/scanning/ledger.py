@@ -14,9 +14,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ..schema import findings, runs, scan_reports
-from ..status import RunStatus
-from ..store import Store, translate_errors, utcnow
+from conveyor.orchestrator.clock import utcnow
+from conveyor.orchestrator.status import RunStatus
+from conveyor.orchestrator.store.schema import findings, runs, scan_reports
+from conveyor.orchestrator.store.sql import SqlStore, translate_errors
+
 from .history import Baseline
 from .results import Finding, ScanResult
 
@@ -34,7 +36,7 @@ class FindingQuery:
 class StoreLedger:
     """The FindingsLedger of one step of one run, on the execution store."""
 
-    def __init__(self, store: Store, run_id: str, step_key: str, pipeline: str) -> None:
+    def __init__(self, store: SqlStore, run_id: str, step_key: str, pipeline: str) -> None:
         self.store, self.run_id, self.step_key, self.pipeline = store, run_id, step_key, pipeline
 
     def baseline(self, branch: str | None) -> Baseline | None:
@@ -122,7 +124,7 @@ def _cut(value: str | None, limit: int) -> str | None:
     return None if value is None else value[:limit]
 
 
-def list_findings(store: Store, run_id: str, query: FindingQuery) -> list[dict[str, Any]]:
+def list_findings(store: SqlStore, run_id: str, query: FindingQuery) -> list[dict[str, Any]]:
     """A run's findings (worst first), filtered; rows as plain dicts."""
     select = sa.select(findings).where(findings.c.instance_id == run_id)
     if query.severity:
@@ -138,7 +140,7 @@ def list_findings(store: Store, run_id: str, query: FindingQuery) -> list[dict[s
     return sorted(rows, key=_worst_first)
 
 
-def list_reports(store: Store, run_id: str) -> list[dict[str, Any]]:
+def list_reports(store: SqlStore, run_id: str) -> list[dict[str, Any]]:
     """The scan steps of a run: scanner, branch, summary and gate, by step."""
     select = (
         sa.select(scan_reports)

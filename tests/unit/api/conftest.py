@@ -16,8 +16,8 @@ from flask.testing import FlaskClient
 from conveyor.api import create_app
 from conveyor.api.services import Services
 from conveyor.orchestrator.settings import Settings
-from conveyor.orchestrator.store import Store
-from conveyor.orchestrator.tokens import Tokens
+from conveyor.orchestrator.store.sql import SqlStore
+from conveyor.orchestrator.store.tokens import Tokens
 from tests.unit.api.kit import Broker
 from tests.unit.runtime_kit import Recorder
 
@@ -35,7 +35,9 @@ def broker() -> Broker:
 
 
 @pytest.fixture
-def app(settings: Settings, db_store: Store, recorder: Recorder, broker: Broker) -> Iterator[Flask]:
+def app(
+    settings: Settings, db_store: SqlStore, recorder: Recorder, broker: Broker
+) -> Iterator[Flask]:
     """The API on the test's store."""
     yield create_app(settings, store=db_store, dispatcher=recorder, broker_check=broker.ping)
 
@@ -53,24 +55,24 @@ def client(app: Flask) -> FlaskClient:
     return app.test_client()
 
 
-def _bearer(store: Store, role: str) -> dict[str, str]:
+def _bearer(store: SqlStore, role: str) -> dict[str, str]:
     _, secret = Tokens(store).create(f"{role}-bot", role)
     return {"Authorization": f"Bearer {secret}"}
 
 
 @pytest.fixture
-def viewer(db_store: Store) -> dict[str, str]:
+def viewer(db_store: SqlStore) -> dict[str, str]:
     """Headers of a viewer's request."""
     return _bearer(db_store, "viewer")
 
 
 @pytest.fixture
-def operator(db_store: Store) -> dict[str, str]:
+def operator(db_store: SqlStore) -> dict[str, str]:
     """Headers of an operator's request."""
     return _bearer(db_store, "operator")
 
 
 @pytest.fixture
-def admin(db_store: Store) -> dict[str, str]:
+def admin(db_store: SqlStore) -> dict[str, str]:
     """Headers of an admin's request."""
     return _bearer(db_store, "admin")

@@ -9,8 +9,8 @@ from typing import Any
 from flask.testing import FlaskClient
 
 from conveyor.api.services import Services
+from conveyor.orchestrator.engine.runtime import Outcome
 from conveyor.orchestrator.errors import ConveyorError
-from conveyor.orchestrator.runtime import Outcome
 from tests.unit.runtime_kit import Recorder
 
 RUNS = "/api/v1/runs"

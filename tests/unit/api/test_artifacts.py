@@ -9,8 +9,8 @@ from pathlib import Path
 from flask.testing import FlaskClient
 
 from conveyor.api.services import Services
-from conveyor.orchestrator.retention import ArtifactRetention
-from conveyor.orchestrator.store import utcnow
+from conveyor.orchestrator.artifacts.retention import ArtifactRetention
+from conveyor.orchestrator.clock import utcnow
 from tests.unit.api.kit import RUNS, body, submit, work
 from tests.unit.runtime_kit import Recorder
 

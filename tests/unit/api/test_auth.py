@@ -10,8 +10,8 @@ from flask.testing import FlaskClient
 
 from conveyor.api.routes import ROUTES
 from conveyor.api.routing import Route
-from conveyor.orchestrator.store import Store
-from conveyor.orchestrator.tokens import Role, Tokens
+from conveyor.orchestrator.store.sql import SqlStore
+from conveyor.orchestrator.store.tokens import Role, Tokens
 from tests.unit.api.kit import body
 
 PROTECTED = [r for r in ROUTES if r.role is not None]
@@ -55,7 +55,7 @@ def test_an_unknown_or_malformed_token_is_refused_with_401(
     "route", [r for r in PROTECTED if r.role in BELOW], ids=lambda r: f"{r.method} {r.path}"
 )
 def test_a_token_with_a_weaker_role_is_refused_with_403(
-    client: FlaskClient, db_store: Store, route: Route
+    client: FlaskClient, db_store: SqlStore, route: Route
 ) -> None:
     assert route.role is not None
     _, secret = Tokens(db_store).create("weak", BELOW[route.role])

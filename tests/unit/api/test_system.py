@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from conveyor.api.routes import ROUTES
 from conveyor.api.services import Services
 from conveyor.orchestrator.errors import StoreUnavailable
-from conveyor.orchestrator.tokens import Tokens
+from conveyor.orchestrator.store.tokens import Tokens
 from tests.unit.api.kit import RUNS, TWO_STEPS, Broker, body, submit, work
 from tests.unit.runtime_kit import Recorder
 

@@ -8,8 +8,8 @@ from click.testing import CliRunner
 
 from conveyor.cli.main import cli
 from conveyor.orchestrator.settings import Settings
-from conveyor.orchestrator.store import Store
-from conveyor.orchestrator.tokens import Role, Tokens
+from conveyor.orchestrator.store.sql import SqlStore
+from conveyor.orchestrator.store.tokens import Role, Tokens
 
 
 def conveyor(data_dir: Path, *args: str) -> tuple[int, str, str]:
@@ -23,7 +23,7 @@ def test_a_token_is_created_listed_and_revoked(settings: Settings) -> None:
     )
 
     assert code == 0 and secret.startswith("cvt_") and "shown once" in note
-    store = Store(settings.resolved_database_url)
+    store = SqlStore(settings.resolved_database_url)
     try:
         token = Tokens(store).authenticate(secret.strip())
         assert token is not None and (token.name, token.role) == ("first", Role.ADMIN)

@@ -1,0 +1,1 @@
+"""Artifacts as data: their model, key rules, checksums and retention."""

@@ -1,0 +1,139 @@
+"""Claims: a worker taking queued steps of a run, alone or with the run's brief steps.
+
+Everything here runs inside a ``RunTx`` (the run's row locked); ``Runtime`` opens the
+transactions. Brief steps (``PlanStep.brief``: in-process, milliseconds, nothing
+outside the worker) are coalesced: those of a run that become ready together on one
+queue get one message per ``BRIEF_BATCH`` of them (``coalesced``), and the worker that
+claims the step a message names takes the run's other queued brief steps on that queue
+with it (``with_brief_siblings``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Any, NamedTuple
+
+from conveyor.orchestrator.contracts import StepRef
+from conveyor.orchestrator.pipeline.plan import ExecutionPlan
+from conveyor.orchestrator.status import StepStatus
+from conveyor.orchestrator.store.records import RunRecord, StepRecord
+from conveyor.orchestrator.store.transaction import RunTx
+
+S = StepStatus
+#: A step to send (now, or not before the datetime).
+Dispatch = tuple[StepRef, datetime | None]
+
+#: Brief steps of one run taken at once by one worker, at most.
+BRIEF_BATCH = 16
+
+
+class Claim(NamedTuple):
+    """A step attempt taken by a worker: the run, the step as claimed, its ref.
+
+    ``batch``: brief steps of the same run claimed with it, to run after it.
+    """
+
+    run: RunRecord
+    step: StepRecord
+    ref: StepRef
+    batch: tuple[Claim, ...] = ()
+
+
+def lease(tx: RunTx, owner: str, length: timedelta) -> dict[str, Any]:
+    """The fields a claim sets: started now, owned by ``owner`` for ``length``."""
+    return {
+        "started_at": tx.now,
+        "completed_at": None,
+        "lease_owner": owner,
+        "lease_expires_at": tx.now + length,
+    }
+
+
+def claimable(tx: RunTx, step: StepRecord) -> bool:
+    """The step is queued and due, in a run still going.
+
+    Not due yet is an early delivery: the message with the right eta comes later.
+    """
+    due = not (step.available_at and step.available_at > tx.now)
+    return step.status == S.QUEUED and due and not tx.run.status.terminal
+
+
+def claim_in(tx: RunTx, ref: StepRef, owner: str, length: timedelta) -> Claim | None:
+    """Take ``ref`` if its step is queued at that attempt and due; else None."""
+    step = tx.step(ref.step_key)
+    if step.attempts != ref.attempt or not claimable(tx, step):
+        return None
+    if not tx.move_step(step, S.RUNNING, event={"owner": owner}, **lease(tx, owner, length)):
+        return None
+    return Claim(tx.run, replace(step, status=S.RUNNING, started_at=tx.now), ref)
+
+
+def claim_all(tx: RunTx, found: Sequence[StepRecord], owner: str, length: timedelta) -> list[Claim]:
+    """Claim these steps, read under the run's lock, in one round trip (see claim_in)."""
+    due = [s for s in found if claimable(tx, s)]
+    fields = lease(tx, owner, length)
+    tx.move_steps([(s, fields, {"owner": owner}) for s in due], S.RUNNING)
+    return [
+        Claim(
+            tx.run,
+            replace(s, status=S.RUNNING, started_at=tx.now),
+            StepRef(tx.run.id, s.key, s.attempts, s.queue),
+        )
+        for s in due
+    ]
+
+
+def queued_brief(tx: RunTx, plan: ExecutionPlan, queue: str, limit: int) -> list[StepRecord]:
+    """Up to ``limit`` of the run's brief steps queued and due on ``queue``."""
+    found = tx.queued_now(queue, plan.brief_types, limit)
+    return [s for s in found if plan.step(s.key).brief]
+
+
+def with_brief_siblings(
+    tx: RunTx,
+    plan: ExecutionPlan,
+    claim: Claim,
+    owner: str,
+    length: timedelta,
+    among: Sequence[Dispatch] | None = None,
+) -> Claim:
+    """``claim``, and when its step is brief, the run's queued brief steps on its queue.
+
+    ``among``: only those of these dispatches (the steps a result just made ready);
+    brief steps queued before have messages of their own, or ride one.
+    """
+    if not plan.step(claim.ref.step_key).brief:
+        return claim
+    queue = claim.ref.queue
+    if among is None:
+        found = queued_brief(tx, plan, queue, BRIEF_BATCH - 1)
+    else:
+        keys = [
+            r.step_key
+            for r, eta in among
+            if eta is None and r != claim.ref and r.queue == queue and plan.step(r.step_key).brief
+        ][: BRIEF_BATCH - 1]
+        if not keys:
+            return claim
+        tx.read_ahead(keys)
+        found = [tx.step(k) for k in keys]
+    return claim._replace(batch=tuple(claim_all(tx, found, owner, length)))
+
+
+def coalesced(plan: ExecutionPlan, dispatches: list[Dispatch]) -> list[Dispatch]:
+    """One message per ``BRIEF_BATCH`` brief steps due now on a queue.
+
+    The worker that claims the step a message names takes the others with it.
+    """
+    seen: Counter[str] = Counter()
+    kept: list[Dispatch] = []
+    for ref, eta in dispatches:
+        if eta is None and plan.step(ref.step_key).brief:
+            seen[ref.queue] += 1
+            if (seen[ref.queue] - 1) % BRIEF_BATCH:
+                continue
+        kept.append((ref, eta))
+    return kept

@@ -1,0 +1,163 @@
+"""Putting runs right after things went wrong: retries of whole runs and the reconciler.
+
+The reconciler is what makes the broker a wake-up call rather than the truth: it runs
+periodically (Celery beat in the distributed shape) and, from the database alone,
+re-dispatches queued steps whose message may have been lost, takes back steps whose
+worker stopped heartbeating, fails runs past their timeout, and (every few minutes)
+deletes the artifacts of runs past their retention (see ``retention``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from conveyor.orchestrator.artifacts.retention import ArtifactRetention
+from conveyor.orchestrator.clock import utcnow
+from conveyor.orchestrator.contracts import StepRef
+from conveyor.orchestrator.engine.claims import Dispatch
+from conveyor.orchestrator.engine.runtime import Runtime
+from conveyor.orchestrator.errors import Conflict
+from conveyor.orchestrator.status import RunStatus, StepStatus
+from conveyor.orchestrator.store.records import RunRecord
+from conveyor.orchestrator.store.transaction import RunTx
+
+S = StepStatus
+#: Re-runs allowed for steps whose worker was lost, on top of their retry policy.
+LOST_WORKER_RERUNS = 2
+
+
+def retry_run(runtime: Runtime, run_id: str, by: str | None = None) -> RunRecord:
+    """Run again the failed and cancelled steps of a finished run, and what depends on them.
+
+    Steps that succeeded (or were skipped) keep their outputs and are not run again.
+    """
+
+    def work(tx: RunTx) -> list[Dispatch]:
+        if tx.run.status not in (RunStatus.FAILED, RunStatus.CANCELLED):
+            status = tx.run.status.value
+            raise Conflict(f"run {run_id} is {status}: only failed or cancelled runs are retried")
+        again = [s for s in tx.steps() if s.status in (S.FAILED, S.CANCELLED)]
+        for step in again:
+            tx.move_step(
+                step, S.PENDING, event={"reason": "run retried"}, last_error=None, completed_at=None
+            )
+        plan = runtime.plan(tx.run)
+        deadline = tx.now + timedelta(seconds=plan.timeout) if plan.timeout else None
+        tx.move_run(RunStatus.RUNNING, retried_by=by, steps=[s.key for s in again])
+        # Its artifacts (what is left, and what the steps store again) count from its
+        # new end: the retention sweep looks at it again then.
+        tx.update_run(deadline=deadline, artifacts_expired_at=None)
+        return runtime.advance_in(tx)
+
+    runtime.write(run_id, work)
+    return runtime.store.get_run(run_id)
+
+
+@dataclass
+class Report:
+    """What one reconciler pass did."""
+
+    expired_runs: int = 0
+    reclaimed: int = 0
+    redispatched: int = 0
+    #: Runs whose artifacts were deleted for their retention.
+    expired_artifacts: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.expired_runs or self.reclaimed or self.redispatched or self.expired_artifacts
+        )
+
+
+class Reconciler:
+    """Finds, from the database alone, work the broker or a worker dropped."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        stale_after: float = 30.0,
+        batch: int = 500,
+        retention: ArtifactRetention | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.stale_after = timedelta(seconds=stale_after)
+        self.batch = batch
+        #: Deletes artifacts past their retention (every few minutes, not every pass).
+        self.retention = retention
+
+    def run_once(self, now: datetime | None = None) -> Report:
+        """One pass over overdue runs, expired leases, stale queued steps and old artifacts."""
+        now = now or utcnow()
+        store, report = self.runtime.store, Report()
+        for run_id in store.overdue_runs(now, self.batch):
+            report.expired_runs += self.runtime.expire(run_id, now)
+        # Stale messages before leases, so a step requeued just now is not sent twice.
+        for run_id, key in store.stale_queued(now - self.stale_after, self.batch):
+            report.redispatched += self.redispatch(run_id, key, now - self.stale_after)
+        for run_id, key in store.expired_leases(now, self.batch):
+            report.reclaimed += self.reclaim(run_id, key, now)
+        if self.retention is not None and self.retention.due(now):
+            report.expired_artifacts = self.retention.sweep(now)
+        return report
+
+    def reclaim(self, run_id: str, key: str, now: datetime) -> bool:
+        """Take back a running step whose lease expired: its worker is gone."""
+        done: list[bool] = []
+
+        def work(tx: RunTx) -> list[Dispatch]:
+            step = tx.step(key)
+            expired = step.lease_expires_at is not None and step.lease_expires_at < now
+            if step.status != S.RUNNING or not expired:
+                return []
+            done.append(True)
+            reason = f"lost its worker {step.lease_owner or ''}".strip()
+            fields: dict[str, Any] = {
+                "lease_owner": None,
+                "lease_expires_at": None,
+                "last_error": reason,
+            }
+            if tx.run.status.terminal:
+                tx.move_step(
+                    step, S.CANCELLED, event={"reason": reason}, completed_at=tx.now, **fields
+                )
+                return []
+            allowed = self.runtime.plan(tx.run).step(key).retry.max_attempts + LOST_WORKER_RERUNS
+            if step.attempts >= allowed:
+                tx.move_step(step, S.FAILED, event={"error": reason}, completed_at=tx.now, **fields)
+                return self.runtime.advance_in(tx)
+            attempt = step.attempts + 1
+            tx.move_step(
+                step,
+                S.QUEUED,
+                event={"reason": reason},
+                attempts=attempt,
+                available_at=tx.now,
+                **fields,
+            )
+            return [(StepRef(run_id, key, attempt, step.queue), None)]
+
+        self.runtime.write(run_id, work)
+        return bool(done)
+
+    def redispatch(self, run_id: str, key: str, cutoff: datetime) -> bool:
+        """Send again a step queued since before ``cutoff`` (its message may be lost).
+
+        A duplicate is harmless: only one delivery can claim the attempt.
+        """
+        done: list[bool] = []
+
+        def work(tx: RunTx) -> list[Dispatch]:
+            step = tx.step(key)
+            stale = step.available_at is None or step.available_at < cutoff
+            if step.status != S.QUEUED or not stale or tx.run.status.terminal:
+                return []
+            done.append(True)
+            tx.update_step(step, available_at=tx.now)
+            tx.event("step.redispatched", key, attempt=step.attempts)
+            return [(StepRef(run_id, key, step.attempts, step.queue), None)]
+
+        self.runtime.write(run_id, work)
+        return bool(done)

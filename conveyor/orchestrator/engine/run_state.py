@@ -1,0 +1,71 @@
+"""The steps of one run as one advance pass sees and changes them."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import replace
+
+from conveyor.orchestrator.contracts import StepRef
+from conveyor.orchestrator.pipeline.plan import ExecutionPlan, PlanStep
+from conveyor.orchestrator.status import StepStatus
+from conveyor.orchestrator.store.records import StepRecord
+from conveyor.orchestrator.store.transaction import RunTx
+
+S = StepStatus
+
+
+class RunState:
+    """The steps of a run as one advance pass sees and changes them."""
+
+    def __init__(
+        self, plan: ExecutionPlan, steps: dict[str, StepRecord], counts: Counter[StepStatus]
+    ) -> None:
+        self.plan = plan
+        self.steps = steps
+        self.counts = counts  # of every step of the run, kept up to date by move()
+        self.failing = next(
+            (
+                k
+                for k, s in steps.items()
+                if s.status == S.FAILED and plan.step(k).on_error == "stop"
+            ),
+            None,
+        )
+
+    def needs_done(self, plan_step: PlanStep) -> bool:
+        """True when every step ``plan_step`` needs has ended."""
+        return all(self.steps[n].status.terminal for n in plan_step.needs)
+
+    def broken_need(self, plan_step: PlanStep) -> str | None:
+        """A need that failed (stopping the run) or was cancelled, if any."""
+        for need in plan_step.needs:
+            status = self.steps[need].status
+            if status == S.CANCELLED or (
+                status == S.FAILED and self.plan.step(need).on_error == "stop"
+            ):
+                return need
+        return None
+
+    def move(self, tx: RunTx, step: StepRecord, new: StepStatus, reason: str) -> None:
+        """End a step that will not run (cancelled, failed, skipped), keeping this view."""
+        event = {"reason": reason} if reason else None
+        tx.move_step(step, new, event=event, last_error=reason, completed_at=tx.now)
+        self._note(step, new, step.attempts, reason)
+        if new == S.FAILED and self.failing is None and self.plan.step(step.key).on_error == "stop":
+            self.failing = step.key
+
+    def queue_all(self, tx: RunTx, steps: list[StepRecord]) -> list[StepRef]:
+        """Queue these pending steps in one round trip; their refs, in the same order."""
+        if not steps:
+            return []
+        moves = [(s, {"attempts": s.attempts + 1, "available_at": tx.now}, None) for s in steps]
+        tx.move_steps(moves, S.QUEUED)
+        for step in steps:
+            self._note(step, S.QUEUED, step.attempts + 1, None)
+        return [StepRef(tx.run.id, s.key, s.attempts + 1, s.queue) for s in steps]
+
+    def _note(self, step: StepRecord, new: StepStatus, attempts: int, error: str | None) -> None:
+        """Keep the counts and this view of ``step`` in step with its move."""
+        self.counts[step.status] -= 1
+        self.counts[new] += 1
+        self.steps[step.key] = replace(step, status=new, attempts=attempts, last_error=error)

@@ -1,0 +1,1 @@
+"""Pipelines as data: the YAML spec, loading with lines, the compiled plan, templates."""

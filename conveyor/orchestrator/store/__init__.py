@@ -1,0 +1,3 @@
+"""The execution store, the one owner of SQL: schema, migrations, the run transaction,
+definitions, tokens and stats.
+"""

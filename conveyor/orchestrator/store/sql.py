@@ -1,0 +1,436 @@
+"""The execution store: runs, steps, events and logs on SQLAlchemy Core.
+
+Every write that touches a run happens in ``store.transaction(run_id)``, which locks the
+run's row first. That one lock order (run, then its steps) keeps concurrent workers from
+deadlocking, and makes the per-run event sequence gap-free: the sequence lives on the
+locked run row and is bumped in the same transaction as the events it numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from conveyor.orchestrator.clock import new_id, utcnow
+from conveyor.orchestrator.errors import Conflict, NotFound, StoreUnavailable
+from conveyor.orchestrator.status import RunStatus, StepStatus
+from conveyor.orchestrator.store import db
+from conveyor.orchestrator.store.records import (
+    EventRecord,
+    LogRecord,
+    RunRecord,
+    StepRecord,
+    run_from_row,
+    step_from_row,
+)
+from conveyor.orchestrator.store.schema import (
+    RUN_COLUMNS,
+    definitions,
+    events,
+    run_secrets,
+    runs,
+    step_logs,
+    steps,
+)
+from conveyor.orchestrator.store.transaction import RunTx, log_rows, version_definition
+
+
+@dataclass(frozen=True)
+class StepSeed:
+    """What the store needs to create one step row of a new run."""
+
+    key: str
+    type: str
+    queue: str
+
+
+@dataclass(frozen=True)
+class NewRun:
+    """Everything written in the one transaction that creates a run."""
+
+    pipeline: str
+    source: str
+    plan: dict[str, Any]
+    params: dict[str, Any]
+    steps: Sequence[StepSeed]
+    submitted_by: str | None = None
+    idempotency_key: str | None = None
+    deadline: datetime | None = None
+    #: The registered definition version this run executes; None writes ``source`` as
+    #: the newest version of ``pipeline`` (or reuses it when unchanged).
+    definition_id: str | None = None
+    #: The run's secrets, sealed by the Vault; never the secrets themselves.
+    sealed_secrets: str | None = None
+
+
+@contextmanager
+def translate_errors() -> Iterator[None]:
+    """Turn driver errors into Conveyor errors at the store's boundary."""
+    try:
+        yield
+    except sa.exc.IntegrityError as exc:
+        raise Conflict(f"conflicting write: {exc.orig}") from exc
+    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+        raise StoreUnavailable(f"database unavailable: {exc.orig}") from exc
+
+
+class SqlStore:
+    """Reads and writes of the execution log."""
+
+    def __init__(self, url: str, *, pre_ping: bool = True) -> None:
+        self.url = db.normalise_url(url)
+        self.engine, self.read_engine = db.create_engines(self.url, pre_ping=pre_ping)
+
+    @property
+    def is_sqlite(self) -> bool:
+        """True for the embedded SQLite database."""
+        return self.engine.dialect.name == "sqlite"
+
+    def upgrade(self) -> None:
+        """Bring the schema to the newest migration."""
+        with translate_errors():
+            db.upgrade(self.engine)
+
+    def ensure_current(self) -> None:
+        """Raise SchemaOutdated unless the schema is at the newest migration."""
+        db.ensure_current(self.engine)
+
+    def close(self) -> None:
+        """Release pooled connections."""
+        self.engine.dispose()
+        self.read_engine.dispose()
+
+    @contextmanager
+    def transaction(
+        self, run_id: str, step_key: str | None = None, claim_attempt: int | None = None
+    ) -> Iterator[RunTx]:
+        """Lock a run and change it; events are numbered and written on commit.
+
+        ``step_key`` names a step the work reads first: it is read with the lock. With
+        ``claim_attempt``, only while it is queued at that attempt (see ``RunTx``).
+        """
+        with translate_errors(), self.engine.begin() as conn:
+            tx = RunTx(conn, run_id, utcnow(), step_key, claim_attempt)
+            yield tx
+            tx.flush_events()
+
+    # -- creating runs -----------------------------------------------------------------
+
+    def create_run(self, new: NewRun) -> RunRecord:
+        """Write the definition version, the run, its steps and first event at once."""
+        with translate_errors(), self.engine.begin() as conn:
+            if new.idempotency_key:
+                existing = (
+                    conn.execute(
+                        sa.select(*RUN_COLUMNS).where(runs.c.idempotency_key == new.idempotency_key)
+                    )
+                    .mappings()
+                    .first()
+                )
+                if existing:
+                    return run_from_row(existing)
+            definition_id, version = _definition_of(conn, new)
+            run_id, now = new_id(), utcnow()
+            conn.execute(runs.insert().values(_run_row(new, run_id, definition_id, now)))
+            conn.execute(steps.insert(), [_step_row(run_id, i, s) for i, s in enumerate(new.steps)])
+            if new.sealed_secrets:
+                row = {"instance_id": run_id, "sealed": new.sealed_secrets, "created_at": now}
+                conn.execute(run_secrets.insert().values(**row))
+            tx = RunTx(conn, run_id, now)
+            tx.event("run.created", pipeline=new.pipeline, version=version, steps=len(new.steps))
+            tx.flush_events()
+        return self.get_run(run_id)
+
+    # -- reads -------------------------------------------------------------------------
+
+    def _rows(self, query: sa.Select[Any]) -> list[sa.RowMapping]:
+        with translate_errors(), self.read_engine.connect() as conn:
+            return list(conn.execute(query).mappings())
+
+    def run_by_idempotency_key(self, key: str) -> RunRecord | None:
+        """The run created with this idempotency key, if any."""
+        rows = self._rows(sa.select(*RUN_COLUMNS).where(runs.c.idempotency_key == key))
+        return run_from_row(rows[0]) if rows else None
+
+    def get_run(self, run_id: str) -> RunRecord:
+        """One run by its full id."""
+        rows = self._rows(sa.select(*RUN_COLUMNS).where(runs.c.id == run_id))
+        if not rows:
+            raise NotFound(f"no run {run_id}")
+        return run_from_row(rows[0])
+
+    def find_run(self, ref: str) -> RunRecord:
+        """One run by its id or a unique prefix of it (at least 4 characters)."""
+        rows = self._rows(sa.select(*RUN_COLUMNS).where(runs.c.id == ref))
+        if not rows and len(ref) >= 4:
+            rows = self._rows(sa.select(*RUN_COLUMNS).where(runs.c.id.startswith(ref)).limit(5))
+        if not rows:
+            raise NotFound(f"no run {ref}")
+        if len(rows) > 1:
+            raise Conflict(f"run id {ref} is ambiguous: {', '.join(r['id'] for r in rows)}")
+        return run_from_row(rows[0])
+
+    def list_runs(
+        self,
+        *,
+        limit: int = 20,
+        status: str | None = None,
+        pipeline: str | None = None,
+        before: datetime | None = None,
+        after: tuple[datetime, str] | None = None,
+    ) -> list[RunRecord]:
+        """Newest runs first, optionally filtered.
+
+        ``after`` is the (created_at, id) of the last run of a previous page: the page
+        goes on from there even while new runs arrive (keyset pagination).
+        """
+        query = sa.select(*RUN_COLUMNS).order_by(runs.c.created_at.desc(), runs.c.id).limit(limit)
+        if status:
+            query = query.where(runs.c.status == status)
+        if pipeline:
+            query = query.where(runs.c.pipeline == pipeline)
+        if before:
+            query = query.where(runs.c.created_at < before)
+        if after:
+            at, last_id = after
+            query = query.where(
+                sa.or_(
+                    runs.c.created_at < at, sa.and_(runs.c.created_at == at, runs.c.id > last_id)
+                )
+            )
+        return [run_from_row(r) for r in self._rows(query)]
+
+    def get_plan(self, run_id: str) -> dict[str, Any]:
+        """The compiled plan a run executes (JSON)."""
+        rows = self._rows(sa.select(runs.c.plan).where(runs.c.id == run_id))
+        if not rows:
+            raise NotFound(f"no run {run_id}")
+        plan: dict[str, Any] = rows[0]["plan"]
+        return plan
+
+    def latest_run_id(
+        self, pipeline: str, status: str, *, before: datetime | None = None
+    ) -> str | None:
+        """The newest run of ``pipeline`` in ``status`` (created before ``before``)."""
+        query = (
+            sa.select(runs.c.id)
+            .where(runs.c.pipeline == pipeline, runs.c.status == status)
+            .order_by(runs.c.created_at.desc())
+            .limit(1)
+        )
+        if before is not None:
+            query = query.where(runs.c.created_at < before)
+        rows = self._rows(query)
+        return str(rows[0]["id"]) if rows else None
+
+    def sealed_secrets(self, run_id: str) -> str | None:
+        """The run's secrets as the Vault sealed them, or None when it was given none."""
+        rows = self._rows(
+            sa.select(run_secrets.c.sealed).where(run_secrets.c.instance_id == run_id)
+        )
+        return str(rows[0]["sealed"]) if rows else None
+
+    def step_outputs(self, run_id: str) -> dict[str, dict[str, Any]]:
+        """Outputs of the run's succeeded steps, by key."""
+        query = sa.select(steps.c.step_key, steps.c.outputs).where(
+            steps.c.instance_id == run_id, steps.c.status == StepStatus.SUCCEEDED.value
+        )
+        return {r["step_key"]: r["outputs"] or {} for r in self._rows(query)}
+
+    def list_steps(self, run_id: str) -> list[StepRecord]:
+        """The steps of a run in plan order."""
+        query = sa.select(steps).where(steps.c.instance_id == run_id).order_by(steps.c.position)
+        return [step_from_row(r) for r in self._rows(query)]
+
+    def get_step(self, run_id: str, step_key: str) -> StepRecord:
+        """One step of a run by key."""
+        query = sa.select(steps).where(steps.c.instance_id == run_id, steps.c.step_key == step_key)
+        rows = self._rows(query)
+        if not rows:
+            raise NotFound(f"run {run_id} has no step {step_key!r}")
+        return step_from_row(rows[0])
+
+    def list_events(self, run_id: str, after: int = 0) -> list[EventRecord]:
+        """Events of a run with a sequence number above ``after``."""
+        query = (
+            sa.select(events)
+            .where(events.c.instance_id == run_id, events.c.seq > after)
+            .order_by(events.c.seq)
+        )
+        return [
+            EventRecord(
+                seq=r["seq"],
+                run_id=r["instance_id"],
+                step_key=r["step_key"],
+                type=r["type"],
+                payload=r["payload"] or {},
+                created_at=r["created_at"],
+            )
+            for r in self._rows(query)
+        ]
+
+    def list_logs(
+        self,
+        run_id: str,
+        step_key: str | None = None,
+        *,
+        after_id: int = 0,
+        attempt: int | None = None,
+        limit: int = 100_000,
+    ) -> list[LogRecord]:
+        """Log lines of a run (or one step) in the order they were written."""
+        query = (
+            sa.select(step_logs)
+            .where(step_logs.c.instance_id == run_id, step_logs.c.id > after_id)
+            .order_by(step_logs.c.id)
+            .limit(limit)
+        )
+        if step_key is not None:
+            query = query.where(step_logs.c.step_key == step_key)
+        if attempt is not None:
+            query = query.where(step_logs.c.attempt == attempt)
+        return [_log_record(r) for r in self._rows(query)]
+
+    def tail_logs(
+        self, run_id: str, step_key: str, lines: int = 3, attempt: int | None = None
+    ) -> list[LogRecord]:
+        """The last ``lines`` lines of a step's log (of one attempt), oldest first."""
+        query = (
+            sa.select(step_logs)
+            .where(step_logs.c.instance_id == run_id, step_logs.c.step_key == step_key)
+            .order_by(step_logs.c.id.desc())
+            .limit(lines)
+        )
+        if attempt is not None:
+            query = query.where(step_logs.c.attempt == attempt)
+        return [_log_record(r) for r in reversed(self._rows(query))]
+
+    # -- what the reconciler looks for --------------------------------------------------
+
+    def overdue_runs(self, now: datetime, limit: int = 500) -> list[str]:
+        """Runs still going whose deadline has passed."""
+        query = (
+            sa.select(runs.c.id)
+            .where(runs.c.status.in_(("running", "blocked")), runs.c.deadline < now)
+            .limit(limit)
+        )
+        return [r["id"] for r in self._rows(query)]
+
+    def expired_leases(self, now: datetime, limit: int = 500) -> list[tuple[str, str]]:
+        """(run, step) of running steps whose worker stopped renewing its lease."""
+        query = (
+            sa.select(steps.c.instance_id, steps.c.step_key)
+            .where(steps.c.status == StepStatus.RUNNING.value, steps.c.lease_expires_at < now)
+            .limit(limit)
+        )
+        return [(r["instance_id"], r["step_key"]) for r in self._rows(query)]
+
+    def stale_queued(self, before: datetime, limit: int = 500) -> list[tuple[str, str]]:
+        """(run, step) of steps queued (and due) since before ``before``."""
+        query = (
+            sa.select(steps.c.instance_id, steps.c.step_key)
+            .where(
+                steps.c.status == StepStatus.QUEUED.value,
+                sa.or_(steps.c.available_at.is_(None), steps.c.available_at < before),
+            )
+            .order_by(steps.c.available_at)
+            .limit(limit)
+        )
+        return [(r["instance_id"], r["step_key"]) for r in self._rows(query)]
+
+    # -- writes outside a run transaction ----------------------------------------------
+
+    def append_logs(
+        self, run_id: str, step_key: str, attempt: int, lines: Sequence[tuple[str, str]]
+    ) -> None:
+        """Append (stream, text) lines to a step's log."""
+        if not lines:
+            return
+        rows = log_rows(run_id, step_key, attempt, lines, utcnow())
+        with translate_errors(), self.engine.begin() as conn:
+            conn.execute(step_logs.insert(), rows)
+
+    def renew_leases(self, step_ids: Sequence[str], owner: str, until: datetime) -> dict[str, str]:
+        """Extend the leases of running steps this owner holds.
+
+        Returns the current status of each step's run, so the caller can notice a run
+        that was cancelled while its steps were running.
+        """
+        if not step_ids:
+            return {}
+        with translate_errors(), self.engine.begin() as conn:
+            conn.execute(
+                steps.update()
+                .where(
+                    steps.c.id.in_(step_ids),
+                    steps.c.status == StepStatus.RUNNING,
+                    steps.c.lease_owner == owner,
+                )
+                .values(lease_expires_at=until)
+            )
+            rows = conn.execute(
+                sa.select(steps.c.id, steps.c.status, runs.c.status.label("run_status"))
+                .join(runs, runs.c.id == steps.c.instance_id)
+                .where(steps.c.id.in_(step_ids))
+            ).all()
+        return {
+            r.id: r.run_status if r.run_status == RunStatus.CANCELLED else r.status for r in rows
+        }
+
+
+def _definition_of(conn: sa.Connection, new: NewRun) -> tuple[str, int]:
+    """(id, version) of the definition a new run points at."""
+    if new.definition_id is None:
+        definition_id, version, _ = version_definition(conn, new.pipeline, new.source)
+        return definition_id, version
+    query = sa.select(definitions.c.version).where(definitions.c.id == new.definition_id)
+    found: int | None = conn.execute(query).scalar()
+    if found is None:
+        raise NotFound(f"no pipeline definition {new.definition_id}")
+    return new.definition_id, found
+
+
+def _run_row(new: NewRun, run_id: str, definition_id: str, now: datetime) -> dict[str, Any]:
+    return {
+        "id": run_id,
+        "definition_id": definition_id,
+        "pipeline": new.pipeline,
+        "status": RunStatus.RUNNING.value,
+        "params": new.params,
+        "plan": new.plan,
+        "submitted_by": new.submitted_by,
+        "idempotency_key": new.idempotency_key,
+        "deadline": new.deadline,
+        "event_seq": 0,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def _step_row(run_id: str, position: int, seed: StepSeed) -> dict[str, Any]:
+    return {
+        "id": new_id(),
+        "instance_id": run_id,
+        "step_key": seed.key,
+        "position": position,
+        "type": seed.type,
+        "status": StepStatus.PENDING.value,
+        "attempts": 0,
+        "queue": seed.queue,
+    }
+
+
+def _log_record(row: sa.RowMapping) -> LogRecord:
+    return LogRecord(
+        id=row["id"],
+        step_key=row["step_key"],
+        attempt=row["attempt"],
+        stream=row["stream"],
+        text=row["text"],
+        created_at=row["created_at"],
+    )

@@ -1,0 +1,382 @@
+"""One locked transaction on one run: the only place statuses change.
+
+Statements are built once, at import, with bound parameters: building a SQLAlchemy
+statement costs more than running it on SQLite, and these run several times per step.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import uuid
+from collections import Counter
+from collections.abc import Collection, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from conveyor.orchestrator.errors import NotFound, NothingToClaim, StepsMoved
+from conveyor.orchestrator.status import RunStatus, StepStatus, check_run_move, check_step_move
+from conveyor.orchestrator.store.records import RunRecord, StepRecord, run_from_row, step_from_row
+from conveyor.orchestrator.store.schema import (
+    RUN_COLUMNS,
+    STEP_STATE_COLUMNS,
+    definitions,
+    events,
+    runs,
+    step_logs,
+    steps,
+)
+
+_RUN: sa.BindParameter[str] = sa.bindparam("b_run")
+#: ``FOR NO KEY UPDATE``: writers of the run serialise on it, while inserts of its log
+#: lines and events elsewhere (their foreign-key checks take KEY SHARE) never wait for it.
+_LOCK_RUN = sa.select(*RUN_COLUMNS).where(runs.c.id == _RUN).with_for_update(key_share=True)
+#: The run's row locked and one of its steps read in the same round trip: a claim or a
+#: result always starts with both. ``FOR ... OF`` locks the run only; the step row is
+#: fenced by the conditional UPDATE of ``move_step``.
+_STEP_PREFIX = "step__"
+
+
+def _lock_run_with_step(*step_conditions: sa.ColumnElement[bool]) -> sa.Select[Any]:
+    """The run locked, joined to its step ``b_key``.
+
+    With ``step_conditions`` the join is inner: a step that does not meet them reads no
+    row at all, so nothing is locked.
+    """
+    on = sa.and_(steps.c.instance_id == runs.c.id, steps.c.step_key == sa.bindparam("b_key"))
+    joined = (
+        runs.join(steps, sa.and_(on, *step_conditions))
+        if step_conditions
+        else runs.outerjoin(steps, on)
+    )
+    return (
+        sa.select(*RUN_COLUMNS, *(c.label(_STEP_PREFIX + c.name) for c in steps.c))
+        .select_from(joined)
+        .where(runs.c.id == _RUN)
+        .with_for_update(of=runs, key_share=True)
+    )
+
+
+_LOCK_RUN_WITH_STEP = _lock_run_with_step()
+#: For a claim, the step's claimability is in the join: a duplicate or stale delivery
+#: reads no row, so it takes no lock and writes nothing, not even a row lock.
+_LOCK_RUN_FOR_CLAIM = _lock_run_with_step(
+    steps.c.status == StepStatus.QUEUED.value, steps.c.attempts == sa.bindparam("b_attempt")
+)
+#: A run's steps queued and due by now on one queue, of some types, in plan order.
+_QUEUED_NOW = (
+    sa.select(*STEP_STATE_COLUMNS)
+    .where(
+        steps.c.instance_id == _RUN,
+        steps.c.status == StepStatus.QUEUED.value,
+        steps.c.queue == sa.bindparam("b_queue"),
+        steps.c.type.in_(sa.bindparam("b_types", expanding=True)),
+        sa.or_(steps.c.available_at.is_(None), steps.c.available_at <= sa.bindparam("b_now")),
+    )
+    .order_by(steps.c.position)
+    .limit(sa.bindparam("b_limit"))
+)
+_STEPS = (
+    sa.select(*STEP_STATE_COLUMNS).where(steps.c.instance_id == _RUN).order_by(steps.c.position)
+)
+_SOME_STEPS = _STEPS.where(steps.c.step_key.in_(sa.bindparam("b_keys", expanding=True)))
+_ONE_STEP = sa.select(steps).where(
+    steps.c.instance_id == _RUN, steps.c.step_key == sa.bindparam("b_key")
+)
+_FULL_STEPS = sa.select(steps).where(
+    steps.c.instance_id == _RUN, steps.c.step_key.in_(sa.bindparam("b_keys", expanding=True))
+)
+_COUNTS = (
+    sa.select(steps.c.status, sa.func.count())
+    .where(steps.c.instance_id == _RUN)
+    .group_by(steps.c.status)
+)
+_OUTPUTS = sa.select(steps.c.step_key, steps.c.outputs).where(
+    steps.c.instance_id == _RUN, steps.c.status == StepStatus.SUCCEEDED.value
+)
+_UPDATE_RUN = runs.update().where(runs.c.id == _RUN)
+_MOVE_STEP = steps.update().where(
+    steps.c.id == sa.bindparam("b_id"),
+    steps.c.status == sa.bindparam("b_status"),
+    steps.c.attempts == sa.bindparam("b_attempts"),
+)
+_UPDATE_STEP = steps.update().where(steps.c.id == sa.bindparam("b_id"))
+_INSERT_EVENTS = events.insert()
+_INSERT_LOGS = step_logs.insert()
+_EVENT_COLUMNS = ("instance_id", "step_key", "type", "payload", "created_at", "seq")
+
+
+@functools.cache
+def _insert_events_bumping_seq(count: int) -> sa.TextClause:
+    """Postgres: insert ``count`` events and bump the run's event_seq in one statement.
+
+    A data-modifying CTE saves a round trip on every transaction. Written as text, one
+    statement per event count, built once: a multi-row ``insert().values()`` would be
+    compiled again on every call, which costs more than the round trip it saves.
+    """
+    rows = ", ".join(
+        "(" + ", ".join(f":{name}_{i}" for name in _EVENT_COLUMNS) + ")" for i in range(count)
+    )
+    # Only names from the schema and numbered placeholders: nothing from outside.
+    bump = "UPDATE workflow_instances SET event_seq = :b_seq, updated_at = :b_now WHERE id = :b_run"
+    insert = f"INSERT INTO {events.name} ({', '.join(_EVENT_COLUMNS)}) VALUES {rows}"  # noqa: S608
+    sql = f"WITH bump_seq AS ({bump}) {insert}"
+    types = {"b_now": runs.c.updated_at.type}
+    for i in range(count):
+        types |= {f"{name}_{i}": events.c[name].type for name in _EVENT_COLUMNS}
+    return sa.text(sql).bindparams(*(sa.bindparam(k, type_=t) for k, t in types.items()))
+
+
+def log_rows(
+    run_id: str, step_key: str, attempt: int, lines: Sequence[tuple[str, str]], now: datetime
+) -> list[dict[str, Any]]:
+    """Rows of step_logs for (stream, text) lines."""
+    return [
+        {
+            "instance_id": run_id,
+            "step_key": step_key,
+            "attempt": attempt,
+            "stream": stream,
+            "text": text,
+            "created_at": now,
+        }
+        for stream, text in lines
+    ]
+
+
+def version_definition(conn: sa.Connection, name: str, source: str) -> tuple[str, int, bool]:
+    """(id, version, created) of the definition ``name`` with this source.
+
+    The latest version is reused when its source is the same; otherwise a new version
+    is written, so every run points at exactly what it ran.
+    """
+    checksum = hashlib.sha256(source.encode()).hexdigest()
+    latest = conn.execute(
+        sa.select(definitions.c.id, definitions.c.version, definitions.c.checksum)
+        .where(definitions.c.name == name)
+        .order_by(definitions.c.version.desc())
+        .limit(1)
+    ).first()
+    if latest is not None and latest.checksum == checksum:
+        return latest.id, latest.version, False
+    version = 1 if latest is None else latest.version + 1
+    definition_id = str(uuid.uuid4())
+    conn.execute(
+        definitions.insert().values(
+            id=definition_id,
+            name=name,
+            version=version,
+            checksum=checksum,
+            definition={"source": source},
+            created_at=datetime.now(UTC),
+        )
+    )
+    return definition_id, version, True
+
+
+#: A step to move, the fields to set with its new status, and its event's payload.
+Move = tuple[StepRecord, dict[str, Any], dict[str, Any] | None]
+
+
+class RunTx:
+    """A transaction holding the lock on one run's row.
+
+    ``move_run`` and ``move_step`` are the one transition function of DESIGN §3: they
+    refuse illegal moves, record an event for every move, and (for steps) only update
+    a row still in the status and attempt the caller saw, which is the attempt fencing
+    that makes a duplicate or stale delivery harmless.
+    """
+
+    def __init__(
+        self,
+        conn: sa.Connection,
+        run_id: str,
+        now: datetime,
+        step_key: str | None = None,
+        claim_attempt: int | None = None,
+    ) -> None:
+        """Lock the run; with ``step_key``, read that step in the same round trip.
+
+        With ``claim_attempt`` too, only while that step is queued at that attempt:
+        otherwise NothingToClaim is raised, before anything was locked or written.
+        """
+        self.conn = conn
+        self.now = now
+        self._pending: list[dict[str, Any]] = []
+        self._ids = {"b_run": run_id}
+        #: The step read with the lock (``step_key``), handed out once by ``step``.
+        self._prefetched: StepRecord | None = None
+        #: Steps read ahead by ``read_ahead``, each handed out once by ``step``.
+        self._ahead: dict[str, StepRecord] = {}
+        if step_key is None:
+            row = conn.execute(_LOCK_RUN, self._ids).mappings().first()
+        elif claim_attempt is not None:
+            params = {**self._ids, "b_key": step_key, "b_attempt": claim_attempt}
+            row = conn.execute(_LOCK_RUN_FOR_CLAIM, params).mappings().first()
+            if row is None:
+                raise NothingToClaim(f"run {run_id} has no step {step_key!r} to claim")
+        else:
+            row = (
+                conn.execute(_LOCK_RUN_WITH_STEP, {**self._ids, "b_key": step_key})
+                .mappings()
+                .first()
+            )
+        if row is None:
+            raise NotFound(f"no run {run_id}")
+        self.run: RunRecord = run_from_row(row)
+        if step_key is not None and row[_STEP_PREFIX + "id"] is not None:
+            n = len(_STEP_PREFIX)
+            self._prefetched = step_from_row(
+                {k[n:]: v for k, v in row.items() if k.startswith(_STEP_PREFIX)}
+            )
+        self._postgres = conn.dialect.name == "postgresql"
+
+    def steps(self, keys: Collection[str] | None = None) -> list[StepRecord]:
+        """The run's steps (or those in ``keys``) in plan order, without their outputs."""
+        if keys is None:
+            rows = self.conn.execute(_STEPS, self._ids)
+        else:
+            rows = self.conn.execute(_SOME_STEPS, {**self._ids, "b_keys": list(keys)})
+        return [step_from_row(r) for r in rows.mappings()]
+
+    def queued_now(self, queue: str, types: Sequence[str], limit: int) -> list[StepRecord]:
+        """Up to ``limit`` of the run's steps of ``types`` queued and due on ``queue``."""
+        if limit <= 0 or not types:
+            return []
+        params = {"b_queue": queue, "b_types": list(types), "b_now": self.now, "b_limit": limit}
+        rows = self.conn.execute(_QUEUED_NOW, {**self._ids, **params})
+        return [step_from_row(r) for r in rows.mappings()]
+
+    def status_counts(self) -> Counter[StepStatus]:
+        """How many of the run's steps are in each status."""
+        rows = self.conn.execute(_COUNTS, self._ids)
+        return Counter({StepStatus(status): count for status, count in rows})
+
+    def outputs(self) -> dict[str, dict[str, Any]]:
+        """Outputs of the run's succeeded steps, by key."""
+        rows = self.conn.execute(_OUTPUTS, self._ids)
+        return {r.step_key: r.outputs or {} for r in rows}
+
+    def read_ahead(self, keys: Collection[str]) -> None:
+        """Read these steps in one round trip, for the ``step`` calls that follow."""
+        rows = self.conn.execute(_FULL_STEPS, {**self._ids, "b_keys": list(keys)})
+        self._ahead = {r["step_key"]: step_from_row(r) for r in rows.mappings()}
+
+    def step(self, key: str) -> StepRecord:
+        """One step of the run by key."""
+        found, self._prefetched = self._prefetched, None
+        if found is not None and found.key == key:
+            return found  # read with the lock, and not changed since: nothing wrote yet
+        ahead = self._ahead.pop(key, None)
+        if ahead is not None:
+            return ahead  # read in this transaction, and only its own move changes it
+        row = self.conn.execute(_ONE_STEP, {**self._ids, "b_key": key}).mappings().first()
+        if row is None:
+            raise NotFound(f"run {self.run.id} has no step {key!r}")
+        return step_from_row(row)
+
+    def move_run(self, new: RunStatus, *, error: str | None = None, **payload: Any) -> None:
+        """Change the run's status (checked), recording ``run.<status>``."""
+        status = check_run_move(self.run.status, new)
+        completed = self.now if status.terminal else None
+        values = {"status": status.value, "updated_at": self.now, "completed_at": completed}
+        self.conn.execute(_UPDATE_RUN, {**self._ids, **values, "error": error})
+        self.run = replace(self.run, status=status, error=error, completed_at=completed)
+        self.event(f"run.{status.value}", **({"error": error} if error else {}), **payload)
+
+    def move_step(
+        self,
+        step: StepRecord,
+        new: StepStatus,
+        *,
+        event: dict[str, Any] | None = None,
+        **fields: Any,
+    ) -> bool:
+        """Change a step's status if it is still as ``step`` describes it.
+
+        Returns False (and changes nothing) when another writer got there first.
+        """
+        moves: list[Move] = [(step, fields, event)]
+        return self._move(moves, new) == 1
+
+    def move_steps(self, moves: Sequence[Move], new: StepStatus) -> None:
+        """``move_step`` for several steps (each with its fields and event) in one round trip.
+
+        Every step must still be as given: the run's lock keeps any other writer from
+        changing a step's status, so a step that moved anyway is a broken invariant
+        and the whole transaction is refused.
+        """
+        moved = self._move(moves, new) if moves else 0
+        if moved != len(moves):
+            raise StepsMoved(f"{len(moves) - moved} steps changed under the run's lock")
+
+    def _move(self, moves: Sequence[Move], new: StepStatus) -> int:
+        """Move the steps still as given; how many that was (events only when all moved)."""
+        params = []
+        for step, fields, _ in moves:
+            status = check_step_move(step.status, new)
+            self._ahead.pop(step.key, None)
+            ids = {"b_id": step.id, "b_status": step.status.value, "b_attempts": step.attempts}
+            params.append({**ids, "status": status.value, **fields})
+        self._prefetched = None
+        moved = self.conn.execute(_MOVE_STEP, params).rowcount
+        if moved == len(moves):
+            for step, fields, event in moves:
+                payload = {"attempt": fields.get("attempts", step.attempts), **(event or {})}
+                self.event(f"step.{new.value}", step.key, **payload)
+        return moved
+
+    def update_run(self, **fields: Any) -> None:
+        """Change the run's fields (never its status: see ``move_run``)."""
+        self.conn.execute(_UPDATE_RUN, {**self._ids, **fields})
+        self.run = replace(self.run, **fields)
+
+    def update_step(self, step: StepRecord, **fields: Any) -> None:
+        """Change a step's fields without changing its status."""
+        self._prefetched = None
+        self._ahead.pop(step.key, None)
+        self.conn.execute(_UPDATE_STEP, {"b_id": step.id, **fields})
+
+    def append_logs(self, batches: Sequence[tuple[str, int, Sequence[tuple[str, str]]]]) -> None:
+        """Write steps' last log lines, (key, attempt, lines) each, with their results."""
+        rows = [
+            row
+            for step_key, attempt, lines in batches
+            for row in log_rows(self.run.id, step_key, attempt, lines, self.now)
+        ]
+        if rows:
+            self.conn.execute(_INSERT_LOGS, rows)
+
+    def event(self, type_: str, step_key: str | None = None, **payload: Any) -> None:
+        """Append an event; it is numbered and written when the transaction commits."""
+        self._pending.append(
+            {
+                "instance_id": self.run.id,
+                "step_key": step_key,
+                "type": type_,
+                "payload": payload,
+                "created_at": self.now,
+            }
+        )
+
+    def flush_events(self) -> None:
+        """Number the pending events after the run's last one and write them."""
+        if not self._pending:
+            return
+        base = self.run.event_seq
+        for offset, row in enumerate(self._pending, start=1):
+            row["seq"] = base + offset
+        seq = base + len(self._pending)
+        if self._postgres:
+            params = {**self._ids, "b_seq": seq, "b_now": self.now}
+            for i, row in enumerate(self._pending):
+                params |= {f"{name}_{i}": row[name] for name in _EVENT_COLUMNS}
+            self.conn.execute(_insert_events_bumping_seq(len(self._pending)), params)
+        else:
+            self.conn.execute(_INSERT_EVENTS, self._pending)
+            self.conn.execute(_UPDATE_RUN, {**self._ids, "event_seq": seq, "updated_at": self.now})
+        self.run = replace(self.run, event_seq=seq)
+        self._pending = []
