@@ -39,8 +39,8 @@ import boto3
 from conveyor.orchestrator.artifacts.models import hash_stream
 from conveyor.orchestrator.contracts import ArtifactStore
 from conveyor.orchestrator.settings import Settings
-from conveyor.providers.artifacts_local import LocalArtifactStore
-from conveyor.providers.artifacts_s3 import S3ArtifactStore
+from conveyor.providers.local import LocalArtifactStore
+from conveyor.providers.s3 import S3ArtifactStore
 
 MIB = 1024 * 1024
 RUN = "bench-run"

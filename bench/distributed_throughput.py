@@ -51,9 +51,9 @@ import sqlalchemy as sa
 from celery import Celery
 
 from conveyor.orchestrator.contracts import StepRef
-from conveyor.orchestrator.engine.embedded import make_compiler
 from conveyor.orchestrator.engine.runtime import Runtime
-from conveyor.orchestrator.pipeline.plan import Compiled
+from conveyor.orchestrator.pipeline.plan import Compiled, Compiler
+from conveyor.orchestrator.plugins import StepTypes
 from conveyor.orchestrator.settings import Settings
 from conveyor.orchestrator.store.sql import SqlStore
 from conveyor.workers.app import make_celery
@@ -159,7 +159,7 @@ class Conveyor:
 
     def __post_init__(self) -> None:
         self.store = SqlStore(self.settings.resolved_database_url)
-        self.compiler = make_compiler(self.settings)
+        self.compiler = Compiler.for_settings(self.settings, StepTypes())
         self.dispatcher = CeleryDispatcher(make_celery(self.settings))
         self.runtime = Runtime(self.store, self.compiler.templates, self.dispatcher)
         self._compiled: dict[str, Compiled] = {}
@@ -230,7 +230,7 @@ def exact_commits(settings: Settings, width: int, text: str, runs: int = 20) -> 
     process = WorkerProcess.build(make_celery(settings), settings, "bench:0", None)
     collect = _Collect()
     process.runtime.dispatcher = collect
-    compiled = make_compiler(settings).compile(text)
+    compiled = Compiler.for_settings(settings, StepTypes()).compile(text)
     count = [0]
     sa.event.listen(
         process.store.engine, "commit", lambda _conn: count.__setitem__(0, count[0] + 1)

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections import defaultdict
 
 from flask import Blueprint, Flask
 
 from conveyor.orchestrator.contracts import Dispatcher
-from conveyor.orchestrator.engine.embedded import make_compiler, open_store
-from conveyor.orchestrator.engine.runtime import Runtime
-from conveyor.orchestrator.engine.vault import make_vault
-from conveyor.orchestrator.plugins import load_artifact_store
+from conveyor.orchestrator.engine.wiring import Core, open_store, wire
 from conveyor.orchestrator.settings import Settings
 from conveyor.orchestrator.store.definitions import Definitions
 from conveyor.orchestrator.store.sql import SqlStore
@@ -35,13 +31,19 @@ def create_app(
     store: SqlStore | None = None,
     dispatcher: Dispatcher | None = None,
     broker_check: BrokerCheck | None = None,
+    core: Core | None = None,
 ) -> Flask:
     """The API for ``settings``; ``dispatcher`` sends ready steps to the workers.
 
     Without a dispatcher, queued steps wait for the reconciler to send them; without a
-    broker check, /readyz looks at the database only.
+    broker check, /readyz looks at the database only. ``core``: the process's core when
+    it was built already (an API that runs steps in its own process), so there is one.
     """
-    services = build_services(settings, store, dispatcher, broker_check)
+    if core is None:
+        if dispatcher is None:
+            log.warning("no dispatcher: queued steps wait for the reconciler to send them")
+        core = wire(settings, store or open_store(settings), dispatcher=dispatcher, run_steps=False)
+    services = build_services(core, broker_check)
     app = Flask("conveyor.api")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_definition_bytes * BODY_FACTOR + 65536
     app.extensions["conveyor"] = services  # for tests and embedding; handlers get it passed
@@ -51,34 +53,19 @@ def create_app(
     return app
 
 
-def build_services(
-    settings: Settings,
-    store: SqlStore | None,
-    dispatcher: Dispatcher | None,
-    broker_check: BrokerCheck | None,
-) -> Services:
-    """Store, compiler, runtime, registry and tokens for the routes."""
-    store = store or open_store(settings)
-    compiler = make_compiler(settings)
-    runtime = Runtime(
-        store,
-        compiler.templates,
-        dispatcher,
-        lease_seconds=settings.lease_seconds,
-        vault=make_vault(settings, embedded=store.is_sqlite),
-    )
-    if dispatcher is None:
-        log.warning("no dispatcher: queued steps wait for the reconciler to send them")
+def build_services(core: Core, broker_check: BrokerCheck | None) -> Services:
+    """What the routes work with: the process's core, definitions and tokens."""
+    settings = core.settings
     return Services(
         settings=settings,
-        store=store,
-        compiler=compiler,
-        runtime=runtime,
-        definitions=Definitions(store),
-        tokens=Tokens(store),
+        store=core.store,
+        compiler=core.compiler,
+        runtime=core.runtime,
+        definitions=Definitions(core.store),
+        tokens=Tokens(core.store),
         broker_check=broker_check,
         poll_seconds=min(max(settings.log_flush_seconds, 0.05), 1.0),
-        artifact_store=functools.cache(lambda: load_artifact_store(settings)),
+        artifact_store=core.artifact_store,
     )
 
 

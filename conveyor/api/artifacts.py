@@ -8,8 +8,9 @@ from typing import BinaryIO
 
 from flask import Response
 
-from conveyor.orchestrator.artifacts.models import Artifact, ArtifactNotFound, chunks
+from conveyor.orchestrator.artifacts.models import Artifact, chunks
 from conveyor.orchestrator.artifacts.retention import explain_missing
+from conveyor.orchestrator.errors import ArtifactNotFound
 
 from .models import ArtifactList, ArtifactModel
 from .routing import Call

@@ -1,41 +1,71 @@
-"""Errors only the API raises, and the one handler that turns any error into JSON.
+"""The one handler that turns any error into JSON, and the HTTP status of each error.
 
-They extend the orchestrator's error tree, so the handler maps every error the same
-way: ``ConveyorError.http_status`` is the status, the message is ``detail``.
+Errors are the orchestrator's (``conveyor.orchestrator.errors``); what each one means
+over HTTP is decided here, in ``STATUSES``. The message is the answer's ``detail``.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from flask import Response
 from werkzeug.exceptions import HTTPException
 
-from conveyor.orchestrator.errors import ConveyorError, SpecError
+from conveyor.orchestrator.errors import (
+    ArtifactError,
+    ArtifactNotFound,
+    BadRequest,
+    BrokerUnavailable,
+    ChecksumMismatch,
+    Conflict,
+    ConveyorError,
+    Forbidden,
+    NotFound,
+    SchemaOutdated,
+    SecretsUnavailable,
+    SpecError,
+    StoreUnavailable,
+    TemplateError,
+    Unauthorized,
+)
 
 from .models import ErrorBody, ProblemModel
 
 log = logging.getLogger("conveyor.api")
 
+#: The HTTP status of each error class. A class not listed answers with its nearest
+#: listed parent's (``IllegalTransition`` is a 409 as ``Conflict`` is); anything else
+#: is a 500.
+STATUSES: Mapping[type[ConveyorError], int] = {
+    ConveyorError: 500,
+    BadRequest: 400,
+    Unauthorized: 401,
+    Forbidden: 403,
+    NotFound: 404,
+    Conflict: 409,
+    SpecError: 422,
+    TemplateError: 422,
+    SecretsUnavailable: 422,
+    # A bad key or an oversized artifact is the client's to fix; a stored artifact that
+    # no longer matches its checksum is the server's fault.
+    ArtifactError: 422,
+    ArtifactNotFound: 404,
+    ChecksumMismatch: 500,
+    StoreUnavailable: 503,
+    SchemaOutdated: 503,
+    BrokerUnavailable: 503,
+}
 
-class BadRequest(ConveyorError):
-    """The request is malformed."""
 
-    http_status = 400
-
-
-class Unauthorized(ConveyorError):
-    """A valid bearer token is required: send `Authorization: Bearer <token>`."""
-
-    http_status = 401
-
-
-class Forbidden(ConveyorError):
-    """This token's role may not do that."""
-
-    http_status = 403
+def status_for(error: type[ConveyorError]) -> int:
+    """The HTTP status of ``error``: its own in ``STATUSES``, else its nearest parent's."""
+    for cls in error.__mro__:
+        if cls in STATUSES:
+            return STATUSES[cls]
+    return 500
 
 
 def error_code(name: str) -> str:
@@ -66,11 +96,12 @@ def _conveyor_error(exc: ConveyorError) -> Response:
     problems = None
     if isinstance(exc, SpecError):
         problems = [ProblemModel(path=p.path, message=p.message, line=p.line) for p in exc.problems]
-    if exc.http_status >= 500:
+    status = status_for(type(exc))
+    if status >= 500:
         log.warning("%s: %s", type(exc).__name__, exc.message)
     body = ErrorBody(error=error_code(type(exc).__name__), detail=exc.message, problems=problems)
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
-    return json_response(body, exc.http_status, headers)
+    return json_response(body, status, headers)
 
 
 def _http_error(exc: HTTPException) -> Response:

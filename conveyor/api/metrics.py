@@ -12,11 +12,9 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from conveyor.orchestrator.queues import STANDARD
 from conveyor.orchestrator.status import RunStatus
 from conveyor.orchestrator.store.stats import Stats
-
-#: Queues a deployment always has: reported (at 0) even before any step used them.
-QUEUES = ("control", "sandbox", "scan", "deploy")
 
 
 class StoreCollector(Collector):
@@ -39,7 +37,8 @@ class StoreCollector(Collector):
             runs.add_metric([status], count)
         for (status, type_, queue), count in sorted(self.stats.steps_by_status().items()):
             steps.add_metric([status, type_, queue], count)
-        for queue, count in sorted((dict.fromkeys(QUEUES, 0) | self.stats.queue_depth()).items()):
+        # Queues a deployment always has are reported (at 0) even before any step used them.
+        for queue, count in sorted((dict.fromkeys(STANDARD, 0) | self.stats.queue_depth()).items()):
             depth.add_metric([queue], count)
         for h in self.stats.step_durations():
             buckets = [(_bound(b), n) for b, n in h.buckets] + [("+Inf", h.count)]

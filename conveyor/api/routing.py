@@ -15,10 +15,10 @@ from flask import Response, request
 from pydantic import BaseModel, ValidationError
 from werkzeug.datastructures import Headers
 
+from conveyor.orchestrator.errors import BadRequest, Forbidden, Unauthorized
 from conveyor.orchestrator.pipeline.spec import format_path
 from conveyor.orchestrator.store.tokens import Role, Token
 
-from .errors import BadRequest, Forbidden, Unauthorized
 from .services import Services
 
 B = TypeVar("B")

@@ -10,11 +10,10 @@ from datetime import datetime
 from werkzeug.datastructures import Headers
 
 from conveyor.orchestrator.engine.recovery import retry_run
-from conveyor.orchestrator.errors import Conflict
+from conveyor.orchestrator.errors import BadRequest, Conflict
 from conveyor.orchestrator.pipeline.plan import ExecutionPlan
 from conveyor.orchestrator.store.records import RunRecord
 
-from .errors import BadRequest
 from .models import Event, EventList, EventQuery, Run, RunDetail, RunPage, RunQuery, SubmitRun
 from .pipelines import find_definition
 from .routing import Call, Reply

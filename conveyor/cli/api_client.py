@@ -23,6 +23,7 @@ from conveyor.orchestrator.errors import (
     Problem,
     SpecError,
     StoreUnavailable,
+    Unreachable,
 )
 from conveyor.orchestrator.status import RunStatus, StepStatus
 from conveyor.orchestrator.store.records import EventRecord, LogRecord, RunRecord, StepRecord
@@ -30,10 +31,6 @@ from conveyor.orchestrator.store.records import EventRecord, LogRecord, RunRecor
 PREFIX = "/api/v1"
 #: How an answer's status comes back as an error here.
 _ERRORS: dict[int, type[ConveyorError]] = {404: NotFound, 409: Conflict, 503: StoreUnavailable}
-
-
-class Unreachable(StoreUnavailable):
-    """The API could not be reached."""
 
 
 class ApiClient:

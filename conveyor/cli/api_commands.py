@@ -32,6 +32,7 @@ from .render import when
 
 if TYPE_CHECKING:
     from conveyor.orchestrator.contracts import Dispatcher
+    from conveyor.orchestrator.engine.wiring import Core
     from conveyor.orchestrator.store.sql import SqlStore
 
     from .api_client import ApiClient
@@ -87,9 +88,11 @@ def _serve(settings: Settings, store: SqlStore, host: str, port: int, threads: i
 
     from conveyor.api import create_app  # noqa: PLC0415
 
-    dispatcher, broker_check, close, mode = _dispatching(settings, store)
+    dispatcher, broker_check, close, mode, core = _dispatching(settings, store)
     try:
-        app = create_app(settings, store=store, dispatcher=dispatcher, broker_check=broker_check)
+        app = create_app(
+            settings, store=store, dispatcher=dispatcher, broker_check=broker_check, core=core
+        )
         server = waitress.create_server(app, host=host, port=port, threads=threads)
         bound = getattr(server, "effective_port", port)  # the port it got, when given 0
         click.echo(f"Conveyor API listening on http://{host}:{bound}/api/v1 ({mode})")
@@ -106,19 +109,30 @@ def _exit_on_sigterm(_signum: int, _frame: FrameType | None) -> None:
 
 def _dispatching(
     settings: Settings, store: SqlStore
-) -> tuple[Dispatcher, Callable[[], object] | None, Callable[[], None], str]:
-    """(dispatcher, broker check, clean-up, description) for the settings' shape."""
+) -> tuple[Dispatcher, Callable[[], object] | None, Callable[[], None], str, Core | None]:
+    """(dispatcher, broker check, clean-up, description, core) for the settings' shape.
+
+    Without a broker, steps run in this process: the API then works with the embedded
+    engine's core, so the process has one runtime and one compiler.
+    """
     if settings.broker_url:
         from conveyor.workers.app import make_celery  # noqa: PLC0415  (Celery loads slowly)
         from conveyor.workers.dispatcher import CeleryDispatcher, broker_ping  # noqa: PLC0415
 
         celery = make_celery(settings)
         dispatcher = CeleryDispatcher(celery)
-        return dispatcher, partial(broker_ping, celery), dispatcher.close, "steps go to workers"
+        return (
+            dispatcher,
+            partial(broker_ping, celery),
+            dispatcher.close,
+            "steps go to workers",
+            None,
+        )
     from conveyor.orchestrator.engine.embedded import EmbeddedEngine  # noqa: PLC0415
 
     engine = EmbeddedEngine(settings, store=store)
-    return engine.dispatcher, None, engine.close, "no broker: steps run in this process"
+    mode = "no broker: steps run in this process"
+    return engine.dispatcher, None, engine.close, mode, engine.core
 
 
 # -- conveyor submit / watch -------------------------------------------------------------

@@ -8,8 +8,8 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from conveyor.orchestrator.artifacts.models import ArtifactNotFound
 from conveyor.orchestrator.artifacts.retention import describe, expiry, explain_missing
+from conveyor.orchestrator.errors import ArtifactNotFound
 from conveyor.orchestrator.plugins import load_artifact_store
 from conveyor.orchestrator.settings import Settings
 

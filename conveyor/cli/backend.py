@@ -11,8 +11,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from conveyor.orchestrator.contracts import StepType
-from conveyor.orchestrator.pipeline.plan import Compiler, Limits
-from conveyor.orchestrator.pipeline.templates import TemplateEngine
+from conveyor.orchestrator.pipeline.plan import Compiler
 from conveyor.orchestrator.plugins import StepTypes
 from conveyor.orchestrator.settings import Settings
 
@@ -22,19 +21,13 @@ if TYPE_CHECKING:
 
 
 def compiler(settings: Settings) -> Compiler:
-    """The compiler ``embedded.make_compiler`` builds, without importing the store."""
-    limits = Limits(
-        max_bytes=settings.max_definition_bytes,
-        max_nodes=settings.max_yaml_nodes,
-        max_steps=settings.max_steps,
-        max_matrix=settings.max_matrix,
-    )
-    return Compiler(StepTypes(), TemplateEngine(max_output=settings.max_template_output), limits)
+    """The compiler the engine builds (``Compiler.for_settings``), without the store."""
+    return Compiler.for_settings(settings, StepTypes())
 
 
 def open_store(settings: Settings) -> SqlStore:
     """The settings' store, migrated (SQLite) or checked to be current (others)."""
-    from conveyor.orchestrator.engine.embedded import open_store  # noqa: PLC0415  (see above)
+    from conveyor.orchestrator.engine.wiring import open_store  # noqa: PLC0415  (see above)
 
     return open_store(settings)
 

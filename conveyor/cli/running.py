@@ -105,7 +105,7 @@ def _interrupt(engine: EmbeddedEngine, run_id: str, signum: int) -> None:
     name = signal.Signals(signum).name
     err.print(f"[yellow]{name}: cancelling the run…[/]")
     with contextlib.suppress(ConveyorError):  # it may have finished meanwhile
-        engine.runtime.cancel(run_id, f"cancelled: interrupted by {name}")
+        engine.cancel(run_id, f"cancelled: interrupted by {name}")
     engine.dispatcher.close(wait=True)
 
 
@@ -113,7 +113,7 @@ def _abandon(engine: EmbeddedEngine, run_id: str, error: Exception) -> None:
     """Cancel the run this process can no longer see through, rather than leave it
     ``running`` for ever with nobody to run its steps."""
     with contextlib.suppress(ConveyorError):
-        engine.runtime.cancel(run_id, f"cancelled: conveyor run failed ({type(error).__name__})")
+        engine.cancel(run_id, f"cancelled: conveyor run failed ({type(error).__name__})")
 
 
 def summary(store: RunReader, run: RunRecord, *, header: bool = True) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import click
 
 from conveyor.orchestrator.errors import ConveyorError
+from conveyor.orchestrator.queues import STANDARD
 from conveyor.orchestrator.settings import Settings
 
 PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True}
@@ -39,7 +40,7 @@ def _check_schema(settings: Settings) -> None:
 @click.option(
     "-Q",
     "--queues",
-    default="control,sandbox,scan,deploy",
+    default=",".join(STANDARD),
     show_default=True,
     help="Comma-separated queues to consume.",
 )

@@ -3,6 +3,10 @@
 Every error carries a message for a person; the docstring of each class is its default
 message. Driver errors (SQLAlchemy, YAML, Jinja2) are translated into these at the
 boundary where they happen, so callers only ever catch ``ConveyorError``.
+
+Every Conveyor error class lives here, whichever package raises it, grouped by area.
+What an error means over HTTP is the API's business: ``conveyor.api.errors`` maps these
+classes to status codes.
 """
 
 from __future__ import annotations
@@ -13,12 +17,27 @@ from dataclasses import dataclass
 class ConveyorError(Exception):
     """Conveyor failed."""
 
-    #: HTTP status the API maps this error to.
-    http_status = 500
-
     def __init__(self, message: str | None = None) -> None:
         self.message = message or (self.__class__.__doc__ or "error").strip()
         super().__init__(self.message)
+
+
+# -- lookups and state: what a request asks for is missing or not allowed now -----------
+
+
+class NotFound(ConveyorError):
+    """Not found."""
+
+
+class Conflict(ConveyorError):
+    """The request conflicts with the current state."""
+
+
+class IllegalTransition(Conflict):
+    """That status change is not allowed."""
+
+
+# -- pipelines: definitions, templates, plugins ---------------------------------------
 
 
 @dataclass(frozen=True)
@@ -38,8 +57,6 @@ class Problem:
 class SpecError(ConveyorError):
     """The pipeline definition is invalid."""
 
-    http_status = 422
-
     def __init__(self, problems: list[Problem] | Problem | str) -> None:
         if isinstance(problems, str):
             problems = [Problem("", problems)]
@@ -53,23 +70,20 @@ class SpecError(ConveyorError):
 class TemplateError(ConveyorError):
     """A template could not be rendered."""
 
-    http_status = 422
+
+class PluginError(ConveyorError):
+    """A plugin could not be loaded."""
 
 
-class NotFound(ConveyorError):
-    """Not found."""
-
-    http_status = 404
+# -- the store: the database and the run transaction ----------------------------------
 
 
-class Conflict(ConveyorError):
-    """The request conflicts with the current state."""
-
-    http_status = 409
+class StoreUnavailable(ConveyorError):
+    """The execution store is unavailable."""
 
 
-class IllegalTransition(Conflict):
-    """That status change is not allowed."""
+class SchemaOutdated(ConveyorError):
+    """The database schema is not at the current revision: run `conveyor db upgrade`."""
 
 
 class StepsMoved(ConveyorError):
@@ -83,19 +97,15 @@ class NothingToClaim(NotFound):
 class SecretsUnavailable(ConveyorError):
     """The run's secrets cannot be opened here."""
 
-    http_status = 422
+
+# -- dispatch: the message broker between the engine and the workers -------------------
 
 
-class StoreUnavailable(ConveyorError):
-    """The execution store is unavailable."""
-
-    http_status = 503
+class BrokerUnavailable(ConveyorError):
+    """The message broker is unavailable."""
 
 
-class SchemaOutdated(ConveyorError):
-    """The database schema is not at the current revision: run `conveyor db upgrade`."""
-
-    http_status = 503
+# -- steps: one attempt of one step ---------------------------------------------------
 
 
 class StepFailed(ConveyorError):
@@ -118,5 +128,63 @@ class SandboxError(StepFailed):
     """The sandbox failed."""
 
 
-class PluginError(ConveyorError):
-    """A plugin could not be loaded."""
+# -- artifacts ------------------------------------------------------------------------
+
+
+class ArtifactError(ConveyorError):
+    """The artifact could not be stored or read."""
+
+
+class ArtifactNotFound(ArtifactError):
+    """No such artifact."""
+
+
+class ArtifactExpired(ArtifactNotFound):
+    """The artifact was deleted when its run's retention ran out."""
+
+
+class ChecksumMismatch(ArtifactError):
+    """The artifact's content does not match its checksum."""
+
+
+# -- scanning: reports and suppression files ------------------------------------------
+# These are ValueErrors too, as they were before they joined the tree: a scanner
+# provider written against that (``except ValueError`` around a parse) keeps working.
+
+
+class ScanError(ConveyorError, ValueError):
+    """A scan's input could not be read."""
+
+
+class ScanOutputError(ScanError):
+    """The scanner's report could not be read."""
+
+
+class SarifError(ScanError):
+    """The document is not a SARIF log this reader understands."""
+
+
+class SuppressionError(ScanError):
+    """The suppressions file is not valid."""
+
+
+# -- API requests ---------------------------------------------------------------------
+
+
+class BadRequest(ConveyorError):
+    """The request is malformed."""
+
+
+class Unauthorized(ConveyorError):
+    """A valid bearer token is required: send `Authorization: Bearer <token>`."""
+
+
+class Forbidden(ConveyorError):
+    """This token's role may not do that."""
+
+
+# -- API clients (the CLI talking to a remote API) ------------------------------------
+
+
+class Unreachable(StoreUnavailable):
+    """The API could not be reached."""

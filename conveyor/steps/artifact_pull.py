@@ -8,12 +8,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from conveyor.orchestrator.artifacts.models import ArtifactError
-from conveyor.orchestrator.contracts import ObjectSource, SandboxConfig, StepContext
-from conveyor.orchestrator.errors import StepFailed
+from conveyor.orchestrator.contracts import ObjectSource, SandboxConfig, StepContext, UrlSource
+from conveyor.orchestrator.errors import ArtifactError, StepFailed
+from conveyor.orchestrator.queues import CONTROL
 
 from .artifact_files import place, pull
-from .url_fetch import download
 
 
 class ArtifactPullConfig(BaseModel):
@@ -55,7 +54,7 @@ class ArtifactPull:
     """Puts an artifact (a run's, or a URL's content) into the workspace."""
 
     Config: type[BaseModel] = ArtifactPullConfig
-    queue = "control"
+    queue = CONTROL
     shell_fields: frozenset[str] = frozenset()
 
     def run(self, ctx: StepContext, config: ArtifactPullConfig) -> dict[str, Any]:
@@ -95,15 +94,11 @@ class ArtifactPull:
 
     def _url(self, ctx: StepContext, sandbox: Any, config: ArtifactPullConfig) -> dict[str, Any]:
         assert config.url is not None
-        settings = ctx.settings
+        # The provider applies the operator's network policy (allow_private_urls).
+        web: UrlSource = ctx.provider("http")
         with tempfile.TemporaryDirectory(prefix="conveyor-url-") as tmp:
             local = Path(tmp) / "download"
-            size = download(
-                config.url,
-                local,
-                allow_private=settings.allow_private_urls,
-                limit=settings.max_download_bytes,
-            )
+            size = web.fetch(config.url, local, limit=ctx.settings.max_download_bytes)
             place(sandbox, local, config.dest, directory=False)
         ctx.log.line(f"downloaded {ctx.mask(config.url)} to {config.dest} ({size} bytes)")
         return {

@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from conveyor.orchestrator.contracts import SandboxConfig, StepContext
+from conveyor.orchestrator.queues import CONTROL
 
 from .artifact_files import push
 
@@ -28,7 +29,7 @@ class ArtifactPush:
     """Stores a workspace file or directory (as a tar) in the run's artifact store."""
 
     Config: type[BaseModel] = ArtifactPushConfig
-    queue = "control"
+    queue = CONTROL
     shell_fields: frozenset[str] = frozenset()
 
     def run(self, ctx: StepContext, config: ArtifactPushConfig) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from conveyor.orchestrator.contracts import StepContext
+from conveyor.orchestrator.queues import CONTROL
 
 Level = Literal["debug", "info", "warn", "error"]
 #: Only the levels a reader should not miss carry a prefix.
@@ -30,7 +31,7 @@ class Log:
     """Writes its message, line by line, to the step log."""
 
     Config: type[BaseModel] = LogConfig
-    queue = "control"
+    queue = CONTROL
     shell_fields: frozenset[str] = frozenset()
     #: In-process and instant: coalesced with the run's other brief steps.
     brief = True

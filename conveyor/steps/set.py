@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from conveyor.orchestrator.contracts import StepContext
+from conveyor.orchestrator.queues import CONTROL
 
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 
@@ -37,7 +38,7 @@ class Set:
     """Publishes its ``values`` as outputs, so later steps can use them."""
 
     Config: type[BaseModel] = SetConfig
-    queue = "control"
+    queue = CONTROL
     shell_fields: frozenset[str] = frozenset()
     #: In-process and instant: coalesced with the run's other brief steps.
     brief = True

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from conveyor.orchestrator.contracts import Sandbox, SandboxConfig, StepContext
 from conveyor.orchestrator.durations import Duration
 from conveyor.orchestrator.errors import SandboxError, StepFailed
+from conveyor.orchestrator.queues import SANDBOX
 
 from .artifact_files import push
 
@@ -93,7 +94,7 @@ class ShellExec:
     """Runs shell commands in a sandbox whose workspace lives for the whole run."""
 
     Config: type[BaseModel] = ShellExecConfig
-    queue = "sandbox"
+    queue = SANDBOX
     shell_fields = frozenset({"commands"})
 
     def run(self, ctx: StepContext, config: ShellExecConfig) -> dict[str, Any]:

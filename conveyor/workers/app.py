@@ -13,10 +13,11 @@ from typing import Any
 from celery import Celery
 
 from conveyor.orchestrator.errors import ConveyorError
+from conveyor.orchestrator.queues import CONTROL, SANDBOX, STANDARD
 from conveyor.orchestrator.settings import Settings
 
 from . import tasks
-from .queues import CONTROL, RECONCILE_TASK, RUN_STEP_TASK, SANDBOX, STANDARD
+from .queues import RECONCILE_TASK, RUN_STEP_TASK
 
 
 def make_celery(settings: Settings) -> Celery:

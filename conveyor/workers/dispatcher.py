@@ -25,7 +25,7 @@ from celery import Celery
 from conveyor.orchestrator.clock import utcnow
 from conveyor.orchestrator.contracts import StepRef
 from conveyor.orchestrator.engine.due import DueTimer
-from conveyor.orchestrator.errors import ConveyorError
+from conveyor.orchestrator.errors import BrokerUnavailable
 
 from .queues import RUN_STEP_TASK
 
@@ -34,12 +34,6 @@ log = logging.getLogger("conveyor.workers.dispatch")
 #: Sent this long after a step is due, so a worker whose clock runs a little behind
 #: does not find it early (and drop the message as an early delivery).
 DUE_MARGIN = timedelta(milliseconds=200)
-
-
-class BrokerUnavailable(ConveyorError):
-    """The message broker is unavailable."""
-
-    http_status = 503
 
 
 class CeleryDispatcher:

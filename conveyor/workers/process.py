@@ -17,15 +17,12 @@ from typing import TypeVar
 
 from celery import Celery
 
-from conveyor.orchestrator.artifacts.retention import ArtifactRetention
 from conveyor.orchestrator.contracts import StepRef
-from conveyor.orchestrator.engine.embedded import make_compiler
 from conveyor.orchestrator.engine.executor import Executor
 from conveyor.orchestrator.engine.recovery import Reconciler
 from conveyor.orchestrator.engine.runtime import Runtime
-from conveyor.orchestrator.engine.vault import make_vault
+from conveyor.orchestrator.engine.wiring import Core, open_store, wire
 from conveyor.orchestrator.errors import NotFound, StoreUnavailable
-from conveyor.orchestrator.plugins import Sandboxes
 from conveyor.orchestrator.settings import Settings
 from conveyor.orchestrator.store.sql import SqlStore
 
@@ -43,26 +40,16 @@ def open_current_store(settings: Settings) -> SqlStore:
     """The settings' store, refusing (SchemaOutdated) a schema that is not current.
 
     No pre-ping: every write a worker makes is retried while the store is unavailable
-    (``patiently``, the executor's result writes), so a pooled connection a Postgres
-    restart killed costs one retry instead of a round trip on every transaction.
+    (``patiently``, the executor's result writes).
     """
-    store = SqlStore(settings.resolved_database_url, pre_ping=False)
-    try:
-        store.ensure_current()
-    except BaseException:
-        store.close()
-        raise
-    return store
+    return open_store(settings, worker=True)
 
 
 @dataclass
 class WorkerProcess:
     """Everything one worker process needs to run steps and reconcile."""
 
-    store: SqlStore
-    runtime: Runtime
-    executor: Executor
-    reconciler: Reconciler
+    core: Core
     dispatcher: CeleryDispatcher
 
     @classmethod
@@ -70,25 +57,31 @@ class WorkerProcess:
         cls, app: Celery, settings: Settings, owner: str, queues: Collection[str] | None
     ) -> WorkerProcess:
         """Wire the pieces for this process; ``queues`` are those its worker consumes."""
-        store = open_current_store(settings)
-        compiler = make_compiler(settings)
         dispatcher = CeleryDispatcher(app)
-        runtime = Runtime(
-            store,
-            compiler.templates,
-            dispatcher,
-            lease_seconds=settings.lease_seconds,
-            vault=make_vault(settings, embedded=store.is_sqlite),
-        )
-        executor = Executor(
-            runtime, compiler.step_types, Sandboxes(settings), settings, owner=owner, queues=queues
-        )
-        retention = ArtifactRetention.from_settings(store, settings, executor.artifacts)
-        reconciler = Reconciler(
-            runtime, stale_after=settings.stale_after_seconds, retention=retention
-        )
+        store = open_current_store(settings)
+        core = wire(settings, store, dispatcher=dispatcher, owner=owner, queues=queues)
         log.info("conveyor worker process %s ready for queues %s", owner, _names(queues))
-        return cls(store, runtime, executor, reconciler, dispatcher)
+        return cls(core, dispatcher)
+
+    @property
+    def store(self) -> SqlStore:
+        """The process's store."""
+        return self.core.store
+
+    @property
+    def runtime(self) -> Runtime:
+        """The process's runtime."""
+        return self.core.runtime
+
+    @property
+    def executor(self) -> Executor:
+        """The process's executor."""
+        return self.core.running()
+
+    @property
+    def reconciler(self) -> Reconciler:
+        """The process's reconciler."""
+        return self.core.reconciler
 
     def run_step(self, ref: StepRef) -> None:
         """Claim and run ``ref`` (and the steps it continues with); a stale one is a no-op.

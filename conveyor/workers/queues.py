@@ -1,20 +1,13 @@
-"""Queue and task names: the wire contract between dispatchers and workers.
+"""Task names and queue options: the wire contract between dispatchers and workers.
 
-Each step type has a default queue (``StepType.queue``); a pipeline step may name
-another with ``queue:``, and a worker consumes the queues given to ``-Q``.
+Each step type has a default queue (``StepType.queue``; the built-in names are in
+``conveyor.orchestrator.queues``); a pipeline step may name another with ``queue:``,
+and a worker consumes the queues given to ``-Q``.
 """
 
 from __future__ import annotations
 
 import re
-
-CONTROL = "control"
-SANDBOX = "sandbox"
-SCAN = "scan"
-DEPLOY = "deploy"
-
-#: The queues of the built-in step types, declared by every app.
-STANDARD = (CONTROL, SANDBOX, SCAN, DEPLOY)
 
 #: The queue name a pipeline's ``queue:`` key accepts (kept in step with spec.py).
 _NAME = re.compile(r"[a-z][a-z0-9_-]{0,49}")

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from conveyor.orchestrator.artifacts.models import ArtifactError, ArtifactNotFound
+from conveyor.orchestrator.errors import ArtifactError, ArtifactNotFound
 from conveyor.orchestrator.settings import Settings
-from conveyor.providers.s3_objects import S3Objects
+from conveyor.providers.s3 import S3Objects
 from tests.integration.s3_kit import client, empty, moto_server
 from tests.unit.engine_kit import log_text, open_engine, pipeline, run, step
 

@@ -12,7 +12,7 @@ from conveyor.orchestrator.engine.runtime import Runtime
 from conveyor.orchestrator.pipeline.templates import TemplateEngine
 from conveyor.orchestrator.settings import Settings
 from conveyor.orchestrator.store.sql import SqlStore
-from conveyor.providers.artifacts_local import LocalArtifactStore
+from conveyor.providers.local import LocalArtifactStore
 from tests.unit.runtime_kit import FAIL, A, Harness, Recorder, pipeline
 
 DAY = timedelta(days=1)

@@ -9,7 +9,7 @@ import pytest
 
 from conveyor.orchestrator.contracts import ArtifactStore
 from conveyor.orchestrator.settings import Settings
-from conveyor.providers.artifacts_s3 import S3ArtifactStore
+from conveyor.providers.s3 import S3ArtifactStore
 from tests.integration.s3_kit import client, empty, free_port, moto_server
 from tests.unit.test_artifact_store import *  # noqa: F403  (pytest collects the imported tests)
 

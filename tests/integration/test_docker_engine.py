@@ -25,9 +25,8 @@ from conveyor.orchestrator.contracts import (
 from conveyor.orchestrator.errors import SandboxError, StepCancelled, StepFailed, StepTimeout
 from conveyor.orchestrator.plugins import Providers, Sandboxes
 from conveyor.orchestrator.settings import Settings
-from conveyor.providers.docker_common import RUN_LABEL
-from conveyor.providers.docker_engine import DockerEngine
-from conveyor.providers.docker_progress import OUTPUT_CAP
+from conveyor.providers.docker import RUN_LABEL, DockerEngine
+from conveyor.providers.docker.progress import OUTPUT_CAP
 from tests.integration.registry_kit import (
     BUSYBOX,
     Registry,

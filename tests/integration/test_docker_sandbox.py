@@ -22,8 +22,8 @@ import pytest
 from conveyor.orchestrator.contracts import Sandbox, SandboxConfig, SandboxRequest
 from conveyor.orchestrator.errors import SandboxError, StepCancelled, StepTimeout
 from conveyor.orchestrator.settings import Settings
-from conveyor.providers.docker_archive import unpack
-from conveyor.providers.docker_sandbox import RUN_LABEL, DockerSandboxFactory
+from conveyor.providers.docker import RUN_LABEL, DockerSandboxFactory
+from conveyor.providers.docker.archive import unpack
 from tests.conftest import missing as _missing
 from tests.unit.engine_kit import eventually, log_text, open_engine, pipeline, run, step
 
@@ -337,7 +337,7 @@ def test_files_the_worker_may_not_delete_go_through_a_container(
             raise PermissionError(13, "Permission denied", str(path))
         real_rmtree(path, *args, **kwargs)
 
-    monkeypatch.setattr("conveyor.providers.docker_sandbox.shutil.rmtree", rmtree)
+    monkeypatch.setattr("conveyor.providers.docker.sandbox.shutil.rmtree", rmtree)
     # When the run is cleaned up, Then a container deleted them and nothing is left
     factory.cleanup_run(req.run_id)
     assert denied == [host]

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from conveyor.orchestrator.settings import Settings
-from conveyor.providers.docker_common import RUN_LABEL
+from conveyor.providers.docker import RUN_LABEL
 from tests.integration.registry_kit import BUSYBOX, docker_client
 from tests.unit.engine_kit import log_text, open_engine, pipeline, run, step
 

@@ -14,7 +14,7 @@ import pytest
 
 from conveyor.orchestrator.errors import StepFailed
 from conveyor.providers.scanners.base import local_binary
-from conveyor.steps.scan_sast import ScanSast, ScanSastConfig
+from conveyor.steps.scan.sast import ScanSast, ScanSastConfig
 from tests.conftest import missing
 from tests.unit.fakes import FakeContext
 

@@ -21,11 +21,11 @@ import redis
 
 from conveyor.orchestrator.clock import utcnow
 from conveyor.orchestrator.contracts import StepRef
-from conveyor.orchestrator.errors import ConveyorError
+from conveyor.orchestrator.errors import BrokerUnavailable, ConveyorError
 from conveyor.orchestrator.settings import Settings
 from conveyor.orchestrator.store.sql import SqlStore
 from conveyor.workers.app import celery_config, make_celery
-from conveyor.workers.dispatcher import BrokerUnavailable, CeleryDispatcher, broker_ping
+from conveyor.workers.dispatcher import CeleryDispatcher, broker_ping
 from conveyor.workers.queues import RECONCILE_TASK, RUN_STEP_TASK, parse_queues
 from tests.conftest import missing
 from tests.integration.test_workers_routing import pipeline, shell

@@ -25,8 +25,9 @@ from typing import Any
 
 import pytest
 
-from conveyor.orchestrator.engine.embedded import make_compiler
 from conveyor.orchestrator.engine.runtime import Runtime
+from conveyor.orchestrator.pipeline.plan import Compiler
+from conveyor.orchestrator.plugins import StepTypes
 from conveyor.orchestrator.settings import Settings
 from conveyor.orchestrator.store.records import EventRecord, RunRecord
 from conveyor.orchestrator.store.sql import SqlStore
@@ -230,7 +231,7 @@ class Submitter:
 
     def __init__(self, store: SqlStore, settings: Settings) -> None:
         self.store = store
-        self.compiler = make_compiler(settings)
+        self.compiler = Compiler.for_settings(settings, StepTypes())
         self.app = make_celery(settings)
         self.dispatcher = CeleryDispatcher(self.app)
         self.runtime = Runtime(store, self.compiler.templates, self.dispatcher)

@@ -13,8 +13,7 @@ from conveyor.orchestrator.contracts import Sandbox, SandboxConfig, SandboxReque
 from conveyor.orchestrator.plugins import Providers
 from conveyor.orchestrator.scanning.history import MemoryLedger
 from conveyor.orchestrator.settings import Settings
-from conveyor.providers.artifacts_local import LocalArtifactStore
-from conveyor.providers.local_sandbox import LocalSandboxFactory
+from conveyor.providers.local import LocalArtifactStore, LocalSandboxFactory
 
 
 @dataclass

@@ -10,7 +10,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from conveyor.orchestrator.contracts import StepRef
-from conveyor.orchestrator.engine.runtime import Outcome, Runtime
+from conveyor.orchestrator.engine.attempt import Finished, Outcome
+from conveyor.orchestrator.engine.runtime import Runtime
 from conveyor.orchestrator.pipeline.plan import Compiler
 from conveyor.orchestrator.store.sql import SqlStore
 
@@ -66,9 +67,11 @@ class Harness:
                 continue
             outcome = (script.get(ref.step_key) or ["ok"]).pop(0)
             if outcome == "ok":
-                self.runtime.succeed(ref, {"exit_code": 0, "value": ref.step_key})
+                self.runtime.record(
+                    [Finished(ref, outputs={"exit_code": 0, "value": ref.step_key})]
+                )
             else:
-                self.runtime.fail(ref, outcome)
+                self.runtime.record([Finished(ref, outcome=outcome)])
 
     def statuses(self, run_id: str) -> dict[str, str]:
         return {s.key: s.status.value for s in self.store.list_steps(run_id)}

@@ -10,16 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from conveyor.orchestrator.artifacts.models import ArtifactExpired, ArtifactNotFound
+from conveyor.api.errors import status_for
 from conveyor.orchestrator.artifacts.retention import ArtifactRetention, expiry, explain_missing
 from conveyor.orchestrator.clock import utcnow
 from conveyor.orchestrator.contracts import ArtifactStore
 from conveyor.orchestrator.engine.recovery import Reconciler, retry_run
-from conveyor.orchestrator.errors import SpecError
+from conveyor.orchestrator.errors import ArtifactExpired, ArtifactNotFound, SpecError
 from conveyor.orchestrator.pipeline.spec import parse
 from conveyor.orchestrator.settings import Settings
 from conveyor.orchestrator.store.sql import SqlStore
-from conveyor.providers.artifacts_local import LocalArtifactStore
+from conveyor.providers.local import LocalArtifactStore
 from tests.unit.runtime_kit import FAIL, A, Harness, pipeline
 
 DAY = timedelta(days=1)
@@ -179,7 +179,7 @@ def test_an_expired_artifact_is_explained_as_expired(
         ArtifactExpired, match=r"artifact app.tar of run .* expired: deleted .*1d after"
     ):
         explain_missing(h.store, run_id, "app.tar")
-    assert issubclass(ArtifactExpired, ArtifactNotFound) and ArtifactExpired.http_status == 404
+    assert issubclass(ArtifactExpired, ArtifactNotFound) and status_for(ArtifactExpired) == 404
     explain_missing(h.store, other, "nope")  # not expired: the caller's 404 stands
     found = expiry(h.store, run_id)
     assert found is not None and (found.count, found.retention) == (2, 86400.0)
@@ -196,7 +196,7 @@ def test_a_failing_store_is_tried_again_next_sweep(
         def delete_run(self, rid: str) -> int:
             calls.append(rid)
             if len(calls) == 1:
-                from conveyor.orchestrator.artifacts.models import ArtifactError
+                from conveyor.orchestrator.errors import ArtifactError
 
                 raise ArtifactError("S3 request failed: connection refused")
             return artifacts.delete_run(rid)

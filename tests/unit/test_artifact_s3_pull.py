@@ -13,12 +13,12 @@ import pytest
 from pydantic import ValidationError
 from urllib3.exceptions import ProtocolError
 
-from conveyor.orchestrator.artifacts.models import Artifact, ArtifactError, ArtifactNotFound
+from conveyor.orchestrator.artifacts.models import Artifact
 from conveyor.orchestrator.contracts import ObjectSource
-from conveyor.orchestrator.errors import StepFailed
+from conveyor.orchestrator.errors import ArtifactError, ArtifactNotFound, StepFailed
 from conveyor.orchestrator.plugins import Providers
 from conveyor.orchestrator.settings import Settings
-from conveyor.providers.s3_objects import S3Objects
+from conveyor.providers.s3 import S3Objects
 from conveyor.steps.artifact_pull import ArtifactPull, ArtifactPullConfig
 from tests.unit.fakes import FakeContext
 

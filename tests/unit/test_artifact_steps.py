@@ -14,7 +14,6 @@ from conveyor.orchestrator.engine.embedded import EmbeddedEngine
 from conveyor.orchestrator.errors import StepFailed
 from conveyor.orchestrator.plugins import load_artifact_store
 from conveyor.steps.artifact_files import unpack
-from conveyor.steps.url_fetch import check_url
 from tests.unit.engine_kit import log_text, open_engine, pipeline, run, statuses, step
 
 BUILD = pipeline("""
@@ -113,28 +112,6 @@ def test_url_pulls_work_where_the_operator_allows_private_addresses(settings, we
         assert result.status == "succeeded", result.error
         assert statuses(engine, result.id) == {"get": "succeeded", "use": "succeeded"}
         assert log_text(engine, result.id, "use")[-1] == "tool"
-
-
-@pytest.mark.parametrize(
-    ("url", "addresses"),
-    [
-        ("http://metadata.internal/latest", ["169.254.169.254"]),
-        ("http://intranet.example/x", ["10.1.2.3"]),
-        ("http://mixed.example/x", ["93.184.216.34", "192.168.1.9"]),
-        ("http://v6.example/x", ["::1"]),
-        ("file:///etc/passwd", []),
-        ("ftp://example.com/x", []),
-    ],
-)
-def test_urls_and_redirect_targets_inside_the_network_are_refused(
-    url: str, addresses: list[str]
-) -> None:
-    with pytest.raises(StepFailed):
-        check_url(url, allow_private=False, resolver=lambda host: addresses)
-
-
-def test_a_public_address_passes_the_check() -> None:
-    check_url("https://example.com/x", allow_private=False, resolver=lambda host: ["93.184.216.34"])
 
 
 @pytest.mark.parametrize("evil", ["../escape.txt", "/abs.txt", "link"])

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from conveyor.orchestrator.artifacts.models import ArtifactError, ArtifactNotFound, ChecksumMismatch
 from conveyor.orchestrator.contracts import ArtifactStore
+from conveyor.orchestrator.errors import ArtifactError, ArtifactNotFound, ChecksumMismatch
 
 RUN = "3f0c2a1e-1111-4222-8333-944455556666"
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from conveyor.orchestrator.engine.claims import BRIEF_BATCH, Claim
-from conveyor.orchestrator.engine.runtime import Finished, Outcome
+from conveyor.orchestrator.engine.attempt import Attempt, Finished, Outcome
+from conveyor.orchestrator.engine.claims import BRIEF_BATCH
 from tests.unit.runtime_kit import Harness, pipeline
 
 
@@ -14,8 +14,8 @@ def brief(n: int, **extra: str) -> list[str]:
     return [f"{{name: b{i}, type: brief, needs: []{keys}}}" for i in range(n)]
 
 
-def all_of(claim: Claim) -> list[Claim]:
-    return [claim._replace(batch=()), *claim.batch]
+def all_of(claim: Attempt) -> list[Attempt]:
+    return [claim.alone(), *claim.batch]
 
 
 def test_brief_steps_ready_together_get_one_message_per_batch(h: Harness) -> None:
@@ -51,12 +51,12 @@ def test_a_batch_is_recorded_in_one_go_and_finishes_the_run(h: Harness) -> None:
         Finished(c.ref, outputs={"n": i}, logs=[("stdout", f"line {i}")])
         for i, c in enumerate(all_of(claim))
     ]
-    nxt = h.runtime.record(done, continue_as="w1")
+    nxt = h.runtime.record(done, continue_as="w1").next
 
     # What they made ready is claimed with the result, for the same worker.
     assert nxt is not None and nxt.ref.step_key == "after"
     assert h.recorder.sent == []
-    assert h.runtime.record([Finished(nxt.ref, outputs={})]) is None
+    assert h.runtime.record([Finished(nxt.ref, outputs={})]).next is None
     assert h.store.get_run(run_id).status == "succeeded"
     outputs = {s.key: s.outputs for s in h.store.list_steps(run_id)}
     assert outputs["b1"] == {"n": 1}
@@ -119,7 +119,7 @@ def test_brief_steps_wait_for_their_needs_and_retries_keep_their_eta(h: Harness)
     )
     a, _ = h.recorder.sent.pop(0)
     assert h.runtime.claim(a, "w") is not None
-    h.runtime.succeed(a, {})
+    h.runtime.record([Finished(a, outputs={})])
     assert [r.step_key for r, _ in h.recorder.sent] == ["b0"]  # one message for both
     head, _ = h.recorder.sent.pop(0)
     claim = h.runtime.claim(head, "w")

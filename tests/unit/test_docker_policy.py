@@ -10,7 +10,7 @@ import pytest
 from conveyor.orchestrator.contracts import SandboxConfig
 from conveyor.orchestrator.errors import SandboxError
 from conveyor.orchestrator.settings import Settings
-from conveyor.providers.docker_policy import container_options, container_path, mount_target
+from conveyor.providers.docker.policy import container_options, container_path, mount_target
 
 
 def options(tmp_path: Path, **config: Any) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from conveyor.orchestrator.errors import StepFailed
-from conveyor.providers.docker_progress import (
+from conveyor.providers.docker.progress import (
     OUTPUT_CAP,
     BuildLog,
     Capped,

@@ -22,9 +22,7 @@ from conveyor.orchestrator.contracts import (
     StepType,
 )
 from conveyor.orchestrator.errors import PluginError, StepFailed
-from conveyor.steps.docker_build import DockerBuild
-from conveyor.steps.docker_push import DockerPush
-from conveyor.steps.docker_run import DockerRun
+from conveyor.steps.docker import DockerBuild, DockerPush, DockerRun
 from tests.unit.fakes import FakeContext
 
 IMAGE_ID = "sha256:" + "1" * 64

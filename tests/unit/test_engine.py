@@ -179,7 +179,7 @@ def test_log_lines_reach_the_store_while_the_step_still_runs(engine: EmbeddedEng
 
     # Then it is in the store while the step is still running
     assert statuses(engine, run_id) == {"slow": "running"}
-    engine.runtime.cancel(run_id)
+    engine.cancel(run_id)
     assert finish(engine, run_id).status == "cancelled"
 
 

@@ -106,7 +106,7 @@ def test_a_step_deaf_to_cancellation_is_not_recorded_as_succeeded(
     eventually(lambda: log_text(engine, run_id, "p"), 5, "the step to start")
 
     # When the run is cancelled
-    engine.runtime.cancel(run_id)
+    engine.cancel(run_id)
 
     # Then the run is cancelled at once; the step, once it returns, is cancelled too
     assert engine.store.get_run(run_id).status == "cancelled"
@@ -134,7 +134,7 @@ def test_a_step_that_watches_ctx_cancelled_stops_when_cancelled(engine: Embedded
 
     # When the run is cancelled
     began = time.monotonic()
-    engine.runtime.cancel(run_id)
+    engine.cancel(run_id)
 
     # Then it stops at once and is recorded cancelled
     eventually(lambda: statuses(engine, run_id)["p"] == "cancelled", 5, "the step to stop")

@@ -170,7 +170,7 @@ def test_cancel_stops_a_running_step_and_the_rest(engine: EmbeddedEngine, tmp_pa
 
     # When the user cancels it
     began = time.monotonic()
-    engine.runtime.cancel(run_id)
+    engine.cancel(run_id)
 
     # Then the sleep dies promptly and every step ends cancelled
     eventually(lambda: statuses(engine, run_id)["slow"] == "cancelled", 5, "slow cancelled")
@@ -221,7 +221,7 @@ def test_the_engine_keeps_working_after_a_cancelled_run(engine: EmbeddedEngine) 
     """)
     run_id = start(engine, text)
     eventually(lambda: statuses(engine, run_id)["a"] == "running", 5, "a running")
-    engine.runtime.cancel(run_id)
+    engine.cancel(run_id)
     finish(engine, run_id)
 
     again = run(engine, pipeline("- {name: b, type: step.log, config: {message: hi}}"))

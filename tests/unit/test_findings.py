@@ -7,6 +7,7 @@ from datetime import date
 
 import pytest
 
+from conveyor.orchestrator.errors import SuppressionError
 from conveyor.orchestrator.scanning import sarif, sarif_read, suppressions
 from conveyor.orchestrator.scanning.cvss import base_score
 from conveyor.orchestrator.scanning.results import Finding, build_result, with_snippets
@@ -211,5 +212,5 @@ def test_suppressions_waive_until_their_expiry_date() -> None:
 )
 def test_invalid_suppression_files_say_what_is_wrong(text: str, message: str) -> None:
     """Given a broken suppressions file, When parsed, Then the error names the problem."""
-    with pytest.raises(suppressions.SuppressionError, match=message):
+    with pytest.raises(SuppressionError, match=message):
         suppressions.parse(text)

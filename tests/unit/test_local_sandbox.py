@@ -13,7 +13,8 @@ import pytest
 from conveyor.orchestrator.contracts import Sandbox, SandboxConfig, SandboxRequest
 from conveyor.orchestrator.errors import SandboxError, StepCancelled, StepTimeout
 from conveyor.orchestrator.settings import Settings
-from conveyor.providers.local_sandbox import LocalSandbox, LocalSandboxFactory, parse_memory
+from conveyor.providers.local import LocalSandbox, LocalSandboxFactory
+from conveyor.providers.sandbox_common import parse_memory
 
 #: Generous: every kill below should take well under this.
 QUICK = 5.0

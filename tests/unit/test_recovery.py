@@ -7,8 +7,8 @@ from datetime import timedelta
 import pytest
 
 from conveyor.orchestrator.clock import utcnow
+from conveyor.orchestrator.engine.attempt import Finished, Outcome
 from conveyor.orchestrator.engine.recovery import Reconciler, retry_run
-from conveyor.orchestrator.engine.runtime import Outcome
 from conveyor.orchestrator.errors import Conflict
 from tests.unit.runtime_kit import FAIL, A, B, Harness, pipeline
 
@@ -73,7 +73,7 @@ def test_a_step_whose_worker_died_is_run_again_by_another(h: Harness) -> None:
     assert report.reclaimed == 1
     ((retry, _),) = h.recorder.sent
     assert retry.attempt == 2
-    h.runtime.succeed(ref, {})  # the dead worker's late word changes nothing
+    h.runtime.record([Finished(ref, outputs={})])  # the dead worker's late word changes nothing
     h.drive(run_id, {})
     steps = {s.key: s for s in h.store.list_steps(run_id)}
     assert (steps["a"].status.value, steps["a"].attempts) == ("succeeded", 2)

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from conveyor.orchestrator.clock import utcnow
-from conveyor.orchestrator.engine.runtime import Outcome
+from conveyor.orchestrator.engine.attempt import Finished, Outcome
 from conveyor.orchestrator.errors import Conflict
 from tests.unit.runtime_kit import FAIL, A, B, C, Harness, pipeline
 
@@ -156,7 +156,7 @@ def test_a_retry_waits_for_its_backoff(h: Harness) -> None:
     ref, _ = h.recorder.sent.pop()
     h.runtime.claim(ref, "w")
 
-    h.runtime.fail(ref, FAIL)
+    h.runtime.record([Finished(ref, outcome=FAIL)])
 
     retry, eta = h.recorder.sent.pop()
     assert retry.attempt == 2 and eta is not None
@@ -178,11 +178,13 @@ def test_a_stale_attempt_cannot_overwrite_the_current_one(h: Harness) -> None:
     run_id = h.start(pipeline("{name: a, type: noop, retry: {max_attempts: 2}}"))
     first, _ = h.recorder.sent.pop()
     h.runtime.claim(first, "w1")
-    h.runtime.fail(first, FAIL)
+    h.runtime.record([Finished(first, outcome=FAIL)])
     second, _ = h.recorder.sent.pop()
     h.runtime.claim(second, "w2")
 
-    h.runtime.succeed(first, {"late": True})  # the first worker reports again, late
+    h.runtime.record(
+        [Finished(first, outputs={"late": True})]
+    )  # the first worker reports again, late
 
     step = h.store.list_steps(run_id)[0]
     assert (step.status.value, step.attempts, step.outputs) == ("running", 2, None)
@@ -207,7 +209,7 @@ def test_a_running_step_ends_cancelled_when_its_run_was_cancelled(h: Harness) ->
     h.runtime.claim(ref, "w")
     h.runtime.cancel(run_id)
 
-    h.runtime.fail(ref, Outcome("cancelled", kind="cancelled"))
+    h.runtime.record([Finished(ref, outcome=Outcome("cancelled", kind="cancelled"))])
 
     assert h.statuses(run_id) == {"a": "cancelled"}
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from conveyor.orchestrator.errors import ScanOutputError
 from conveyor.orchestrator.scanning.results import ScanResult
-from conveyor.orchestrator.scanning.scanner import ScanOutputError
 from conveyor.orchestrator.scanning.severity import Severity
 from conveyor.providers.scanners.bandit import Bandit
 from conveyor.providers.scanners.grype import Grype

@@ -15,9 +15,9 @@ from conveyor.orchestrator.errors import StepFailed, StepTimeout
 from conveyor.orchestrator.scanning import sarif
 from conveyor.orchestrator.scanning.results import Finding, build_result
 from conveyor.orchestrator.scanning.severity import Severity
-from conveyor.steps.scan_container import ScanContainer, ScanContainerConfig
-from conveyor.steps.scan_deps import ScanDepsConfig
-from conveyor.steps.scan_sast import ScanSast, ScanSastConfig
+from conveyor.steps.scan.container import ScanContainer, ScanContainerConfig
+from conveyor.steps.scan.deps import ScanDepsConfig
+from conveyor.steps.scan.sast import ScanSast, ScanSastConfig
 from tests.unit.fakes import FakeContext
 
 

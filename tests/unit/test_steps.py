@@ -16,13 +16,9 @@ from conveyor.orchestrator.contracts import StepType
 from conveyor.orchestrator.errors import SandboxError, StepCancelled, StepFailed, StepTimeout
 from conveyor.steps.artifact_pull import ArtifactPull
 from conveyor.steps.artifact_push import ArtifactPush
-from conveyor.steps.docker_build import DockerBuild
-from conveyor.steps.docker_push import DockerPush
-from conveyor.steps.docker_run import DockerRun
+from conveyor.steps.docker import DockerBuild, DockerPush, DockerRun
 from conveyor.steps.log import Log
-from conveyor.steps.scan_container import ScanContainer
-from conveyor.steps.scan_deps import ScanDeps
-from conveyor.steps.scan_sast import ScanSast
+from conveyor.steps.scan import ScanContainer, ScanDeps, ScanSast
 from conveyor.steps.set import Set
 from conveyor.steps.shell_exec import ShellExec, parse_outputs
 from tests.unit.fakes import FakeContext

@@ -14,34 +14,12 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, BinaryIO
 
-from conveyor.orchestrator.errors import ConveyorError
+from conveyor.orchestrator.errors import ArtifactError
 
 #: Keys are paths of plain names: `reports/junit.xml`, `ui-dist`, `app-1.2.tar`.
 _PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=@-]{0,199}")
 MAX_KEY = 512
 CHUNK = 1024 * 1024
-
-
-class ArtifactError(ConveyorError):
-    """The artifact could not be stored or read."""
-
-    http_status = 422
-
-
-class ArtifactNotFound(ArtifactError):
-    """No such artifact."""
-
-    http_status = 404
-
-
-class ArtifactExpired(ArtifactNotFound):
-    """The artifact was deleted when its run's retention ran out."""
-
-
-class ChecksumMismatch(ArtifactError):
-    """The artifact's content does not match its checksum."""
-
-    http_status = 500
 
 
 @dataclass(frozen=True)

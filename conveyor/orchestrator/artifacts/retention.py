@@ -19,30 +19,29 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
-import sqlalchemy as sa
-
-from conveyor.orchestrator.artifacts.models import (
-    Artifact,
-    ArtifactError,
-    ArtifactExpired,
-    ArtifactNotFound,
-)
+from conveyor.orchestrator.artifacts.models import Artifact
 from conveyor.orchestrator.clock import utcnow
 from conveyor.orchestrator.contracts import ArtifactStore
 from conveyor.orchestrator.durations import format_duration
-from conveyor.orchestrator.errors import ConveyorError, PluginError, SpecError
+from conveyor.orchestrator.errors import (
+    ArtifactError,
+    ArtifactExpired,
+    ArtifactNotFound,
+    ConveyorError,
+    PluginError,
+    SpecError,
+)
 from conveyor.orchestrator.pipeline.spec import parse
 from conveyor.orchestrator.settings import Settings
-from conveyor.orchestrator.status import RunStatus
-from conveyor.orchestrator.store.schema import definitions, events, runs
-from conveyor.orchestrator.store.sql import SqlStore, translate_errors
+from conveyor.orchestrator.store.definitions import Definitions
+from conveyor.orchestrator.store.retention import expirable_runs
+from conveyor.orchestrator.store.sql import SqlStore
 
 log = logging.getLogger("conveyor.retention")
 
 EXPIRED = "artifacts.expired"
-FINISHED = tuple(s.value for s in RunStatus if s.terminal)
 #: Only a definition whose text holds this word can set a retention: the others are
 #: never parsed, so a sweep over thousands of pipeline versions stays one query.
 MARKER = "retention"
@@ -57,6 +56,16 @@ class Expiry:
     at: datetime
     count: int
     retention: float
+
+
+class _Group(NamedTuple):
+    """The runs one retention applies to, by the definition version they executed."""
+
+    retention: float
+    #: These versions' runs (None: any version's) ...
+    only: list[str] | None
+    #: ... but not these versions' runs.
+    besides: list[str]
 
 
 def describe(seconds: float) -> str:
@@ -80,6 +89,7 @@ class ArtifactRetention:
         batch: int = 100,
     ) -> None:
         self.store = store
+        self.definitions = Definitions(store)
         #: Made on first use: a sweep with nothing to delete never needs the store.
         self.artifacts = artifacts
         self.default = default
@@ -112,9 +122,9 @@ class ArtifactRetention:
         now = now or utcnow()
         self._last, done = now, 0
         try:
-            for retention, where in self._groups():
-                for run_id in self._candidates(where, now - timedelta(seconds=retention)):
-                    done += self._expire_one(run_id, retention, now)
+            for group in self._groups():
+                for run_id in self._candidates(group, now):
+                    done += self._expire_one(run_id, group.retention, now)
                     if done >= self.batch:
                         self._last = None
                         return done
@@ -124,50 +134,33 @@ class ArtifactRetention:
 
     # -- which runs ------------------------------------------------------------------
 
-    def _groups(self) -> Iterator[tuple[float, sa.ColumnElement[bool]]]:
-        """(retention, which runs have it): one per value pipelines set, then the default."""
+    def _groups(self) -> Iterator[_Group]:
+        """One group per retention value pipelines set, then the default's group."""
         explicit = self._explicit()
         by_value: dict[float, list[str]] = defaultdict(list)
         for definition_id, seconds in explicit.items():
             if seconds is not None:  # forever
                 by_value[seconds].append(definition_id)
         for seconds, ids in sorted(by_value.items()):
-            yield seconds, runs.c.definition_id.in_(ids)
+            yield _Group(seconds, only=ids, besides=[])
         if self.default is not None:
-            others = runs.c.definition_id.not_in(list(explicit)) if explicit else sa.true()
-            yield self.default, others
+            yield _Group(self.default, only=None, besides=list(explicit))
 
     def _explicit(self) -> dict[str, float | None]:
         """Definition versions whose pipeline sets a retention (None: forever)."""
-        query = sa.select(definitions.c.id).where(
-            sa.cast(definitions.c.definition, sa.Text).like(f"%{MARKER}%")
-        )
-        ids = [row["id"] for row in self._rows(query)]
+        ids = self.definitions.mentioning(MARKER)
         unknown = [i for i in ids if i not in self._policies]
         if unknown:
-            query = sa.select(definitions).where(definitions.c.id.in_(unknown))
-            for row in self._rows(query):
-                self._policies[row["id"]] = _policy(row["name"], row["definition"]["source"])
+            for definition in self.definitions.by_ids(unknown):
+                self._policies[definition.id] = _policy(definition.name, definition.source)
         return {i: self._policies[i] for i in ids if self._policies.get(i, _UNSET) is not _UNSET}
 
-    def _candidates(self, where: sa.ColumnElement[bool], cutoff: datetime) -> list[str]:
-        """Finished runs that ended before ``cutoff`` and still have their artifacts."""
-        query = (
-            sa.select(runs.c.id)
-            .where(
-                runs.c.status.in_(FINISHED),
-                runs.c.completed_at < cutoff,
-                runs.c.artifacts_expired_at.is_(None),
-                where,
-            )
-            .order_by(runs.c.completed_at)
-            .limit(self.batch)
+    def _candidates(self, group: _Group, now: datetime) -> list[str]:
+        """The group's finished runs that are due and still have their artifacts."""
+        cutoff = now - timedelta(seconds=group.retention)
+        return expirable_runs(
+            self.store, cutoff, limit=self.batch, only=group.only, besides=group.besides
         )
-        return [row["id"] for row in self._rows(query)]
-
-    def _rows(self, query: sa.Select[Any]) -> list[sa.RowMapping]:
-        with translate_errors(), self.store.read_engine.connect() as conn:
-            return list(conn.execute(query).mappings())
 
     # -- deleting --------------------------------------------------------------------
 
@@ -219,19 +212,11 @@ def expiry(store: SqlStore, run_id: str) -> Expiry | None:
     run = store.get_run(run_id)
     if run.completed_at is None or run.artifacts_expired_at is None:
         return None
-    query = (
-        sa.select(events.c.created_at, events.c.payload)
-        .where(events.c.instance_id == run_id, events.c.type == EXPIRED)
-        .where(events.c.created_at >= run.completed_at)
-        .order_by(events.c.seq.desc())
-        .limit(1)
-    )
-    with translate_errors(), store.read_engine.connect() as conn:
-        row = conn.execute(query).mappings().first()
-    if row is None:
+    event = store.last_event(run_id, EXPIRED, since=run.completed_at)
+    if event is None:
         return None
-    payload = row["payload"] or {}
-    return Expiry(row["created_at"], int(payload.get("count", 0)), float(payload.get("seconds", 0)))
+    payload = event.payload
+    return Expiry(event.created_at, int(payload.get("count", 0)), float(payload.get("seconds", 0)))
 
 
 def explain_missing(store: SqlStore, run_id: str, key: str | None = None) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from conveyor.orchestrator.engine.claims import Dispatch
 from conveyor.orchestrator.engine.run_state import RunState
 from conveyor.orchestrator.errors import TemplateError
 from conveyor.orchestrator.pipeline.plan import ExecutionPlan, PlanStep
@@ -30,7 +29,7 @@ class Advance:
     ) -> None:
         self.plan, self.templates, self.secrets = plan, templates, secrets
 
-    def __call__(self, tx: RunTx, changed: str | Sequence[str] | None = None) -> list[Dispatch]:
+    def __call__(self, tx: RunTx, changed: str | Sequence[str] | None = None) -> None:
         """Start what is ready, cancel what cannot run, settle the run.
 
         After successes (``changed``) only those steps' dependents can have become
@@ -38,7 +37,7 @@ class Advance:
         Anything else (a failure, a first pass) reads every step.
         """
         if tx.run.status.terminal:
-            return []
+            return
         plan = self.plan(tx.run)
         counts = tx.status_counts()
         if changed is None or counts[S.FAILED] or counts[S.CANCELLED]:
@@ -51,7 +50,6 @@ class Advance:
             wanted = {k for p in candidates for k in (p.key, *p.needs)}
             found = tx.steps(wanted) if wanted else []  # a leaf: nothing to read
             state = RunState(plan, {s.key: s for s in found}, counts)
-        out: list[Dispatch] = []
         ready: list[StepRecord] = []
         for plan_step in candidates:
             step = state.steps[plan_step.key]
@@ -59,13 +57,13 @@ class Advance:
             if pending and self._start_or_skip(tx, state, plan_step, step):
                 ready.append(step)
         # Queued together: one round trip however many there are (a fan-out, a start).
-        out += [(ref, None) for ref in state.queue_all(tx, ready)]
+        state.queue_all(tx, ready)
         if state.failing and candidates is not plan.steps:
-            return out + self(tx)  # a condition failed: see the whole run again
+            self(tx)  # a condition failed: see the whole run again
+            return
         if state.failing:
-            self._cancel_queued(tx, state, {r.step_key for r, _ in out})
+            self._cancel_queued(tx, state, {s.key for s in ready})
         self._settle_run(tx, state)
-        return out
 
     def _start_or_skip(
         self, tx: RunTx, state: RunState, plan_step: PlanStep, step: StepRecord

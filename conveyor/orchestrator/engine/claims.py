@@ -12,19 +12,17 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import replace
-from datetime import datetime, timedelta
-from typing import Any, NamedTuple
+from datetime import timedelta
+from typing import NamedTuple
 
 from conveyor.orchestrator.contracts import StepRef
 from conveyor.orchestrator.pipeline.plan import ExecutionPlan
 from conveyor.orchestrator.status import StepStatus
 from conveyor.orchestrator.store.records import RunRecord, StepRecord
 from conveyor.orchestrator.store.transaction import RunTx
+from conveyor.orchestrator.store.transitions import Dispatch
 
 S = StepStatus
-#: A step to send (now, or not before the datetime).
-Dispatch = tuple[StepRef, datetime | None]
 
 #: Brief steps of one run taken at once by one worker, at most.
 BRIEF_BATCH = 16
@@ -42,16 +40,6 @@ class Claim(NamedTuple):
     batch: tuple[Claim, ...] = ()
 
 
-def lease(tx: RunTx, owner: str, length: timedelta) -> dict[str, Any]:
-    """The fields a claim sets: started now, owned by ``owner`` for ``length``."""
-    return {
-        "started_at": tx.now,
-        "completed_at": None,
-        "lease_owner": owner,
-        "lease_expires_at": tx.now + length,
-    }
-
-
 def claimable(tx: RunTx, step: StepRecord) -> bool:
     """The step is queued and due, in a run still going.
 
@@ -66,23 +54,16 @@ def claim_in(tx: RunTx, ref: StepRef, owner: str, length: timedelta) -> Claim | 
     step = tx.step(ref.step_key)
     if step.attempts != ref.attempt or not claimable(tx, step):
         return None
-    if not tx.move_step(step, S.RUNNING, event={"owner": owner}, **lease(tx, owner, length)):
-        return None
-    return Claim(tx.run, replace(step, status=S.RUNNING, started_at=tx.now), ref)
+    running = tx.claim(step, owner, length)
+    return Claim(tx.run, running, ref) if running is not None else None
 
 
 def claim_all(tx: RunTx, found: Sequence[StepRecord], owner: str, length: timedelta) -> list[Claim]:
     """Claim these steps, read under the run's lock, in one round trip (see claim_in)."""
     due = [s for s in found if claimable(tx, s)]
-    fields = lease(tx, owner, length)
-    tx.move_steps([(s, fields, {"owner": owner}) for s in due], S.RUNNING)
     return [
-        Claim(
-            tx.run,
-            replace(s, status=S.RUNNING, started_at=tx.now),
-            StepRef(tx.run.id, s.key, s.attempts, s.queue),
-        )
-        for s in due
+        Claim(tx.run, s, StepRef(tx.run.id, s.key, s.attempts, s.queue))
+        for s in tx.claim_all(due, owner, length)
     ]
 
 

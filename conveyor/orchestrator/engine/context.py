@@ -12,8 +12,8 @@ from conveyor.orchestrator.contracts import ArtifactStore, Sandbox, SandboxConfi
 from conveyor.orchestrator.errors import ConveyorError, PluginError
 from conveyor.orchestrator.pipeline.variables import Masker
 from conveyor.orchestrator.plugins import Sandboxes
-from conveyor.orchestrator.scanning.ledger import StoreLedger
 from conveyor.orchestrator.settings import Settings
+from conveyor.orchestrator.store.findings import StoreLedger
 from conveyor.orchestrator.store.sql import SqlStore
 
 #: Lines longer than this are cut: a log is for people, artifacts are for data.

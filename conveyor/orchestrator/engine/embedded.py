@@ -8,51 +8,23 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from conveyor.orchestrator.artifacts.retention import ArtifactRetention
 from conveyor.orchestrator.clock import utcnow
-from conveyor.orchestrator.contracts import StepType
+from conveyor.orchestrator.contracts import StepRef, StepType
 from conveyor.orchestrator.engine.dispatch import InlineDispatcher
-from conveyor.orchestrator.engine.executor import Executor
-from conveyor.orchestrator.engine.runtime import Runtime
 from conveyor.orchestrator.engine.sources import HeldDispatches, copy_source
-from conveyor.orchestrator.engine.vault import make_vault
+from conveyor.orchestrator.engine.wiring import open_store, wire
 from conveyor.orchestrator.errors import ConveyorError
-from conveyor.orchestrator.pipeline.plan import Compiled, Compiler, ExecutionPlan, Limits
-from conveyor.orchestrator.pipeline.templates import TemplateEngine
-from conveyor.orchestrator.plugins import Sandboxes, StepTypes
+from conveyor.orchestrator.pipeline.plan import Compiled, ExecutionPlan
+from conveyor.orchestrator.plugins import Sandboxes
 from conveyor.orchestrator.settings import Settings
-from conveyor.orchestrator.store import db
 from conveyor.orchestrator.store.records import RunRecord
 from conveyor.orchestrator.store.sql import SqlStore
 
 log = logging.getLogger("conveyor.embedded")
 
 
-def open_store(settings: Settings) -> SqlStore:
-    """The store of these settings; the embedded SQLite file is migrated on first use."""
-    store = SqlStore(settings.resolved_database_url)
-    if store.is_sqlite:
-        if db.current_revision(store.engine) != db.head_revision():
-            store.upgrade()
-    else:
-        store.ensure_current()
-    return store
-
-
-def make_compiler(settings: Settings, step_types: Mapping[str, StepType] | None = None) -> Compiler:
-    """A compiler bound to the installed step types and the settings' limits."""
-    limits = Limits(
-        max_bytes=settings.max_definition_bytes,
-        max_nodes=settings.max_yaml_nodes,
-        max_steps=settings.max_steps,
-        max_matrix=settings.max_matrix,
-    )
-    templates = TemplateEngine(max_output=settings.max_template_output)
-    return Compiler(step_types if step_types is not None else StepTypes(), templates, limits)
-
-
 class EmbeddedEngine:
-    """Store, runtime, executor and inline dispatcher wired together."""
+    """The core (see ``wiring``) with an inline dispatcher: steps run in this process."""
 
     def __init__(
         self,
@@ -63,30 +35,30 @@ class EmbeddedEngine:
         store: SqlStore | None = None,
     ) -> None:
         self.settings = settings
-        self.store = store or open_store(settings)
-        self.compiler = make_compiler(settings, step_types)
         self.dispatcher = InlineDispatcher(settings.max_parallel)
         #: Holds a run's first steps back while its workspace is seeded with the source.
         self.held = HeldDispatches(self.dispatcher)
         #: A directory copied into each run's workspace before its first step (--source).
         self.workspace_source: Path | None = None
         self._seeding = threading.Lock()
-        self.runtime = Runtime(
-            self.store,
-            self.compiler.templates,
-            self.held,
-            lease_seconds=settings.lease_seconds,
-            vault=make_vault(settings, embedded=self.store.is_sqlite),
+        self.core = wire(
+            settings,
+            store or open_store(settings),
+            dispatcher=self.held,
+            step_types=step_types,
+            sandboxes=sandboxes or Sandboxes(settings),
         )
-        self.sandboxes = sandboxes or Sandboxes(settings)
-        self.executor = Executor(self.runtime, self.compiler.step_types, self.sandboxes, settings)
-        self.dispatcher.bind(self.executor.execute)
+        self.store, self.compiler, self.runtime = (
+            self.core.store,
+            self.core.compiler,
+            self.core.runtime,
+        )
+        self.executor = self.core.running()
+        self.sandboxes = self.executor.sandboxes
+        self.dispatcher.bind(self._execute)
         self._finished: dict[str, threading.Event] = {}
-        self.runtime.on_finished.append(self._on_finished)
         #: No reconciler runs here: the first run an engine starts sweeps expired artifacts.
-        self.retention = ArtifactRetention.from_settings(
-            self.store, settings, self.executor.artifacts
-        )
+        self.retention = self.core.retention
         self._swept = False
 
     def compile(self, text: str | bytes) -> Compiled:
@@ -135,9 +107,15 @@ class EmbeddedEngine:
             )
         except ConveyorError as exc:
             self.held.drop(run_id)
-            self.runtime.cancel(run_id, f"cancelled: {exc.message}")
+            self.cancel(run_id, f"cancelled: {exc.message}")
             raise
         self.held.release(run_id)
+
+    def cancel(self, run_id: str, reason: str = "cancelled by user") -> None:
+        """Cancel the run, and stop at once its steps running here."""
+        self.runtime.cancel(run_id, reason)
+        self.executor.signal_cancel(run_id)
+        self._over(run_id)
 
     def wait(self, run_id: str, timeout: float | None = None, poll: float = 0.25) -> RunRecord:
         """Block until the run is over (or ``timeout`` passes) and return it."""
@@ -160,8 +138,10 @@ class EmbeddedEngine:
                 return run
             if timeout is not None and waited >= timeout:
                 return run
-            if run.deadline is not None and run.deadline <= utcnow():
-                self.runtime.expire(run_id)
+            overdue = run.deadline is not None and run.deadline <= utcnow()
+            if overdue and self.runtime.expire(run_id):
+                self.executor.signal_cancel(run_id)
+                self._over(run_id)
             event.wait(poll)
             waited += poll
 
@@ -187,8 +167,14 @@ class EmbeddedEngine:
         except ConveyorError as exc:
             log.warning("artifact retention skipped: %s", exc.message)
 
-    def _on_finished(self, run: RunRecord) -> None:
+    def _execute(self, ref: StepRef) -> None:
+        """Run a step the dispatcher hands over; wake ``wait`` when its run is over."""
+        if self.executor.execute(ref):
+            self._over(ref.run_id)
+
+    def _over(self, run_id: str) -> None:
         # The executor removes the run's workspace (once no step of it runs here).
-        event = self._finished.get(run.id)
+        self.executor.run_over(run_id)
+        event = self._finished.get(run_id)
         if event is not None:
             event.set()

@@ -6,42 +6,37 @@ step type can fail its step but never the worker.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import socket
-import threading
 import time
 import traceback
 from collections.abc import Callable, Collection, Mapping
-from datetime import timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import ValidationError
 
-from conveyor.orchestrator.artifacts.retention import ExplainedArtifacts
-from conveyor.orchestrator.clock import utcnow
 from conveyor.orchestrator.contracts import ArtifactStore, StepRef, StepType
-from conveyor.orchestrator.durations import format_duration
-from conveyor.orchestrator.engine.claims import Claim
+from conveyor.orchestrator.engine.attempt import Attempt, Finished, Outcome, Recorded
 from conveyor.orchestrator.engine.context import Context, LazyOutputs, StoreLogger
-from conveyor.orchestrator.engine.runtime import Finished, Outcome, Runtime
+from conveyor.orchestrator.engine.monitor import Monitor
+from conveyor.orchestrator.engine.runtime import Runtime
 from conveyor.orchestrator.errors import (
     ConveyorError,
-    SecretsUnavailable,
     StepCancelled,
     StepFailed,
     StepTimeout,
     StoreUnavailable,
     TemplateError,
 )
-from conveyor.orchestrator.pipeline.plan import PlanStep
 from conveyor.orchestrator.pipeline.spec import format_path
-from conveyor.orchestrator.pipeline.templates import has_template
+from conveyor.orchestrator.pipeline.templates import TemplateEngine, has_template
 from conveyor.orchestrator.pipeline.variables import Masker, base_context
-from conveyor.orchestrator.plugins import Sandboxes, load_artifact_store
+from conveyor.orchestrator.plugins import Sandboxes
 from conveyor.orchestrator.settings import Settings
-from conveyor.orchestrator.store.records import RunRecord, StepRecord
+
+if TYPE_CHECKING:
+    from conveyor.orchestrator.store.sql import SqlStore as Store
 
 #: Errors longer than this are cut; a traceback goes to the step log in full.
 MAX_ERROR = 4000
@@ -51,7 +46,12 @@ T = TypeVar("T")
 
 
 class Executor:
-    """Runs claimed steps and keeps their leases, logs and deadlines in order."""
+    """Runs claimed attempts and records how they ended.
+
+    It takes a step from the runtime (``Runtime.claim``), runs it with everything the
+    claimed ``Attempt`` carries, and hands the result back (``Runtime.record``); the
+    ``Monitor`` keeps the leases, logs and deadlines of what runs meanwhile.
+    """
 
     def __init__(
         self,
@@ -59,104 +59,95 @@ class Executor:
         step_types: Mapping[str, StepType],
         sandboxes: Sandboxes,
         settings: Settings,
+        *,
+        store: Store,
+        templates: TemplateEngine,
+        artifacts: Callable[[], ArtifactStore],
         owner: str | None = None,
         queues: Collection[str] | None = None,
     ) -> None:
         self.runtime, self.step_types, self.sandboxes = runtime, step_types, sandboxes
+        self.settings, self.store, self.templates = settings, store, templates
+        #: The artifact store steps see, made on first use and shared by every step.
+        self.artifacts = artifacts
         #: The queues this executor serves (None: all); it continues only with those.
         self.queues = frozenset(queues) if queues is not None else None
-        self.settings = settings
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
-        self._active: dict[str, tuple[StepRef, Context, str]] = {}
-        self._lock = threading.Lock()
-        self._monitor: threading.Thread | None = None
-        self._stopping = threading.Event()
-        # Runs that ended while some of their steps still ran here: their workspaces go
-        # once the last of those steps is done.
-        self._over: set[str] = set()
-        self._artifact_store: ArtifactStore | None = None
-        runtime.on_cancel.append(self.signal_cancel)
-        runtime.on_finished.append(lambda run: self.run_over(run.id))
+        self.monitor = Monitor(store, self.owner, settings)
 
-    def artifacts(self) -> ArtifactStore:
-        """The configured artifact store, made on first use and shared by every step.
-
-        Its misses say when a run's artifacts expired (see ``ExplainedArtifacts``).
-        """
-        if self._artifact_store is None:
-            store = load_artifact_store(self.settings)
-            self._artifact_store = ExplainedArtifacts(store, self.runtime.store)
-        return self._artifact_store
-
-    def execute(self, ref: StepRef) -> None:
+    def execute(self, ref: StepRef) -> bool:
         """Claim ``ref`` and run it; a duplicate or stale delivery does nothing.
 
         When it succeeds and makes another step ready, that step is claimed with the
-        result and run here next (see ``Runtime.succeed``). Brief steps claimed
-        together run one after the other and are recorded together.
+        result and run here next (see ``Runtime.record``). Brief steps claimed
+        together run one after the other and are recorded together. True when the run
+        is over once this is done.
         """
-        claimed = self.runtime.claim(ref, self.owner)
-        while claimed is not None:
-            claimed = self._attempt(claimed)
+        attempt = self.runtime.claim(ref, self.owner)
+        over = False
+        while attempt is not None:
+            attempt, over = self._attempt(attempt)
+        return over
 
-    def _attempt(self, first: Claim) -> Claim | None:
-        """Run a claimed step (and the brief steps claimed with it, in order); record them."""
+    def _attempt(self, first: Attempt) -> tuple[Attempt | None, bool]:
+        """Run an attempt (and the brief ones claimed with it, in order); record them.
+
+        The attempt to run next, if one was claimed with the results, and whether the
+        run is over.
+        """
         done: list[Finished] = []
         interrupt: BaseException | None = None
+        run_id = first.ref.run_id
         try:
-            for claim in (first._replace(batch=()), *first.batch):
-                finished, interrupt = self._run_one(claim.run, claim.step, claim.ref)
+            for attempt in (first.alone(), *first.batch):
+                finished, interrupt = self._run_one(attempt)
                 done.append(finished)
                 if interrupt is not None:
                     break  # the others stay claimed: their leases run out, they run again
-            return self._record_all(done)
+            recorded = self._record_all(done)
+            if recorded.run_over:
+                self.run_over(run_id)
+            return recorded.next, recorded.run_over
         finally:
-            self._release(first.ref.run_id)
+            if self.monitor.released(run_id):
+                self.sandboxes.cleanup_run(run_id)
             if interrupt is not None:
                 raise interrupt
 
-    def _run_one(
-        self, run: RunRecord, step: StepRecord, ref: StepRef
-    ) -> tuple[Finished, BaseException | None]:
+    def _run_one(self, attempt: Attempt) -> tuple[Finished, BaseException | None]:
         """Run one claimed attempt: how it ended, and what stops the worker, if anything."""
-        plan_step = self.runtime.plan(run).step(ref.step_key)
+        ref = attempt.ref
+        if attempt.secrets_error is not None:  # fail the step rather than leave it running
+            return Finished(ref, outcome=Outcome(attempt.secrets_error)), None
+        masker = Masker(attempt.secrets)
+        logger = StoreLogger(self.store, ref.run_id, ref.step_key, ref.attempt, masker)
+        ctx = self._context(attempt, logger)
+        self.monitor.track(attempt.step.id, ref, ctx)
         try:
-            secrets = self.runtime.secrets(run.id)
-        except SecretsUnavailable as exc:  # fail the step rather than leave it running
-            return Finished(ref, outcome=Outcome(exc.message)), None
-        masker = Masker(secrets)
-        logger = StoreLogger(self.runtime.store, run.id, ref.step_key, ref.attempt, masker)
-        ctx = self._context(run, plan_step, ref, logger, secrets)
-        self._track(step.id, ref, ctx)
-        try:
-            outputs = self._run(run, plan_step, ctx)
+            outputs = self._run(attempt, ctx)
             if ctx.cancelled:  # it returned after it was told to stop: that result is void
                 raise StepCancelled("the step returned after it was cancelled")
-            return self._conclude(ref, ctx, masker, outputs=outputs), None
+            return self._conclude(attempt, ctx, masker, outputs=outputs), None
         except BaseException as exc:  # the worker's top: every failure becomes the step's
-            finished = self._conclude(ref, ctx, masker, error=exc)
+            finished = self._conclude(attempt, ctx, masker, error=exc)
             return finished, (None if isinstance(exc, Exception) else exc)
 
-    def _record_all(self, done: list[Finished]) -> Claim | None:
-        """Record attempts of one run; the step to run next when one is claimed with them."""
-        if any(f.outcome is not None and f.outcome.kind == "timeout" for f in done):
-            # When it was the run's deadline, the run fails for that (and its other
-            # steps stop) rather than for this step; otherwise this does nothing.
-            self.runtime.expire(done[0].ref.run_id)
+    def _record_all(self, done: list[Finished]) -> Recorded:
+        """Record attempts of one run, with the step to run next if one is claimed."""
+        run_id = done[0].ref.run_id
+        timed_out = any(f.outcome is not None and f.outcome.kind == "timeout" for f in done)
+        # When it was the run's deadline, the run fails for that (and its other steps
+        # here stop) rather than for this step; otherwise this does nothing.
+        if timed_out and self.runtime.expire(run_id):
+            self.monitor.cancel_run(run_id)
         # Only after successes does this worker go on with what they made ready: a
         # retry or a step after a failure goes out as a message like any other.
         owner = self.owner if all(f.outcome is None for f in done) else None
         return _record(lambda: self.runtime.record(done, continue_as=owner, queues=self.queues))
 
-    def _context(
-        self,
-        run: RunRecord,
-        plan_step: PlanStep,
-        ref: StepRef,
-        logger: StoreLogger,
-        secrets: Mapping[str, str],
-    ) -> Context:
-        deadline, timeout_message = self._deadline(run, plan_step)
+    def _context(self, attempt: Attempt, logger: StoreLogger) -> Context:
+        deadline, timeout_message = attempt.deadline()
+        run, ref = attempt.run, attempt.ref
         return Context(
             run_id=run.id,
             step_key=ref.step_key,
@@ -165,46 +156,28 @@ class Executor:
             params=run.params,
             steps={},
             env={},
-            secrets=secrets,
-            matrix=plan_step.matrix,
+            secrets=attempt.secrets,
+            matrix=attempt.plan_step.matrix,
             log=logger,
             sandboxes=self.sandboxes,
             deadline=deadline,
             timeout_message=timeout_message,
             artifacts=self.artifacts,
             settings=self.settings,
-            previous_run=lambda: self.runtime.store.latest_run_id(
-                run.pipeline, "succeeded", before=run.created_at
-            ),
+            previous_run=attempt.reads.previous_success,
         )
 
-    def _deadline(self, run: RunRecord, plan_step: PlanStep) -> tuple[float | None, str]:
-        """The step's deadline (its own timeout or the run's, the sooner) and its reason."""
-        limits: list[tuple[float, str]] = []
-        if plan_step.timeout:
-            limits.append(
-                (plan_step.timeout, f"timed out after {format_duration(plan_step.timeout)}")
-            )
-        if run.deadline:
-            total = self.runtime.plan(run).timeout
-            left = (run.deadline - utcnow()).total_seconds()
-            limits.append((left, f"run timed out after {format_duration(total)}"))
-        if not limits:
-            return None, "timed out"
-        seconds, message = min(limits, key=lambda limit: limit[0])
-        return time.monotonic() + max(0.0, seconds), message
-
-    def _run(self, run: RunRecord, plan_step: PlanStep, ctx: Context) -> Mapping[str, Any]:
+    def _run(self, attempt: Attempt, ctx: Context) -> Mapping[str, Any]:
+        plan, plan_step = attempt.plan, attempt.plan_step
         step_type = self.step_types.get(plan_step.type)
         if step_type is None:  # the run was planned where a plugin is that is missing here
             raise StepFailed(f"step type {plan_step.type!r} is not installed here")
-        plan = self.runtime.plan(run)
         templated = _any_template(plan_step.config) or _any_template(plan.env)
         context: dict[str, Any] = {}
         # The contract: every step sees earlier outputs; read only when something looks.
-        ctx.steps = LazyOutputs(lambda: self.runtime.store.step_outputs(run.id))
+        ctx.steps = LazyOutputs(attempt.reads.outputs)
         if templated:
-            context = base_context(run, plan_step, ctx.steps, ctx.secrets)
+            context = base_context(attempt.run, plan_step, ctx.steps, ctx.secrets)
             env = self._render(plan.env, context, "env")
             context.update(env=env, Env=env)
             ctx.env = env
@@ -234,13 +207,13 @@ class Executor:
         if not _any_template(value):
             return value
         try:
-            return self.runtime.templates.render_value(value, context, shell=shell, values=values)
+            return self.templates.render_value(value, context, shell=shell, values=values)
         except TemplateError as exc:
             raise StepFailed(f"{where}: {exc.message}") from None
 
     def _conclude(
         self,
-        ref: StepRef,
+        attempt: Attempt,
         ctx: Context,
         masker: Masker,
         *,
@@ -260,114 +233,44 @@ class Executor:
                 error = exc
         outcome = None
         if error is not None:
-            outcome = self._outcome(ctx, error, masker)
+            outcome = _outcome(attempt, ctx, error, masker)
             ctx.log.line(_ending(outcome), "system")
-        self._untrack(ref)
+        self.monitor.untrack(attempt.ref)
         logs = ctx.log.take()  # written in the same transaction as the result
-        return Finished(ref, outputs=clean if outcome is None else None, outcome=outcome, logs=logs)
+        return Finished(
+            attempt.ref, outputs=clean if outcome is None else None, outcome=outcome, logs=logs
+        )
 
-    def _outcome(self, ctx: Context, error: BaseException, masker: Masker) -> Outcome:
-        if ctx.timed_out or isinstance(error, StepTimeout):
-            return Outcome(_cut(masker(_timeout_reason(ctx, error))), None, "timeout")
-        if isinstance(error, StepCancelled) or (
-            ctx.cancelled and not isinstance(error, StepFailed)
-        ):
-            return Outcome(self._cancel_reason(ctx.run_id), None, "cancelled")
-        if isinstance(error, StepFailed):
-            return Outcome(_cut(masker(error.message)), error.exit_code)
-        if isinstance(error, ConveyorError):
-            return Outcome(_cut(masker(error.message)))
-        for line in traceback.format_exception(error):
-            for part in line.rstrip().splitlines():
-                ctx.log.line(part, "system")
-        return Outcome(_cut(masker(f"{type(error).__name__}: {error}")))
-
-    def _cancel_reason(self, run_id: str) -> str:
-        """Why the run stopped (``cancelled by user``, ``run timed out after 1h``)."""
-        with contextlib.suppress(ConveyorError):
-            run = self.runtime.store.get_run(run_id)
-            if run.status.terminal and run.error:
-                return run.error
-        return "cancelled"
-
-    # -- the monitor: log flushes, deadlines, leases, cancellation ---------------------
-
-    def _track(self, step_id: str, ref: StepRef, ctx: Context) -> None:
-        with self._lock:
-            self._active[ref.run_id + "\0" + ref.step_key] = (ref, ctx, step_id)
-            if self._monitor is None:
-                self._monitor = threading.Thread(
-                    target=self._watch, name="conveyor-monitor", daemon=True
-                )
-                self._monitor.start()
-
-    def _untrack(self, ref: StepRef) -> None:
-        with self._lock:
-            self._active.pop(ref.run_id + "\0" + ref.step_key, None)
+    # -- runs that end -----------------------------------------------------------------
 
     def run_over(self, run_id: str) -> None:
         """Remove the run's workspaces, now or once its last step running here is done."""
-        with self._lock:
-            if self._busy(run_id):
-                self._over.add(run_id)
-                return
-        self.sandboxes.cleanup_run(run_id)
-
-    def _release(self, run_id: str) -> None:
-        """After a step: clean up if its run ended while it (the last one here) ran."""
-        with self._lock:
-            if self._busy(run_id) or run_id not in self._over:
-                return
-            self._over.discard(run_id)
-        self.sandboxes.cleanup_run(run_id)
-
-    def _busy(self, run_id: str) -> bool:
-        return any(ref.run_id == run_id for ref, _, _ in self._active.values())
+        if self.monitor.run_over(run_id):
+            self.sandboxes.cleanup_run(run_id)
 
     def signal_cancel(self, run_id: str) -> None:
         """Tell every step of ``run_id`` running here to stop."""
-        with self._lock:
-            contexts = [ctx for ref, ctx, _ in self._active.values() if ref.run_id == run_id]
-        for ctx in contexts:
-            ctx.cancel.set()
+        self.monitor.cancel_run(run_id)
 
     def stop(self) -> None:
         """Stop the monitor thread."""
-        self._stopping.set()
+        self.monitor.stop()
 
-    def _watch(self) -> None:
-        last_beat = time.monotonic()
-        while not self._stopping.wait(min(0.1, self.settings.log_flush_seconds)):
-            with self._lock:
-                active = list(self._active.values())
-            now = time.monotonic()
-            for _, ctx, _ in active:
-                self._tick(ctx, now)
-            if now - last_beat >= self.settings.heartbeat_seconds:
-                last_beat = now
-                # This thread keeps every step's deadline: one bad beat must not end it.
-                with contextlib.suppress(Exception):
-                    self._heartbeat(active)
 
-    def _tick(self, ctx: Context, now: float) -> None:
-        if ctx.deadline is not None and now >= ctx.deadline and not ctx.cancel.is_set():
-            ctx.timed_out = True
-            ctx.cancel.set()
-        # The store may be away for a moment: the lines stay buffered for the next tick.
-        with contextlib.suppress(Exception):
-            ctx.log.flush()
-
-    def _heartbeat(self, active: list[tuple[StepRef, Context, str]]) -> None:
-        until = utcnow() + timedelta(seconds=self.settings.lease_seconds)
-        try:
-            states = self.runtime.store.renew_leases([sid for *_, sid in active], self.owner, until)
-        except ConveyorError:
-            return
-        for ref, ctx, step_id in active:
-            if states.get(step_id) == "cancelled":  # cancelled elsewhere, another process
-                with self._lock:
-                    self._over.add(ref.run_id)
-                ctx.cancel.set()
+def _outcome(attempt: Attempt, ctx: Context, error: BaseException, masker: Masker) -> Outcome:
+    """How an attempt that raised ``error`` ended: timeout, cancelled or failed."""
+    if ctx.timed_out or isinstance(error, StepTimeout):
+        return Outcome(_cut(masker(_timeout_reason(ctx, error))), None, "timeout")
+    if isinstance(error, StepCancelled) or (ctx.cancelled and not isinstance(error, StepFailed)):
+        return Outcome(attempt.reads.stop_reason(), None, "cancelled")
+    if isinstance(error, StepFailed):
+        return Outcome(_cut(masker(error.message)), error.exit_code)
+    if isinstance(error, ConveyorError):
+        return Outcome(_cut(masker(error.message)))
+    for line in traceback.format_exception(error):
+        for part in line.rstrip().splitlines():
+            ctx.log.line(part, "system")
+    return Outcome(_cut(masker(f"{type(error).__name__}: {error}")))
 
 
 def _record(write: Callable[[], T], patience: float = 120.0) -> T:

@@ -11,12 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from conveyor.orchestrator.artifacts.retention import ArtifactRetention
 from conveyor.orchestrator.clock import utcnow
-from conveyor.orchestrator.contracts import StepRef
-from conveyor.orchestrator.engine.claims import Dispatch
 from conveyor.orchestrator.engine.runtime import Runtime
 from conveyor.orchestrator.errors import Conflict
 from conveyor.orchestrator.status import RunStatus, StepStatus
@@ -34,22 +31,20 @@ def retry_run(runtime: Runtime, run_id: str, by: str | None = None) -> RunRecord
     Steps that succeeded (or were skipped) keep their outputs and are not run again.
     """
 
-    def work(tx: RunTx) -> list[Dispatch]:
+    def work(tx: RunTx) -> None:
         if tx.run.status not in (RunStatus.FAILED, RunStatus.CANCELLED):
             status = tx.run.status.value
             raise Conflict(f"run {run_id} is {status}: only failed or cancelled runs are retried")
         again = [s for s in tx.steps() if s.status in (S.FAILED, S.CANCELLED)]
         for step in again:
-            tx.move_step(
-                step, S.PENDING, event={"reason": "run retried"}, last_error=None, completed_at=None
-            )
+            tx.reset(step, "run retried")
         plan = runtime.plan(tx.run)
         deadline = tx.now + timedelta(seconds=plan.timeout) if plan.timeout else None
         tx.move_run(RunStatus.RUNNING, retried_by=by, steps=[s.key for s in again])
         # Its artifacts (what is left, and what the steps store again) count from its
         # new end: the retention sweep looks at it again then.
         tx.update_run(deadline=deadline, artifacts_expired_at=None)
-        return runtime.advance_in(tx)
+        runtime.advance_in(tx)
 
     runtime.write(run_id, work)
     return runtime.store.get_run(run_id)
@@ -105,59 +100,38 @@ class Reconciler:
 
     def reclaim(self, run_id: str, key: str, now: datetime) -> bool:
         """Take back a running step whose lease expired: its worker is gone."""
-        done: list[bool] = []
 
-        def work(tx: RunTx) -> list[Dispatch]:
+        def work(tx: RunTx) -> bool:
             step = tx.step(key)
             expired = step.lease_expires_at is not None and step.lease_expires_at < now
             if step.status != S.RUNNING or not expired:
-                return []
-            done.append(True)
+                return False
             reason = f"lost its worker {step.lease_owner or ''}".strip()
-            fields: dict[str, Any] = {
-                "lease_owner": None,
-                "lease_expires_at": None,
-                "last_error": reason,
-            }
             if tx.run.status.terminal:
-                tx.move_step(
-                    step, S.CANCELLED, event={"reason": reason}, completed_at=tx.now, **fields
-                )
-                return []
+                tx.cancel(step, reason)
+                return True
             allowed = self.runtime.plan(tx.run).step(key).retry.max_attempts + LOST_WORKER_RERUNS
             if step.attempts >= allowed:
-                tx.move_step(step, S.FAILED, event={"error": reason}, completed_at=tx.now, **fields)
-                return self.runtime.advance_in(tx)
-            attempt = step.attempts + 1
-            tx.move_step(
-                step,
-                S.QUEUED,
-                event={"reason": reason},
-                attempts=attempt,
-                available_at=tx.now,
-                **fields,
-            )
-            return [(StepRef(run_id, key, attempt, step.queue), None)]
+                tx.fail(step, reason, event={"error": reason})
+                self.runtime.advance_in(tx)
+            else:
+                tx.requeue(step, reason)
+            return True
 
-        self.runtime.write(run_id, work)
-        return bool(done)
+        return self.runtime.write(run_id, work)
 
     def redispatch(self, run_id: str, key: str, cutoff: datetime) -> bool:
         """Send again a step queued since before ``cutoff`` (its message may be lost).
 
         A duplicate is harmless: only one delivery can claim the attempt.
         """
-        done: list[bool] = []
 
-        def work(tx: RunTx) -> list[Dispatch]:
+        def work(tx: RunTx) -> bool:
             step = tx.step(key)
             stale = step.available_at is None or step.available_at < cutoff
             if step.status != S.QUEUED or not stale or tx.run.status.terminal:
-                return []
-            done.append(True)
-            tx.update_step(step, available_at=tx.now)
-            tx.event("step.redispatched", key, attempt=step.attempts)
-            return [(StepRef(run_id, key, step.attempts, step.queue), None)]
+                return False
+            tx.redispatch(step)
+            return True
 
-        self.runtime.write(run_id, work)
-        return bool(done)
+        return self.runtime.write(run_id, work)

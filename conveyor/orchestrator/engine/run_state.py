@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import replace
 
-from conveyor.orchestrator.contracts import StepRef
 from conveyor.orchestrator.pipeline.plan import ExecutionPlan, PlanStep
 from conveyor.orchestrator.status import StepStatus
 from conveyor.orchestrator.store.records import StepRecord
@@ -48,21 +47,21 @@ class RunState:
 
     def move(self, tx: RunTx, step: StepRecord, new: StepStatus, reason: str) -> None:
         """End a step that will not run (cancelled, failed, skipped), keeping this view."""
-        event = {"reason": reason} if reason else None
-        tx.move_step(step, new, event=event, last_error=reason, completed_at=tx.now)
+        if new == S.SKIPPED:
+            tx.skip(step, reason)
+        elif new == S.FAILED:
+            tx.fail(step, reason)
+        else:
+            tx.cancel(step, reason)
         self._note(step, new, step.attempts, reason)
         if new == S.FAILED and self.failing is None and self.plan.step(step.key).on_error == "stop":
             self.failing = step.key
 
-    def queue_all(self, tx: RunTx, steps: list[StepRecord]) -> list[StepRef]:
-        """Queue these pending steps in one round trip; their refs, in the same order."""
-        if not steps:
-            return []
-        moves = [(s, {"attempts": s.attempts + 1, "available_at": tx.now}, None) for s in steps]
-        tx.move_steps(moves, S.QUEUED)
+    def queue_all(self, tx: RunTx, steps: list[StepRecord]) -> None:
+        """Queue these pending steps in one round trip (sent once the transaction commits)."""
+        tx.queue(steps)
         for step in steps:
             self._note(step, S.QUEUED, step.attempts + 1, None)
-        return [StepRef(tx.run.id, s.key, s.attempts + 1, s.queue) for s in steps]
 
     def _note(self, step: StepRecord, new: StepStatus, attempts: int, error: str | None) -> None:
         """Keep the counts and this view of ``step`` in step with its move."""

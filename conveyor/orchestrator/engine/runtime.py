@@ -13,18 +13,17 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from conveyor.orchestrator.clock import utcnow
 from conveyor.orchestrator.contracts import Dispatcher, StepRef
 from conveyor.orchestrator.durations import format_duration
 from conveyor.orchestrator.engine.advance import Advance
+from conveyor.orchestrator.engine.attempt import Attempt, Finished, Outcome, Recorded, RunReads
 from conveyor.orchestrator.engine.claims import (
     BRIEF_BATCH,
     Claim,
-    Dispatch,
     claim_all,
     claim_in,
     coalesced,
@@ -38,28 +37,10 @@ from conveyor.orchestrator.pipeline.templates import TemplateEngine
 from conveyor.orchestrator.status import RunStatus, StepStatus
 from conveyor.orchestrator.store.records import RunRecord, StepRecord
 from conveyor.orchestrator.store.sql import NewRun, SqlStore, StepSeed
-from conveyor.orchestrator.store.transaction import Move, RunTx
+from conveyor.orchestrator.store.transaction import RunTx
 
 S = StepStatus
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """How an attempt ended, as the executor reports it."""
-
-    error: str
-    exit_code: int | None = None
-    kind: str = "error"  # error | timeout | cancelled
-
-
-@dataclass(frozen=True)
-class Finished:
-    """An attempt that ended, to record: its outputs when it succeeded, else its outcome."""
-
-    ref: StepRef
-    outputs: Mapping[str, Any] | None = None
-    outcome: Outcome | None = None
-    logs: Sequence[tuple[str, str]] = ()
+T = TypeVar("T")
 
 
 class Runtime:
@@ -90,8 +71,6 @@ class Runtime:
         self.lease = timedelta(seconds=lease_seconds)
         #: Opened secrets of runs this process has seen (sealed in the store).
         self._secrets: dict[str, dict[str, str]] = {}
-        self.on_finished: list[Callable[[RunRecord], None]] = []
-        self.on_cancel: list[Callable[[str], None]] = []
         self._plans: OrderedDict[str, ExecutionPlan] = OrderedDict()
         self._lock = threading.Lock()
         self._advance = Advance(self.plan, templates, self.secrets)
@@ -177,21 +156,20 @@ class Runtime:
 
     # -- one attempt -------------------------------------------------------------------
 
-    def claim(self, ref: StepRef, owner: str) -> Claim | None:
+    def claim(self, ref: StepRef, owner: str) -> Attempt | None:
         """Take ``ref`` for this owner, or None if it is not (or no longer) queued."""
-        claimed: list[Claim] = []
 
-        def work(tx: RunTx) -> list[Dispatch]:
+        def work(tx: RunTx) -> Claim | None:
             claim = claim_in(tx, ref, owner, self.lease)
-            if claim is not None:
-                claimed.append(with_brief_siblings(tx, self.plan(tx.run), claim, owner, self.lease))
-            return []
+            if claim is None:
+                return None
+            return with_brief_siblings(tx, self.plan(tx.run), claim, owner, self.lease)
 
         try:
-            self.write(ref.run_id, work, ref.step_key, claim_attempt=ref.attempt)
+            claimed = self.write(ref.run_id, work, ref.step_key, claim_attempt=ref.attempt)
         except NothingToClaim:  # a duplicate or stale delivery: nothing was locked
-            return self._claim_brief(ref, owner)
-        return claimed[0] if claimed else None
+            claimed = self._claim_brief(ref, owner)
+        return self._attempt(claimed) if claimed is not None else None
 
     def _claim_brief(self, ref: StepRef, owner: str) -> Claim | None:
         """For a stale message of a brief step: the run's queued brief steps on its queue.
@@ -207,44 +185,36 @@ class Runtime:
         named = plan.by_key.get(ref.step_key)
         if named is None or not named.brief:
             return None
-        claimed: list[Claim] = []
 
-        def work(tx: RunTx) -> list[Dispatch]:
+        def work(tx: RunTx) -> Claim | None:
             found = queued_brief(tx, plan, ref.queue, BRIEF_BATCH)
             taken = claim_all(tx, found, owner, self.lease)
-            if taken:
-                claimed.append(taken[0]._replace(batch=tuple(taken[1:])))
-            return []
+            return taken[0]._replace(batch=tuple(taken[1:])) if taken else None
 
         try:
-            self.write(ref.run_id, work)
+            return self.write(ref.run_id, work)
         except NotFound:
             return None
-        return claimed[0] if claimed else None
 
-    def succeed(
-        self,
-        ref: StepRef,
-        outputs: Mapping[str, Any],
-        logs: Sequence[tuple[str, str]] = (),
-        *,
-        continue_as: str | None = None,
-        queues: Collection[str] | None = None,
-    ) -> Claim | None:
-        """Record a successful attempt (and its last log lines) and move the run on.
-
-        With ``continue_as``, one step this made ready (on one of ``queues``, or any when
-        None) is claimed for that owner in the same transaction and returned: the caller
-        runs it next, sparing a dispatch, a thread hop and a transaction per step of a
-        chain. The others are dispatched as usual.
-        """
-        return self.record(
-            [Finished(ref, outputs=outputs, logs=logs)], continue_as=continue_as, queues=queues
+    def _attempt(self, claim: Claim) -> Attempt:
+        """The claimed step with what running it needs: plan, secrets, reads."""
+        secrets: dict[str, str] = {}
+        error = None
+        try:
+            secrets = self.secrets(claim.run.id)
+        except SecretsUnavailable as exc:  # the attempt fails with it rather than run
+            error = exc.message
+        plan, reads = self.plan(claim.run), RunReads(self.store, claim.run)
+        return Attempt(
+            claim.run,
+            claim.step,
+            claim.ref,
+            plan,
+            reads,
+            secrets,
+            error,
+            tuple(Attempt(c.run, c.step, c.ref, plan, reads, secrets, error) for c in claim.batch),
         )
-
-    def fail(self, ref: StepRef, outcome: Outcome, logs: Sequence[tuple[str, str]] = ()) -> None:
-        """Record a failed attempt: retry it, fail it, or mark it cancelled."""
-        self.record([Finished(ref, outcome=outcome, logs=logs)])
 
     def record(
         self,
@@ -252,100 +222,71 @@ class Runtime:
         *,
         continue_as: str | None = None,
         queues: Collection[str] | None = None,
-    ) -> Claim | None:
-        """Record attempts of one run's steps, in order, in one transaction.
+    ) -> Recorded:
+        """Record attempts of one run's steps, in order, in one transaction; move the run on.
 
-        Each as ``succeed`` or ``fail`` would; ``continue_as`` as for ``succeed``, after
-        the last of them.
+        A success writes the step's outputs; a failure retries the step, fails it or
+        (when it was cancelled, or the run is over) cancels it. With ``continue_as``, one
+        step the results made ready (on one of ``queues``, or any when None) is claimed
+        for that owner in the same transaction and returned: the caller runs it next,
+        sparing a dispatch, a thread hop and a transaction per step of a chain.
         """
         if not finished:
-            return None
-        run_id = finished[0].ref.run_id
-        claimed: list[Claim] = []
+            return Recorded()
 
-        def work(tx: RunTx) -> list[Dispatch]:
-            tx.append_logs([(f.ref.step_key, f.ref.attempt, f.logs) for f in finished])
-            if len(finished) > 1:  # the first was read with the lock
-                tx.read_ahead([f.ref.step_key for f in finished[1:]])
-            dispatches: list[Dispatch] = []
-            succeeded: list[str] = []
-            moves: list[Move] = []
-            for one in finished:
-                if one.outcome is None:
-                    move = self._success(tx, one.ref, one.outputs or {})
-                    if move is not None:
-                        moves.append(move)
-                        succeeded.append(one.ref.step_key)
-                else:  # successes before a failure are written first, as they happened
-                    tx.move_steps(moves, S.SUCCEEDED)
-                    moves = []
-                    dispatches += self._record_failure(tx, one.ref, one.outcome)
-            tx.move_steps(moves, S.SUCCEEDED)
-            if succeeded:  # what they made ready, once for all of them
-                dispatches += self.advance_in(tx, succeeded)
-            if continue_as is None:
-                return dispatches
-            for next_ref, eta in dispatches:
-                if eta is None and (queues is None or next_ref.queue in queues):
-                    claim = claim_in(tx, next_ref, continue_as, self.lease)
-                    if claim is not None:
-                        plan = self.plan(tx.run)
-                        claim = with_brief_siblings(
-                            tx, plan, claim, continue_as, self.lease, dispatches
-                        )
-                        claimed.append(claim)
-                        taken = {c.ref for c in (claim, *claim.batch)}
-                        return [d for d in dispatches if d[0] not in taken]
-            return dispatches
+        def work(tx: RunTx) -> tuple[Claim | None, bool]:
+            self._record_in(tx, finished)
+            claim = self._continue(tx, continue_as, queues) if continue_as else None
+            return claim, tx.run.status.terminal
 
-        self.write(run_id, work, finished[0].ref.step_key)
-        return claimed[0] if claimed else None
+        claim, over = self.write(finished[0].ref.run_id, work, finished[0].ref.step_key)
+        return Recorded(self._attempt(claim) if claim is not None else None, over)
 
-    def _success(self, tx: RunTx, ref: StepRef, outputs: Mapping[str, Any]) -> Move | None:
-        """The move that records the attempt's success; None when it lost its step."""
-        step = self._running(tx, ref)
-        if step is None:
-            return None
-        exit_code = outputs.get("exit_code")
-        fields = {
-            "outputs": dict(outputs),
-            "exit_code": exit_code if isinstance(exit_code, int) else None,
-            "last_error": None,
-            **_done(tx.now),
-        }
-        return step, fields, {"duration": _seconds(step, tx.now)}
+    def _record_in(self, tx: RunTx, finished: Sequence[Finished]) -> None:
+        tx.append_logs([(f.ref.step_key, f.ref.attempt, f.logs) for f in finished])
+        if len(finished) > 1:  # the first was read with the lock
+            tx.read_ahead([f.ref.step_key for f in finished[1:]])
+        succeeded: list[str] = []
+        done: list[tuple[StepRecord, Mapping[str, Any]]] = []
+        for one in finished:
+            step = self._running(tx, one.ref)
+            if step is None:
+                continue
+            if one.outcome is None:
+                done.append((step, one.outputs or {}))
+                succeeded.append(step.key)
+            else:  # successes before a failure are written first, as they happened
+                tx.succeed(done)
+                done = []
+                self._failed(tx, step, one.outcome)
+        tx.succeed(done)
+        if succeeded:  # what they made ready, once for all of them
+            self.advance_in(tx, succeeded)
 
-    def _record_failure(self, tx: RunTx, ref: StepRef, outcome: Outcome) -> list[Dispatch]:
-        step = self._running(tx, ref)
-        if step is None:
-            return []
-        plan_step = self.plan(tx.run).step(step.key)
-        fields = {"last_error": outcome.error, "exit_code": outcome.exit_code, **_done(tx.now)}
-        event = {"error": outcome.error, "exit_code": outcome.exit_code, "kind": outcome.kind}
+    def _failed(self, tx: RunTx, step: StepRecord, outcome: Outcome) -> None:
+        """Cancel, retry or fail the step of an attempt that did not succeed."""
+        error, code = outcome.error, outcome.exit_code
+        event = {"error": error, "exit_code": code, "kind": outcome.kind}
         if outcome.kind == "cancelled" or tx.run.status.terminal:
-            tx.move_step(step, S.CANCELLED, event=event, **fields)
-            return []
+            tx.cancel(step, error, exit_code=code, event=event)
+            return
+        plan_step = self.plan(tx.run).step(step.key)
         if _should_retry(plan_step, step, outcome):
-            return self._retry(tx, plan_step, step, event, fields)
-        tx.move_step(step, S.FAILED, event=event, **fields)
-        return self.advance_in(tx)
+            delay = plan_step.retry.delay(step.attempts)
+            tx.retry(step, error, delay=delay, exit_code=code, event=event)
+            return
+        tx.fail(step, error, exit_code=code, event=event)
+        self.advance_in(tx)
 
-    def _retry(
-        self,
-        tx: RunTx,
-        plan_step: PlanStep,
-        step: StepRecord,
-        event: dict[str, Any],
-        fields: dict[str, Any],
-    ) -> list[Dispatch]:
-        delay = plan_step.retry.delay(step.attempts)
-        eta = tx.now + timedelta(seconds=delay)
-        event = {**event, "retry_in": delay, "next_attempt": step.attempts + 1}
-        tx.move_step(
-            step, S.QUEUED, event=event, attempts=step.attempts + 1, available_at=eta, **fields
-        )
-        ref = StepRef(tx.run.id, step.key, step.attempts + 1, step.queue)
-        return [(ref, eta if delay > 0 else None)]
+    def _continue(self, tx: RunTx, owner: str, queues: Collection[str] | None) -> Claim | None:
+        """Claim for ``owner`` a step this transaction made ready, if one is due now."""
+        for ref, eta in list(tx.sends):
+            if eta is None and (queues is None or ref.queue in queues):
+                claim = claim_in(tx, ref, owner, self.lease)
+                if claim is not None:
+                    plan = self.plan(tx.run)
+                    return with_brief_siblings(tx, plan, claim, owner, self.lease, tx.sends)
+        return None
 
     def _running(self, tx: RunTx, ref: StepRef) -> StepRecord | None:
         """The step if ``ref`` still owns it (attempt fencing), else None."""
@@ -357,78 +298,70 @@ class Runtime:
     # -- stopping ----------------------------------------------------------------------
 
     def cancel(self, run_id: str, reason: str = "cancelled by user") -> None:
-        """Cancel a run: steps not started are cancelled, running ones are told to stop."""
+        """Cancel a run: steps not started are cancelled, running ones stop at their next
+        heartbeat (or at once, where the caller also tells its executor)."""
 
-        def work(tx: RunTx) -> list[Dispatch]:
+        def work(tx: RunTx) -> None:
             if tx.run.status.terminal:
                 raise Conflict(f"run {run_id} is already {tx.run.status.value}")
             self._stop_steps(tx, reason)
             tx.move_run(RunStatus.CANCELLED, error=reason)
-            return []
 
         self.write(run_id, work)
-        for callback in self.on_cancel:
-            callback(run_id)
 
     def expire(self, run_id: str, now: datetime | None = None) -> bool:
         """Fail a run whose timeout has passed (by ``now``); True if it did."""
-        expired: list[bool] = []
 
-        def work(tx: RunTx) -> list[Dispatch]:
+        def work(tx: RunTx) -> bool:
             run = tx.run
             if run.status.terminal or not run.deadline or run.deadline > (now or tx.now):
-                return []
-            plan = self.plan(run)
-            reason = f"run timed out after {format_duration(plan.timeout)}"
+                return False
+            reason = f"run timed out after {format_duration(self.plan(run).timeout)}"
             self._stop_steps(tx, reason)
             tx.move_run(RunStatus.FAILED, error=reason)
-            expired.append(True)
-            return []
+            return True
 
-        self.write(run_id, work)
-        if expired:
-            for callback in self.on_cancel:
-                callback(run_id)
-        return bool(expired)
+        return self.write(run_id, work)
 
     def _stop_steps(self, tx: RunTx, reason: str) -> None:
         for step in tx.steps():
             if step.status in (S.PENDING, S.QUEUED, S.BLOCKED):
-                tx.move_step(step, S.CANCELLED, event={"reason": reason}, last_error=reason)
+                tx.cancel(step, reason)
 
     # -- advancing ---------------------------------------------------------------------
 
-    def advance_in(self, tx: RunTx, changed: str | Sequence[str] | None = None) -> list[Dispatch]:
+    def advance_in(self, tx: RunTx, changed: str | Sequence[str] | None = None) -> None:
         """Start what is ready, cancel what cannot run, settle the run (see ``Advance``)."""
-        return self._advance(tx, changed)
+        self._advance(tx, changed)
 
     # -- plumbing ----------------------------------------------------------------------
 
     def write(
         self,
         run_id: str,
-        work: Callable[[RunTx], list[Dispatch]],
+        work: Callable[[RunTx], T],
         step_key: str | None = None,
         claim_attempt: int | None = None,
-    ) -> None:
-        """Run ``work`` in a transaction on the run; dispatch what it returns after commit.
+    ) -> T:
+        """Run ``work`` in a transaction on the run and return what it returns.
 
+        The steps it queued (``RunTx.sends``) are dispatched after the commit.
         ``step_key``: the step ``work`` reads first, read with the run's lock; with
         ``claim_attempt``, only while it is queued at that attempt (NothingToClaim).
         """
         with self.store.transaction(run_id, step_key, claim_attempt) as tx:
             was_terminal = tx.run.status.terminal
-            dispatches = work(tx)
-            finished = tx.run if tx.run.status.terminal and not was_terminal else None
-        if self.dispatcher is not None:
-            if len(dispatches) > 1:
-                dispatches = coalesced(self.plan(tx.run), dispatches)
-            for ref, eta in dispatches:
+            result = work(tx)
+            ended = tx.run.status.terminal and not was_terminal
+        if self.dispatcher is not None and tx.sends:
+            sends = tx.sends
+            if len(sends) > 1:
+                sends = coalesced(self.plan(tx.run), sends)
+            for ref, eta in sends:
                 self.dispatcher.dispatch(ref, eta)
-        if finished is not None:
+        if ended:
             self._secrets.pop(run_id, None)  # sealed in the store still, for a retry
-            for callback in self.on_finished:
-                callback(finished)
+        return result
 
 
 def _should_retry(plan_step: PlanStep, step: StepRecord, outcome: Outcome) -> bool:
@@ -440,11 +373,3 @@ def _should_retry(plan_step: PlanStep, step: StepRecord, outcome: Outcome) -> bo
     if policy.on_errors is not None:
         return any(re.search(p, outcome.error) for p in policy.on_errors)
     return True
-
-
-def _done(now: datetime) -> dict[str, Any]:
-    return {"completed_at": now, "lease_owner": None, "lease_expires_at": None}
-
-
-def _seconds(step: StepRecord, now: datetime) -> float | None:
-    return round((now - step.started_at).total_seconds(), 3) if step.started_at else None

@@ -31,6 +31,8 @@ from conveyor.orchestrator.pipeline.spec import (
 from conveyor.orchestrator.pipeline.spec import problems_from as _problems_from
 from conveyor.orchestrator.pipeline.templates import TemplateEngine, has_template
 from conveyor.orchestrator.pipeline.yamlload import Loaded
+from conveyor.orchestrator.queues import CONTROL
+from conveyor.orchestrator.settings import Settings
 
 _RUNS_ON_FAILURE = re.compile(r"\b(always|failure)\s*\(")
 
@@ -138,6 +140,17 @@ class Compiler:
         self.step_types = step_types
         self.templates = templates
         self.limits = limits or Limits()
+
+    @classmethod
+    def for_settings(cls, settings: Settings, step_types: Mapping[str, StepType]) -> Compiler:
+        """A compiler bound to ``step_types`` and the settings' limits."""
+        limits = Limits(
+            max_bytes=settings.max_definition_bytes,
+            max_nodes=settings.max_yaml_nodes,
+            max_steps=settings.max_steps,
+            max_matrix=settings.max_matrix,
+        )
+        return cls(step_types, TemplateEngine(max_output=settings.max_template_output), limits)
 
     def compile(self, text: str | bytes) -> Compiled:
         """Compile every pipeline of a file; raise SpecError listing every problem."""
@@ -275,7 +288,7 @@ class Compiler:
             timeout=step.timeout,
             on_error=step.on_error or spec.on_error,
             retry=step.retry or RetrySpec(),
-            queue=step.queue or (step_type.queue if step_type else "control"),
+            queue=step.queue or (step_type.queue if step_type else CONTROL),
             matrix=matrix,
             brief=bool(getattr(step_type, "brief", False)),
         )

@@ -1,9 +1,7 @@
-"""Findings kept per run: what ``fail_on: new`` compares with, and what the API lists.
+"""A run's findings as the findings API lists them: filtered, worst first.
 
-A run's branch is its ``branch`` parameter (``conveyor run --param branch=main``, or
-``"params": {"branch": "main"}`` in ``POST /api/v1/runs``); runs without one share the
-branch "none". The baseline of a scan is the newest run of the same pipeline on the
-same branch that succeeded, was created before this one, and recorded a scan.
+Scan steps record them through ``ctx.findings`` (``store.findings.StoreLedger`` on the
+execution store); this is the reading side, on the rows the store keeps.
 """
 
 from __future__ import annotations
@@ -12,15 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import sqlalchemy as sa
-
-from conveyor.orchestrator.clock import utcnow
-from conveyor.orchestrator.status import RunStatus
-from conveyor.orchestrator.store.schema import findings, runs, scan_reports
-from conveyor.orchestrator.store.sql import SqlStore, translate_errors
-
-from .history import Baseline
-from .results import Finding, ScanResult
+from conveyor.orchestrator.store import findings
+from conveyor.orchestrator.store.sql import SqlStore
 
 
 @dataclass(frozen=True)
@@ -33,124 +24,25 @@ class FindingQuery:
     new_only: bool = False
 
 
-class StoreLedger:
-    """The FindingsLedger of one step of one run, on the execution store."""
-
-    def __init__(self, store: SqlStore, run_id: str, step_key: str, pipeline: str) -> None:
-        self.store, self.run_id, self.step_key, self.pipeline = store, run_id, step_key, pipeline
-
-    def baseline(self, branch: str | None) -> Baseline | None:
-        """See FindingsLedger.baseline."""
-        created = sa.select(runs.c.created_at).where(runs.c.id == self.run_id).scalar_subquery()
-        query = (
-            sa.select(runs.c.id)
-            .join(scan_reports, scan_reports.c.instance_id == runs.c.id)
-            .where(
-                runs.c.pipeline == self.pipeline,
-                runs.c.status == RunStatus.SUCCEEDED.value,
-                runs.c.id != self.run_id,
-                runs.c.created_at < created,
-                _same_branch(branch),
-            )
-            .order_by(runs.c.created_at.desc())
-            .limit(1)
-        )
-        with translate_errors(), self.store.read_engine.connect() as conn:
-            run_id = conn.execute(query).scalar()
-            if run_id is None:
-                return None
-            prints = conn.execute(
-                sa.select(findings.c.fingerprint).where(findings.c.instance_id == run_id)
-            ).scalars()
-            return Baseline(str(run_id), frozenset(prints))
-
-    def record(self, result: ScanResult, branch: str | None) -> None:
-        """See FindingsLedger.record."""
-        now = utcnow()
-        mine = (scan_reports.c.instance_id == self.run_id) & (
-            scan_reports.c.step_key == self.step_key
-        )
-        with translate_errors(), self.store.engine.begin() as conn:
-            conn.execute(scan_reports.delete().where(mine))
-            conn.execute(
-                findings.delete().where(
-                    findings.c.instance_id == self.run_id, findings.c.step_key == self.step_key
-                )
-            )
-            conn.execute(scan_reports.insert().values(self._report(result, branch, now)))
-            rows = [self._row(f, now) for f in result.findings]
-            if rows:
-                conn.execute(findings.insert(), rows)
-
-    def _report(self, result: ScanResult, branch: str | None, now: Any) -> dict[str, Any]:
-        return {
-            "instance_id": self.run_id,
-            "step_key": self.step_key,
-            "scanner": result.scanner,
-            "branch": branch,
-            "summary": result.summary.model_dump(),
-            "passed_gate": result.passed_gate,
-            "created_at": now,
-        }
-
-    def _row(self, finding: Finding, now: Any) -> dict[str, Any]:
-        return {
-            "instance_id": self.run_id,
-            "step_key": self.step_key,
-            "scanner": finding.scanner,
-            "rule_id": finding.rule_id[:300],
-            "severity": finding.severity.value,
-            "native_severity": finding.native_severity[:50],
-            "message": finding.message,
-            "location": finding.location,
-            "line": finding.line,
-            "fingerprint": finding.fingerprint,
-            "is_new": finding.new,
-            "suppressed": finding.suppressed,
-            "package": _cut(finding.package, 300),
-            "version": _cut(finding.version, 200),
-            "fixed_version": _cut(finding.fixed_version, 200),
-            "created_at": now,
-        }
-
-
-def _same_branch(branch: str | None) -> sa.ColumnElement[bool]:
-    if branch is None:
-        return scan_reports.c.branch.is_(None)
-    return scan_reports.c.branch == branch
-
-
-def _cut(value: str | None, limit: int) -> str | None:
-    return None if value is None else value[:limit]
-
-
 def list_findings(store: SqlStore, run_id: str, query: FindingQuery) -> list[dict[str, Any]]:
     """A run's findings (worst first), filtered; rows as plain dicts."""
-    select = sa.select(findings).where(findings.c.instance_id == run_id)
-    if query.severity:
-        select = select.where(findings.c.severity.in_(list(query.severity)))
-    if query.scanner:
-        select = select.where(findings.c.scanner == query.scanner)
-    if query.step:
-        select = select.where(findings.c.step_key == query.step)
-    if query.new_only:
-        select = select.where(findings.c.is_new.is_(True))
-    with translate_errors(), store.read_engine.connect() as conn:
-        rows = [dict(r) for r in conn.execute(select.order_by(findings.c.id)).mappings()]
+    rows = findings.finding_rows(
+        store,
+        run_id,
+        severity=query.severity,
+        scanner=query.scanner,
+        step=query.step,
+        new_only=query.new_only,
+    )
     return sorted(rows, key=_worst_first)
 
 
 def list_reports(store: SqlStore, run_id: str) -> list[dict[str, Any]]:
     """The scan steps of a run: scanner, branch, summary and gate, by step."""
-    select = (
-        sa.select(scan_reports)
-        .where(scan_reports.c.instance_id == run_id)
-        .order_by(scan_reports.c.step_key)
-    )
-    with translate_errors(), store.read_engine.connect() as conn:
-        return [dict(r) for r in conn.execute(select).mappings()]
+    return findings.report_rows(store, run_id)
 
 
+#: ``unknown`` right after ``high``: a gate treats an unrated finding as high.
 _ORDER = {"critical": 0, "high": 1, "unknown": 2, "medium": 3, "low": 4, "info": 5}
 
 

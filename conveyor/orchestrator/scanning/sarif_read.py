@@ -12,14 +12,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from conveyor.orchestrator.errors import SarifError
+
 from .results import Finding, ScanResult, build_result
 from .severity import Severity, from_score, from_word
 
 _LABELS = frozenset({"critical", "high", "medium", "moderate", "low"})
-
-
-class SarifError(ValueError):
-    """The document is not a SARIF log this reader understands."""
 
 
 def parse(doc: Any, scanner: str | None = None) -> list[ScanResult]:

@@ -31,10 +31,6 @@ class Runner(StrEnum):
     LOCAL = "local"
 
 
-class ScanOutputError(ValueError):
-    """The scanner's report could not be read."""
-
-
 @dataclass(frozen=True)
 class ScanTarget:
     """One scan: what to scan, where the report goes, and the tool's options."""

@@ -28,13 +28,11 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from conveyor.orchestrator.errors import SuppressionError
+
 from .results import Finding
 
 DEFAULT_FILE = ".conveyor-suppressions.yaml"
-
-
-class SuppressionError(ValueError):
-    """The suppressions file is not valid."""
 
 
 class Suppression(BaseModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -9,8 +10,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from conveyor.orchestrator.errors import NotFound
+from conveyor.orchestrator.store.connector import Connector
 from conveyor.orchestrator.store.schema import definitions
-from conveyor.orchestrator.store.sql import SqlStore, translate_errors
 from conveyor.orchestrator.store.transaction import version_definition
 
 
@@ -28,12 +29,12 @@ class Definition:
 class Definitions:
     """Register and read pipeline definitions (a new version only when the source changes)."""
 
-    def __init__(self, store: SqlStore) -> None:
+    def __init__(self, store: Connector) -> None:
         self.store = store
 
     def register(self, name: str, source: str) -> tuple[Definition, bool]:
         """Store ``source`` as the newest version of ``name``; True when it is new."""
-        with translate_errors(), self.store.engine.begin() as conn:
+        with self.store.writing() as conn:
             definition_id, _, created = version_definition(conn, name, source)
         return self._one(definitions.c.id == definition_id), created
 
@@ -60,7 +61,7 @@ class Definitions:
             )
             .order_by(definitions.c.name)
         )
-        return [_definition(r) for r in self._rows(query)]
+        return [_definition(r) for r in self.store.rows(query)]
 
     def versions(self, name: str) -> list[Definition]:
         """Every version of one pipeline, newest first."""
@@ -69,24 +70,31 @@ class Definitions:
             .where(definitions.c.name == name)
             .order_by(definitions.c.version.desc())
         )
-        found = [_definition(r) for r in self._rows(query)]
+        found = [_definition(r) for r in self.store.rows(query)]
         if not found:
             raise NotFound(f"no pipeline {name!r}")
         return found
 
+    def mentioning(self, word: str) -> list[str]:
+        """Ids of the versions whose text holds ``word`` anywhere (found without parsing)."""
+        text = sa.cast(definitions.c.definition, sa.Text)
+        query = sa.select(definitions.c.id).where(text.like(f"%{word}%"))
+        return [row["id"] for row in self.store.rows(query)]
+
+    def by_ids(self, ids: Collection[str]) -> list[Definition]:
+        """The versions with these ids (in no particular order)."""
+        query = sa.select(definitions).where(definitions.c.id.in_(list(ids)))
+        return [_definition(r) for r in self.store.rows(query)]
+
     def _one(self, *where: Any) -> Definition:
         query = sa.select(definitions).where(*where).order_by(definitions.c.version.desc()).limit(1)
-        rows = self._rows(query)
-        if not rows:
+        row = self.store.first(query)
+        if row is None:
             raise NotFound("no such pipeline definition")
-        return _definition(rows[0])
-
-    def _rows(self, query: Any) -> list[Any]:
-        with translate_errors(), self.store.read_engine.connect() as conn:
-            return list(conn.execute(query).mappings())
+        return _definition(row)
 
 
-def _definition(row: Any) -> Definition:
+def _definition(row: sa.RowMapping) -> Definition:
     return Definition(
         id=row["id"],
         name=row["name"],

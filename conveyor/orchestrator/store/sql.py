@@ -17,9 +17,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from conveyor.orchestrator.clock import new_id, utcnow
-from conveyor.orchestrator.errors import Conflict, NotFound, StoreUnavailable
+from conveyor.orchestrator.errors import Conflict, NotFound
 from conveyor.orchestrator.status import RunStatus, StepStatus
-from conveyor.orchestrator.store import db
+from conveyor.orchestrator.store.connector import Connector, translate_errors
 from conveyor.orchestrator.store.records import (
     EventRecord,
     LogRecord,
@@ -68,42 +68,8 @@ class NewRun:
     sealed_secrets: str | None = None
 
 
-@contextmanager
-def translate_errors() -> Iterator[None]:
-    """Turn driver errors into Conveyor errors at the store's boundary."""
-    try:
-        yield
-    except sa.exc.IntegrityError as exc:
-        raise Conflict(f"conflicting write: {exc.orig}") from exc
-    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
-        raise StoreUnavailable(f"database unavailable: {exc.orig}") from exc
-
-
-class SqlStore:
-    """Reads and writes of the execution log."""
-
-    def __init__(self, url: str, *, pre_ping: bool = True) -> None:
-        self.url = db.normalise_url(url)
-        self.engine, self.read_engine = db.create_engines(self.url, pre_ping=pre_ping)
-
-    @property
-    def is_sqlite(self) -> bool:
-        """True for the embedded SQLite database."""
-        return self.engine.dialect.name == "sqlite"
-
-    def upgrade(self) -> None:
-        """Bring the schema to the newest migration."""
-        with translate_errors():
-            db.upgrade(self.engine)
-
-    def ensure_current(self) -> None:
-        """Raise SchemaOutdated unless the schema is at the newest migration."""
-        db.ensure_current(self.engine)
-
-    def close(self) -> None:
-        """Release pooled connections."""
-        self.engine.dispose()
-        self.read_engine.dispose()
+class SqlStore(Connector):
+    """Reads and writes of the execution log, through the engines of its ``Connector``."""
 
     @contextmanager
     def transaction(
@@ -148,27 +114,23 @@ class SqlStore:
 
     # -- reads -------------------------------------------------------------------------
 
-    def _rows(self, query: sa.Select[Any]) -> list[sa.RowMapping]:
-        with translate_errors(), self.read_engine.connect() as conn:
-            return list(conn.execute(query).mappings())
-
     def run_by_idempotency_key(self, key: str) -> RunRecord | None:
         """The run created with this idempotency key, if any."""
-        rows = self._rows(sa.select(*RUN_COLUMNS).where(runs.c.idempotency_key == key))
-        return run_from_row(rows[0]) if rows else None
+        row = self.first(sa.select(*RUN_COLUMNS).where(runs.c.idempotency_key == key))
+        return run_from_row(row) if row else None
 
     def get_run(self, run_id: str) -> RunRecord:
         """One run by its full id."""
-        rows = self._rows(sa.select(*RUN_COLUMNS).where(runs.c.id == run_id))
-        if not rows:
+        row = self.first(sa.select(*RUN_COLUMNS).where(runs.c.id == run_id))
+        if row is None:
             raise NotFound(f"no run {run_id}")
-        return run_from_row(rows[0])
+        return run_from_row(row)
 
     def find_run(self, ref: str) -> RunRecord:
         """One run by its id or a unique prefix of it (at least 4 characters)."""
-        rows = self._rows(sa.select(*RUN_COLUMNS).where(runs.c.id == ref))
+        rows = self.rows(sa.select(*RUN_COLUMNS).where(runs.c.id == ref))
         if not rows and len(ref) >= 4:
-            rows = self._rows(sa.select(*RUN_COLUMNS).where(runs.c.id.startswith(ref)).limit(5))
+            rows = self.rows(sa.select(*RUN_COLUMNS).where(runs.c.id.startswith(ref)).limit(5))
         if not rows:
             raise NotFound(f"no run {ref}")
         if len(rows) > 1:
@@ -203,14 +165,14 @@ class SqlStore:
                     runs.c.created_at < at, sa.and_(runs.c.created_at == at, runs.c.id > last_id)
                 )
             )
-        return [run_from_row(r) for r in self._rows(query)]
+        return [run_from_row(r) for r in self.rows(query)]
 
     def get_plan(self, run_id: str) -> dict[str, Any]:
         """The compiled plan a run executes (JSON)."""
-        rows = self._rows(sa.select(runs.c.plan).where(runs.c.id == run_id))
-        if not rows:
+        row = self.first(sa.select(runs.c.plan).where(runs.c.id == run_id))
+        if row is None:
             raise NotFound(f"no run {run_id}")
-        plan: dict[str, Any] = rows[0]["plan"]
+        plan: dict[str, Any] = row["plan"]
         return plan
 
     def latest_run_id(
@@ -225,35 +187,33 @@ class SqlStore:
         )
         if before is not None:
             query = query.where(runs.c.created_at < before)
-        rows = self._rows(query)
-        return str(rows[0]["id"]) if rows else None
+        row = self.first(query)
+        return str(row["id"]) if row else None
 
     def sealed_secrets(self, run_id: str) -> str | None:
         """The run's secrets as the Vault sealed them, or None when it was given none."""
-        rows = self._rows(
-            sa.select(run_secrets.c.sealed).where(run_secrets.c.instance_id == run_id)
-        )
-        return str(rows[0]["sealed"]) if rows else None
+        row = self.first(sa.select(run_secrets.c.sealed).where(run_secrets.c.instance_id == run_id))
+        return str(row["sealed"]) if row else None
 
     def step_outputs(self, run_id: str) -> dict[str, dict[str, Any]]:
         """Outputs of the run's succeeded steps, by key."""
         query = sa.select(steps.c.step_key, steps.c.outputs).where(
             steps.c.instance_id == run_id, steps.c.status == StepStatus.SUCCEEDED.value
         )
-        return {r["step_key"]: r["outputs"] or {} for r in self._rows(query)}
+        return {r["step_key"]: r["outputs"] or {} for r in self.rows(query)}
 
     def list_steps(self, run_id: str) -> list[StepRecord]:
         """The steps of a run in plan order."""
         query = sa.select(steps).where(steps.c.instance_id == run_id).order_by(steps.c.position)
-        return [step_from_row(r) for r in self._rows(query)]
+        return [step_from_row(r) for r in self.rows(query)]
 
     def get_step(self, run_id: str, step_key: str) -> StepRecord:
         """One step of a run by key."""
         query = sa.select(steps).where(steps.c.instance_id == run_id, steps.c.step_key == step_key)
-        rows = self._rows(query)
-        if not rows:
+        row = self.first(query)
+        if row is None:
             raise NotFound(f"run {run_id} has no step {step_key!r}")
-        return step_from_row(rows[0])
+        return step_from_row(row)
 
     def list_events(self, run_id: str, after: int = 0) -> list[EventRecord]:
         """Events of a run with a sequence number above ``after``."""
@@ -262,17 +222,22 @@ class SqlStore:
             .where(events.c.instance_id == run_id, events.c.seq > after)
             .order_by(events.c.seq)
         )
-        return [
-            EventRecord(
-                seq=r["seq"],
-                run_id=r["instance_id"],
-                step_key=r["step_key"],
-                type=r["type"],
-                payload=r["payload"] or {},
-                created_at=r["created_at"],
-            )
-            for r in self._rows(query)
-        ]
+        return [_event_record(r) for r in self.rows(query)]
+
+    def last_event(
+        self, run_id: str, type_: str, *, since: datetime | None = None
+    ) -> EventRecord | None:
+        """The run's newest event of one type (written at or after ``since``), if any."""
+        query = (
+            sa.select(events)
+            .where(events.c.instance_id == run_id, events.c.type == type_)
+            .order_by(events.c.seq.desc())
+            .limit(1)
+        )
+        if since is not None:
+            query = query.where(events.c.created_at >= since)
+        row = self.first(query)
+        return _event_record(row) if row else None
 
     def list_logs(
         self,
@@ -294,7 +259,7 @@ class SqlStore:
             query = query.where(step_logs.c.step_key == step_key)
         if attempt is not None:
             query = query.where(step_logs.c.attempt == attempt)
-        return [_log_record(r) for r in self._rows(query)]
+        return [_log_record(r) for r in self.rows(query)]
 
     def tail_logs(
         self, run_id: str, step_key: str, lines: int = 3, attempt: int | None = None
@@ -308,7 +273,7 @@ class SqlStore:
         )
         if attempt is not None:
             query = query.where(step_logs.c.attempt == attempt)
-        return [_log_record(r) for r in reversed(self._rows(query))]
+        return [_log_record(r) for r in reversed(self.rows(query))]
 
     # -- what the reconciler looks for --------------------------------------------------
 
@@ -319,7 +284,7 @@ class SqlStore:
             .where(runs.c.status.in_(("running", "blocked")), runs.c.deadline < now)
             .limit(limit)
         )
-        return [r["id"] for r in self._rows(query)]
+        return [r["id"] for r in self.rows(query)]
 
     def expired_leases(self, now: datetime, limit: int = 500) -> list[tuple[str, str]]:
         """(run, step) of running steps whose worker stopped renewing its lease."""
@@ -328,7 +293,7 @@ class SqlStore:
             .where(steps.c.status == StepStatus.RUNNING.value, steps.c.lease_expires_at < now)
             .limit(limit)
         )
-        return [(r["instance_id"], r["step_key"]) for r in self._rows(query)]
+        return [(r["instance_id"], r["step_key"]) for r in self.rows(query)]
 
     def stale_queued(self, before: datetime, limit: int = 500) -> list[tuple[str, str]]:
         """(run, step) of steps queued (and due) since before ``before``."""
@@ -341,7 +306,7 @@ class SqlStore:
             .order_by(steps.c.available_at)
             .limit(limit)
         )
-        return [(r["instance_id"], r["step_key"]) for r in self._rows(query)]
+        return [(r["instance_id"], r["step_key"]) for r in self.rows(query)]
 
     # -- writes outside a run transaction ----------------------------------------------
 
@@ -352,7 +317,7 @@ class SqlStore:
         if not lines:
             return
         rows = log_rows(run_id, step_key, attempt, lines, utcnow())
-        with translate_errors(), self.engine.begin() as conn:
+        with self.writing() as conn:
             conn.execute(step_logs.insert(), rows)
 
     def renew_leases(self, step_ids: Sequence[str], owner: str, until: datetime) -> dict[str, str]:
@@ -363,7 +328,7 @@ class SqlStore:
         """
         if not step_ids:
             return {}
-        with translate_errors(), self.engine.begin() as conn:
+        with self.writing() as conn:
             conn.execute(
                 steps.update()
                 .where(
@@ -423,6 +388,17 @@ def _step_row(run_id: str, position: int, seed: StepSeed) -> dict[str, Any]:
         "attempts": 0,
         "queue": seed.queue,
     }
+
+
+def _event_record(row: sa.RowMapping) -> EventRecord:
+    return EventRecord(
+        seq=row["seq"],
+        run_id=row["instance_id"],
+        step_key=row["step_key"],
+        type=row["type"],
+        payload=row["payload"] or {},
+        created_at=row["created_at"],
+    )
 
 
 def _log_record(row: sa.RowMapping) -> LogRecord:

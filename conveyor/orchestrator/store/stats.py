@@ -13,11 +13,13 @@ from typing import Any
 import sqlalchemy as sa
 
 from conveyor.orchestrator.status import StepStatus
+from conveyor.orchestrator.store.connector import Connector
 from conveyor.orchestrator.store.schema import runs, steps
-from conveyor.orchestrator.store.sql import SqlStore, translate_errors
 
 #: Step durations (seconds) that the histogram counts up to; +Inf is implied.
 DURATION_BUCKETS: tuple[float, ...] = (0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600)
+#: Rows counted by a grouped query, read back as ``n``.
+_COUNT = sa.func.count().label("n")
 
 
 @dataclass(frozen=True)
@@ -34,38 +36,43 @@ class DurationHistogram:
 class Stats:
     """Aggregates for ``/metrics``."""
 
-    def __init__(self, store: SqlStore) -> None:
+    def __init__(self, store: Connector) -> None:
         self.store = store
 
     def runs_by_status(self) -> dict[str, int]:
         """How many runs are in each status."""
-        query = sa.select(runs.c.status, sa.func.count()).group_by(runs.c.status)
-        return {status: count for status, count in self._rows(query)}
+        query = sa.select(runs.c.status, _COUNT).group_by(runs.c.status)
+        return {r["status"]: r["n"] for r in self.store.rows(query)}
 
     def steps_by_status(self) -> dict[tuple[str, str, str], int]:
         """How many steps are in each (status, type, queue)."""
-        query = sa.select(steps.c.status, steps.c.type, steps.c.queue, sa.func.count()).group_by(
+        query = sa.select(steps.c.status, steps.c.type, steps.c.queue, _COUNT).group_by(
             steps.c.status, steps.c.type, steps.c.queue
         )
-        return {(status, type_, queue): count for status, type_, queue, count in self._rows(query)}
+        return {(r["status"], r["type"], r["queue"]): r["n"] for r in self.store.rows(query)}
 
     def queue_depth(self) -> dict[str, int]:
         """Steps waiting for a worker, by queue."""
         query = (
-            sa.select(steps.c.queue, sa.func.count())
+            sa.select(steps.c.queue, _COUNT)
             .where(steps.c.status == StepStatus.QUEUED.value)
             .group_by(steps.c.queue)
         )
-        return {queue: count for queue, count in self._rows(query)}
+        return {r["queue"]: r["n"] for r in self.store.rows(query)}
 
     def step_durations(
         self, buckets: Sequence[float] = DURATION_BUCKETS
     ) -> list[DurationHistogram]:
         """Histograms of the last attempt of every step that ran and ended."""
         seconds = self._seconds()
-        columns = [sa.func.sum(sa.case((seconds <= bound, 1), else_=0)) for bound in buckets]
+        columns = [
+            sa.func.sum(sa.case((seconds <= bound, 1), else_=0)).label(f"le_{i}")
+            for i, bound in enumerate(buckets)
+        ]
         query = (
-            sa.select(steps.c.type, steps.c.queue, sa.func.count(), sa.func.sum(seconds), *columns)
+            sa.select(
+                steps.c.type, steps.c.queue, _COUNT, sa.func.sum(seconds).label("total"), *columns
+            )
             .where(
                 steps.c.status.in_((StepStatus.SUCCEEDED.value, StepStatus.FAILED.value)),
                 steps.c.started_at.is_not(None),
@@ -73,7 +80,7 @@ class Stats:
             )
             .group_by(steps.c.type, steps.c.queue)
         )
-        return [_histogram(row, buckets) for row in self._rows(query)]
+        return [_histogram(row, buckets) for row in self.store.rows(query)]
 
     def _seconds(self) -> sa.ColumnElement[Any]:
         """``completed_at - started_at`` in seconds, in this database's dialect."""
@@ -82,17 +89,13 @@ class Stats:
             return days * 86400.0
         return sa.extract("epoch", steps.c.completed_at - steps.c.started_at)
 
-    def _rows(self, query: sa.Select[Any]) -> list[tuple[Any, ...]]:
-        with translate_errors(), self.store.read_engine.connect() as conn:
-            return [tuple(row) for row in conn.execute(query)]
 
-
-def _histogram(row: tuple[Any, ...], bounds: Sequence[float]) -> DurationHistogram:
-    type_, queue, count, total, *cumulative = row
+def _histogram(row: sa.RowMapping, bounds: Sequence[float]) -> DurationHistogram:
+    cumulative = (int(row[f"le_{i}"] or 0) for i in range(len(bounds)))
     return DurationHistogram(
-        type=type_,
-        queue=queue,
-        buckets=tuple((b, int(n or 0)) for b, n in zip(bounds, cumulative, strict=True)),
-        count=int(count),
-        total=float(total or 0.0),
+        type=row["type"],
+        queue=row["queue"],
+        buckets=tuple(zip(bounds, cumulative, strict=True)),
+        count=int(row["n"]),
+        total=float(row["total"] or 0.0),
     )

@@ -18,8 +18,8 @@ import sqlalchemy as sa
 
 from conveyor.orchestrator.clock import utcnow
 from conveyor.orchestrator.errors import NotFound
+from conveyor.orchestrator.store.connector import Connector
 from conveyor.orchestrator.store.schema import api_tokens
-from conveyor.orchestrator.store.sql import SqlStore, translate_errors
 
 PREFIX = "cvt_"
 USE_RESOLUTION = timedelta(minutes=1)
@@ -58,7 +58,7 @@ def hash_secret(secret: str) -> str:
 class Tokens:
     """Create, check, list and revoke API tokens."""
 
-    def __init__(self, store: SqlStore) -> None:
+    def __init__(self, store: Connector) -> None:
         self.store = store
 
     def create(self, name: str, role: Role | str) -> tuple[Token, str]:
@@ -71,7 +71,7 @@ class Tokens:
             "token_hash": hash_secret(secret),
             "created_at": utcnow(),
         }
-        with translate_errors(), self.store.engine.begin() as conn:
+        with self.store.writing() as conn:
             conn.execute(api_tokens.insert().values(**row))
         return _token({**row, "last_used_at": None, "revoked_at": None}), secret
 
@@ -80,7 +80,7 @@ class Tokens:
         if not secret.startswith(PREFIX):
             return None
         digest = hash_secret(secret)
-        with translate_errors(), self.store.engine.begin() as conn:
+        with self.store.writing() as conn:
             row = (
                 conn.execute(
                     sa.select(api_tokens).where(
@@ -103,12 +103,11 @@ class Tokens:
     def list(self) -> list[Token]:
         """Every token, newest first."""
         query = sa.select(api_tokens).order_by(api_tokens.c.created_at.desc())
-        with translate_errors(), self.store.read_engine.connect() as conn:
-            return [_token(r) for r in conn.execute(query).mappings()]
+        return [_token(r) for r in self.store.rows(query)]
 
     def revoke(self, token_id: str) -> None:
         """Stop a token from working."""
-        with translate_errors(), self.store.engine.begin() as conn:
+        with self.store.writing() as conn:
             result = conn.execute(
                 api_tokens.update()
                 .where(api_tokens.c.id == token_id, api_tokens.c.revoked_at.is_(None))

@@ -29,6 +29,7 @@ from conveyor.orchestrator.store.schema import (
     step_logs,
     steps,
 )
+from conveyor.orchestrator.store.transitions import Move, Transitions
 
 _RUN: sa.BindParameter[str] = sa.bindparam("b_run")
 #: ``FOR NO KEY UPDATE``: writers of the run serialise on it, while inserts of its log
@@ -177,17 +178,14 @@ def version_definition(conn: sa.Connection, name: str, source: str) -> tuple[str
     return definition_id, version, True
 
 
-#: A step to move, the fields to set with its new status, and its event's payload.
-Move = tuple[StepRecord, dict[str, Any], dict[str, Any] | None]
-
-
-class RunTx:
+class RunTx(Transitions):
     """A transaction holding the lock on one run's row.
 
     ``move_run`` and ``move_step`` are the one transition function of DESIGN §3: they
     refuse illegal moves, record an event for every move, and (for steps) only update
     a row still in the status and attempt the caller saw, which is the attempt fencing
-    that makes a duplicate or stale delivery harmless.
+    that makes a duplicate or stale delivery harmless. The engine moves steps through
+    the named transitions this inherits (``claim``, ``succeed``, ``retry``, ...).
     """
 
     def __init__(
@@ -203,6 +201,7 @@ class RunTx:
         With ``claim_attempt`` too, only while that step is queued at that attempt:
         otherwise NothingToClaim is raised, before anything was locked or written.
         """
+        super().__init__()
         self.conn = conn
         self.now = now
         self._pending: list[dict[str, Any]] = []

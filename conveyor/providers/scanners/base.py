@@ -10,13 +10,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from conveyor.orchestrator.errors import StepFailed
-from conveyor.orchestrator.scanning.scanner import (
-    Runner,
-    ScanKind,
-    ScanOutputError,
-    ScanTarget,
-)
+from conveyor.orchestrator.errors import ScanOutputError, StepFailed
+from conveyor.orchestrator.scanning.scanner import Runner, ScanKind, ScanTarget
 from conveyor.orchestrator.settings import Settings
 
 

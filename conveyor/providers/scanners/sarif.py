@@ -7,15 +7,10 @@ named by ``$CONVEYOR_SCAN_REPORT``; this provider reads it (see
 
 from __future__ import annotations
 
-from conveyor.orchestrator.errors import StepFailed
+from conveyor.orchestrator.errors import SarifError, ScanOutputError, StepFailed
 from conveyor.orchestrator.scanning import sarif_read
 from conveyor.orchestrator.scanning.results import ScanResult, build_result
-from conveyor.orchestrator.scanning.scanner import (
-    ScanCommand,
-    ScanKind,
-    ScanOutputError,
-    ScanTarget,
-)
+from conveyor.orchestrator.scanning.scanner import ScanCommand, ScanKind, ScanTarget
 
 from .base import ScannerBase, load_json
 
@@ -35,7 +30,7 @@ class Sarif(ScannerBase):
         """Every run of the SARIF log, merged into one result."""
         try:
             runs = sarif_read.parse(load_json(text, self.name))
-        except sarif_read.SarifError as exc:
+        except SarifError as exc:
             raise ScanOutputError(f"the report is not SARIF: {exc}") from exc
         findings = [f for run in runs for f in run.findings]
         errors = [e for run in runs for e in run.errors]

@@ -13,15 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from conveyor.orchestrator.errors import StepFailed
+from conveyor.orchestrator.errors import ScanOutputError, StepFailed
 from conveyor.orchestrator.scanning.results import Finding, ScanResult, build_result
-from conveyor.orchestrator.scanning.scanner import (
-    Runner,
-    ScanCommand,
-    ScanKind,
-    ScanOutputError,
-    ScanTarget,
-)
+from conveyor.orchestrator.scanning.scanner import Runner, ScanCommand, ScanKind, ScanTarget
 from conveyor.orchestrator.scanning.severity import from_word
 
 from .base import ScannerBase, expect, load_json

@@ -9,7 +9,7 @@ from typing import Any
 from flask.testing import FlaskClient
 
 from conveyor.api.services import Services
-from conveyor.orchestrator.engine.runtime import Outcome
+from conveyor.orchestrator.engine.attempt import Finished, Outcome
 from conveyor.orchestrator.errors import ConveyorError
 from tests.unit.runtime_kit import Recorder
 
@@ -78,9 +78,9 @@ def work(
             continue
         lines = [("stdout", text) for text in (logs or {}).get(ref.step_key, ())]
         if ref.step_key in fail:
-            runtime.fail(ref, Outcome("exit status 2", 2), lines)
+            runtime.record([Finished(ref, outcome=Outcome("exit status 2", 2), logs=lines)])
         else:
-            runtime.succeed(ref, {"exit_code": 0}, lines)
+            runtime.record([Finished(ref, outputs={"exit_code": 0}, logs=lines)])
 
 
 def body(answer: Any) -> dict[str, Any]:

@@ -9,9 +9,9 @@ from flask.testing import FlaskClient
 
 from conveyor.api.services import Services
 from conveyor.orchestrator.scanning import sarif
-from conveyor.orchestrator.scanning.ledger import StoreLedger
 from conveyor.orchestrator.scanning.results import Finding, build_result
 from conveyor.orchestrator.scanning.severity import Severity
+from conveyor.orchestrator.store.findings import StoreLedger
 from tests.unit.api.kit import RUNS, body, submit
 
 Headers = dict[str, str]

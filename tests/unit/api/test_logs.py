@@ -10,6 +10,7 @@ from urllib.parse import quote
 from flask.testing import FlaskClient
 
 from conveyor.api.services import Services
+from conveyor.orchestrator.engine.attempt import Finished
 from tests.unit.api.kit import RUNS, TWO_STEPS, body, submit, work
 from tests.unit.runtime_kit import Recorder
 
@@ -107,7 +108,7 @@ def test_following_a_running_step_streams_lines_as_they_come_until_it_ends(
             services.store.append_logs(
                 ref.run_id, ref.step_key, ref.attempt, [("stdout", f"line {number}")]
             )
-        services.runtime.succeed(ref, {}, [("stdout", "last line")])
+        services.runtime.record([Finished(ref, outputs={}, logs=[("stdout", "last line")])])
 
     thread = threading.Thread(target=worker)
     started = time.monotonic()

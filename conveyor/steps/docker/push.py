@@ -12,8 +12,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from conveyor.orchestrator.contracts import RegistryAuth, StepContext
+from conveyor.orchestrator.queues import SANDBOX
 
-from .docker_common import image_engine
+from .common import image_engine
 
 
 class RegistryCredentials(BaseModel):
@@ -54,7 +55,7 @@ class DockerPush:
     """Pushes a Docker image to a remote registry."""
 
     Config: type[BaseModel] = DockerPushConfig
-    queue = "sandbox"
+    queue = SANDBOX
     shell_fields: frozenset[str] = frozenset()
 
     def run(self, ctx: StepContext, config: DockerPushConfig) -> dict[str, Any]:

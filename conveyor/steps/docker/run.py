@@ -20,8 +20,9 @@ from conveyor.orchestrator.contracts import (
 )
 from conveyor.orchestrator.durations import Duration
 from conveyor.orchestrator.errors import StepFailed
+from conveyor.orchestrator.queues import SANDBOX
 
-from .docker_common import image_engine, run_workspace
+from .common import image_engine, run_workspace
 
 CAP_NOTE = "{stream} was longer than 64 KiB: the {stream} output keeps its last 64 KiB"
 
@@ -74,7 +75,7 @@ class DockerRun:
     """Runs a command inside a Docker container with the run's workspace mounted."""
 
     Config: type[BaseModel] = DockerRunConfig
-    queue = "sandbox"
+    queue = SANDBOX
     shell_fields: frozenset[str] = frozenset()
 
     def run(self, ctx: StepContext, config: DockerRunConfig) -> dict[str, Any]:

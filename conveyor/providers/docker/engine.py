@@ -6,10 +6,10 @@ step's deadline cuts the stream (the engine then stops the build or push) or kil
 container. Engine errors become one-line ``StepFailed`` messages: a missing image, an
 unreachable engine, the failing Dockerfile instruction, a refused or unreachable registry.
 
-Containers of ``run`` get what sandbox containers get (``docker_policy``): no network
+Containers of ``run`` get what sandbox containers get (``policy``): no network
 unless allowed, no capabilities, no new privileges, a pids limit, checked mounts, never
 the Docker socket; the run's workspace directory is bind-mounted at ``/workspace``, so
-the engine must see this host's filesystem (see ``docker_common``).
+the engine must see this host's filesystem (see ``client``).
 """
 
 from __future__ import annotations
@@ -36,11 +36,11 @@ from conveyor.orchestrator.contracts import (
 from conveyor.orchestrator.errors import SandboxError, StepFailed
 from conveyor.orchestrator.settings import Settings
 
-from .docker_common import RUN_LABEL, STEP_LABEL, EngineClient, image_missing, one_line
-from .docker_containers import Watcher, remove_container
-from .docker_policy import container_options, container_path
-from .docker_progress import BuildLog, Capped, PushLog, StreamingApi, push_failure
-from .sandbox_common import CONTAINER_WORKSPACE, LineSplitter, effective_deadline, raise_for
+from ..sandbox_common import CONTAINER_WORKSPACE, LineSplitter, effective_deadline, raise_for
+from .client import RUN_LABEL, STEP_LABEL, EngineClient, image_missing, one_line
+from .containers import Watcher, remove_container
+from .policy import container_options, container_path
+from .progress import BuildLog, Capped, PushLog, StreamingApi, push_failure
 
 STEP_DEADLINE = "timed out: the step's time limit passed"
 
@@ -57,7 +57,7 @@ class DockerEngine:
         return self._engine.get()
 
     def cleanup_run(self, run_id: str) -> None:
-        """Remove the run's containers still there (detached ``docker_run`` ones).
+        """Remove the run's containers still there (detached ``step.docker_run`` ones).
 
         Called when the run is over; safe to call twice, and a no-op when this process
         never reached the engine.

@@ -1,7 +1,7 @@
 """``step.scan_deps``: known vulnerabilities in the workspace's dependencies.
 
 The seed's keys (``scanner``, ``image``, ``source_path``, ``fail_on_severity``,
-``output_format``) plus the shared ones (see ``scan_config``). Scanners: ``grype``
+``output_format``) plus the shared ones (see ``config``). Scanners: ``grype``
 (default), ``pip-audit``, ``osv-scanner``, ``trivy``. For pip-audit, ``source_path``
 may name a requirements file (``requirements.txt``) instead of a project directory.
 Vulnerability databases come from the network: give the scanner one (network_mode)
@@ -15,11 +15,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from conveyor.orchestrator.contracts import StepContext
+from conveyor.orchestrator.queues import SCAN
 from conveyor.orchestrator.scanning.scanner import ScanKind
 from conveyor.orchestrator.scanning.severity import Severity
 
-from .scan_config import ScanConfig, SourcePath, Threshold
-from .scan_step import ScanJob, scan
+from .config import ScanConfig, SourcePath, Threshold
+from .job import ScanJob, scan
 
 
 class ScanDepsConfig(ScanConfig):
@@ -44,7 +45,7 @@ class ScanDeps:
     """Audits dependencies for known vulnerabilities and gates on what it finds."""
 
     Config: type[BaseModel] = ScanDepsConfig
-    queue = "scan"
+    queue = SCAN
     shell_fields = frozenset({"command"})
 
     def run(self, ctx: StepContext, config: ScanDepsConfig) -> dict[str, Any]:

@@ -17,8 +17,8 @@ from docker.utils import kwargs_from_env
 from conveyor.orchestrator.contracts import LineSink
 from conveyor.orchestrator.errors import StepFailed
 
-from .docker_common import quiet_environment
-from .sandbox_common import LineSplitter
+from ..sandbox_common import LineSplitter
+from .client import quiet_environment
 
 _STEP = re.compile(r"^Step (?P<number>\d+/\d+) : (?P<instruction>.*)$")
 # Push statuses that repeat for every layer and every tick: noise in a log.

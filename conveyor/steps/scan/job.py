@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from conveyor.orchestrator.contracts import StepContext
-from conveyor.orchestrator.errors import ConveyorError, StepFailed
+from conveyor.orchestrator.errors import ConveyorError, StepFailed, SuppressionError
 from conveyor.orchestrator.scanning import sarif, suppressions
 from conveyor.orchestrator.scanning.gate import FailOn, GatePolicy, evaluate
 from conveyor.orchestrator.scanning.history import Baseline
@@ -23,8 +23,8 @@ from conveyor.orchestrator.scanning.results import Finding, ScanResult, report_k
 from conveyor.orchestrator.scanning.scanner import Runner, ScanKind, ScanTarget
 from conveyor.orchestrator.scanning.severity import Severity
 
-from .scan_config import ScanConfig, workspace_relative
-from .scan_session import ScanRun, find_scanner, outputs_of, report_path
+from .config import ScanConfig, workspace_relative
+from .session import ScanRun, find_scanner, outputs_of, report_path
 
 #: Findings listed in the step's log; the rest are in the reports and the API.
 LOGGED_FINDINGS = 200
@@ -105,7 +105,7 @@ def _waive(ctx: StepContext, path: str, text: str | None, result: ScanResult) ->
         return result
     try:
         waivers = suppressions.parse(text, path)
-    except suppressions.SuppressionError as exc:
+    except SuppressionError as exc:
         raise StepFailed(str(exc)) from exc
     applied = suppressions.apply(result.findings, waivers, datetime.now(UTC).date())
     for waiver, count in applied.expired:

@@ -14,8 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from conveyor.orchestrator.contracts import BuildSpec, StepContext
 from conveyor.orchestrator.errors import StepFailed
+from conveyor.orchestrator.queues import SANDBOX
 
-from .docker_common import image_engine, run_workspace, workspace_path
+from .common import image_engine, run_workspace, workspace_path
 
 
 class DockerBuildConfig(BaseModel):
@@ -51,7 +52,7 @@ class DockerBuild:
     """Builds a Docker image from a workspace directory and a Dockerfile."""
 
     Config: type[BaseModel] = DockerBuildConfig
-    queue = "sandbox"
+    queue = SANDBOX
     shell_fields: frozenset[str] = frozenset()
 
     def run(self, ctx: StepContext, config: DockerBuildConfig) -> dict[str, Any]:

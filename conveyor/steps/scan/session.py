@@ -30,17 +30,11 @@ from conveyor.orchestrator.contracts import (
     SandboxRequest,
     StepContext,
 )
-from conveyor.orchestrator.errors import SandboxError, StepFailed, StepTimeout
+from conveyor.orchestrator.errors import SandboxError, ScanOutputError, StepFailed, StepTimeout
 from conveyor.orchestrator.scanning.results import ScanResult, with_snippets
-from conveyor.orchestrator.scanning.scanner import (
-    Runner,
-    ScanCommand,
-    Scanner,
-    ScanOutputError,
-    ScanTarget,
-)
+from conveyor.orchestrator.scanning.scanner import Runner, ScanCommand, Scanner, ScanTarget
 
-from .scan_config import ScanConfig
+from .config import ScanConfig
 
 #: Reports larger than this are refused rather than read into memory.
 MAX_REPORT = 256 * 1024 * 1024

@@ -18,13 +18,11 @@ from typing import BinaryIO
 
 from conveyor.orchestrator.artifacts.models import (
     Artifact,
-    ArtifactError,
-    ArtifactNotFound,
-    ChecksumMismatch,
     copy_hashed,
     validate_key,
     validate_run_id,
 )
+from conveyor.orchestrator.errors import ArtifactError, ArtifactNotFound, ChecksumMismatch
 from conveyor.orchestrator.settings import Settings
 
 META = ".meta.json"

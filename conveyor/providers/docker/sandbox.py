@@ -41,8 +41,16 @@ from conveyor.orchestrator.contracts import ExecResult, LineSink, SandboxRequest
 from conveyor.orchestrator.errors import SandboxError
 from conveyor.orchestrator.settings import Settings
 
-from .docker_archive import pack, spool, unpack
-from .docker_common import (
+from ..sandbox_common import (
+    CONTAINER_WORKSPACE,
+    RUN_ID,
+    LineSplitter,
+    effective_deadline,
+    limit_reached,
+    raise_for,
+)
+from .archive import pack, spool, unpack
+from .client import (
     RUN_LABEL,
     STEP_LABEL,
     EngineClient,
@@ -52,16 +60,8 @@ from .docker_common import (
     one_line,
     workspace_dir,
 )
-from .docker_containers import Removals, Watcher, remove_container, wipe_directory
-from .docker_policy import container_options, container_path
-from .sandbox_common import (
-    CONTAINER_WORKSPACE,
-    RUN_ID,
-    LineSplitter,
-    effective_deadline,
-    limit_reached,
-    raise_for,
-)
+from .containers import Removals, Watcher, remove_container, wipe_directory
+from .policy import container_options, container_path
 
 IDLE_COMMAND = ["sleep", "2147483647"]
 OOM_EXIT = 137

@@ -21,7 +21,7 @@ import docker.errors
 from conveyor.orchestrator.errors import SandboxError, StepFailed
 from conveyor.orchestrator.settings import Settings
 
-from .sandbox_common import RUN_ID
+from ..sandbox_common import RUN_ID
 
 RUN_LABEL = "conveyor.run"
 STEP_LABEL = "conveyor.step"

@@ -20,7 +20,7 @@ from conveyor.orchestrator.contracts import SandboxConfig
 from conveyor.orchestrator.errors import SandboxError
 from conveyor.orchestrator.settings import Settings
 
-from .sandbox_common import CONTAINER_WORKSPACE, parse_memory
+from ..sandbox_common import CONTAINER_WORKSPACE, parse_memory
 
 PIDS_LIMIT = 1024
 DOCKER_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock")

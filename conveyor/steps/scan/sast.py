@@ -2,7 +2,7 @@
 
 The seed's keys (``scanner``, ``image``, ``source_path``, ``rules``,
 ``fail_on_severity``, ``output_format``) plus the ones every scan step shares (see
-``scan_config``). ``fail_on_severity`` takes Semgrep's words (``error``, ``warning``,
+``config``). ``fail_on_severity`` takes Semgrep's words (``error``, ``warning``,
 ``info``) or the scale's (``critical`` … ``info``), mapped by the one severity table.
 """
 
@@ -13,11 +13,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from conveyor.orchestrator.contracts import StepContext
+from conveyor.orchestrator.queues import SCAN
 from conveyor.orchestrator.scanning.scanner import ScanKind
 from conveyor.orchestrator.scanning.severity import Severity
 
-from .scan_config import ScanConfig, SourcePath, Threshold
-from .scan_step import ScanJob, scan
+from .config import ScanConfig, SourcePath, Threshold
+from .job import ScanJob, scan
 
 
 class ScanSastConfig(ScanConfig):
@@ -45,7 +46,7 @@ class ScanSast:
     """Runs a SAST scanner over the workspace and gates on what it finds."""
 
     Config: type[BaseModel] = ScanSastConfig
-    queue = "scan"
+    queue = SCAN
     shell_fields = frozenset({"command"})
 
     def run(self, ctx: StepContext, config: ScanSastConfig) -> dict[str, Any]:

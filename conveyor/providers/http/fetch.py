@@ -1,8 +1,11 @@
-"""Downloading a URL for ``step.artifact_pull`` without becoming a way into the network.
+"""Provider ``http``: URL downloads that cannot become a way into the network.
 
-Unless the operator allows it, a URL whose host resolves to a loopback, private,
-link-local, reserved or cloud-metadata address is refused, and so is any redirect to
-one: every hop is checked, so a public URL cannot bounce the request inward.
+Steps reach it as ``ctx.provider("http")`` (``step.artifact_pull`` with ``source: url``)
+and see it as the orchestrator's ``UrlSource``. Only http and https URLs are fetched.
+Unless the operator allows it (``CONVEYOR_ALLOW_PRIVATE_URLS``), a URL whose host
+resolves to a loopback, private, link-local, reserved or cloud-metadata address is
+refused, and so is any redirect to one: every hop is checked, so a public URL cannot
+bounce the request inward.
 """
 
 from __future__ import annotations
@@ -17,10 +20,29 @@ from pathlib import Path
 from typing import IO, Any
 
 from conveyor.orchestrator.errors import StepFailed
+from conveyor.orchestrator.settings import Settings
 
 Resolver = Callable[[str], list[str]]
 MAX_REDIRECTS = 5
 TIMEOUT = 30.0
+
+
+class HttpFetch:
+    """The ``UrlSource`` over urllib, under the operator's network policy."""
+
+    def __init__(self, settings: Settings, resolver: Resolver | None = None) -> None:
+        self.settings = settings
+        self._resolver = resolver or resolve
+
+    def fetch(self, url: str, dest: Path, *, limit: int) -> int:
+        """Stream ``url`` to ``dest``, at most ``limit`` bytes; returns the bytes written."""
+        return download(
+            url,
+            dest,
+            allow_private=self.settings.allow_private_urls,
+            limit=limit,
+            resolver=self._resolver,
+        )
 
 
 def resolve(host: str) -> list[str]:

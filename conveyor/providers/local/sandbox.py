@@ -23,7 +23,7 @@ from conveyor.orchestrator.contracts import ExecResult, LineSink, SandboxConfig,
 from conveyor.orchestrator.errors import SandboxError
 from conveyor.orchestrator.settings import Settings
 
-from .sandbox_common import (
+from ..sandbox_common import (
     CONTAINER_WORKSPACE,
     POLL,
     RUN_ID,

@@ -1,7 +1,7 @@
 """``step.scan_container``: known vulnerabilities in a container image (Trivy, Grype).
 
 The seed's keys (``target_image``, ``scanner``, ``severity_threshold``,
-``ignore_unfixed``, ``output_format``) plus the shared ones (see ``scan_config``).
+``ignore_unfixed``, ``output_format``) plus the shared ones (see ``config``).
 ``severity_threshold`` is the gate: findings below it are still reported and stored.
 ``target_image`` is an image reference, or an image archive in the workspace
 (``image.tar``, as ``docker save`` writes it). In the Docker runner there is no daemon
@@ -15,11 +15,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from conveyor.orchestrator.contracts import StepContext
+from conveyor.orchestrator.queues import SCAN
 from conveyor.orchestrator.scanning.scanner import ScanKind
 from conveyor.orchestrator.scanning.severity import Severity
 
-from .scan_config import ScanConfig, Threshold
-from .scan_step import ScanJob, scan
+from .config import ScanConfig, Threshold
+from .job import ScanJob, scan
 
 
 class ScanContainerConfig(ScanConfig):
@@ -42,7 +43,7 @@ class ScanContainer:
     """Scans an image for vulnerabilities and gates on what it finds."""
 
     Config: type[BaseModel] = ScanContainerConfig
-    queue = "scan"
+    queue = SCAN
     shell_fields = frozenset({"command"})
 
     def run(self, ctx: StepContext, config: ScanContainerConfig) -> dict[str, Any]:

@@ -18,8 +18,8 @@ from docker.types import Mount
 
 from conveyor.orchestrator.errors import SandboxError
 
-from .docker_common import one_line
-from .sandbox_common import CONTAINER_WORKSPACE, POLL, limit_reached
+from ..sandbox_common import CONTAINER_WORKSPACE, POLL, limit_reached
+from .client import one_line
 
 log = logging.getLogger("conveyor.docker")
 # Deletes everything in the workspace, dot files included, without failing on a glob

@@ -19,14 +19,12 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from conveyor.orchestrator.artifacts.models import (
     Artifact,
-    ArtifactError,
-    ArtifactNotFound,
-    ChecksumMismatch,
     copy_hashed,
     hash_stream,
     validate_key,
     validate_run_id,
 )
+from conveyor.orchestrator.errors import ArtifactError, ArtifactNotFound, ChecksumMismatch
 from conveyor.orchestrator.settings import Settings
 
 MIB = 1024 * 1024

@@ -1,0 +1,118 @@
+"""Wiring: the one place that builds Conveyor's core for a process.
+
+The embedded CLI, the API and every worker process build theirs here, each once:
+one store, one compiler, one runtime (so one plan cache and one set of opened
+secrets), and where steps run, one executor. Only the dispatcher differs: a thread
+pool in the embedded engine, Celery in the distributed shape, none in an API that
+leaves sending to the reconciler.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+
+from conveyor.orchestrator.artifacts.retention import ArtifactRetention, ExplainedArtifacts
+from conveyor.orchestrator.contracts import ArtifactStore, Dispatcher, StepType
+from conveyor.orchestrator.engine.executor import Executor
+from conveyor.orchestrator.engine.recovery import Reconciler
+from conveyor.orchestrator.engine.runtime import Runtime
+from conveyor.orchestrator.engine.vault import make_vault
+from conveyor.orchestrator.errors import ConveyorError
+from conveyor.orchestrator.pipeline.plan import Compiler
+from conveyor.orchestrator.plugins import Sandboxes, StepTypes, load_artifact_store
+from conveyor.orchestrator.settings import Settings
+from conveyor.orchestrator.store import db
+from conveyor.orchestrator.store.sql import SqlStore
+
+
+def open_store(settings: Settings, *, worker: bool = False) -> SqlStore:
+    """The settings' store, ready for use.
+
+    The embedded SQLite file is migrated on first use; any other database must already
+    be current (SchemaOutdated: run ``conveyor db upgrade``). A ``worker``'s store does
+    no pre-ping: every write a worker makes is retried while the store is unavailable,
+    so a pooled connection a Postgres restart killed costs one retry instead of a round
+    trip on every transaction.
+    """
+    store = SqlStore(settings.resolved_database_url, pre_ping=not worker)
+    try:
+        if store.is_sqlite and not worker:
+            if db.current_revision(store.engine) != db.head_revision():
+                store.upgrade()
+        else:
+            store.ensure_current()
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
+@dataclass(frozen=True)
+class Core:
+    """One process's Conveyor: what the CLI, the API and the workers work with."""
+
+    settings: Settings
+    store: SqlStore
+    compiler: Compiler
+    runtime: Runtime
+    #: The configured artifact store (local or S3), made on first use.
+    artifact_store: Callable[[], ArtifactStore]
+    #: Deletes artifacts past their retention.
+    retention: ArtifactRetention
+    #: Puts right what the broker or a worker dropped (run periodically by workers).
+    reconciler: Reconciler
+    #: Runs steps; None where steps run elsewhere (an API with workers behind it).
+    executor: Executor | None = None
+
+    def running(self) -> Executor:
+        """The executor of a core that runs steps."""
+        if self.executor is None:
+            raise ConveyorError("this process was wired without an executor: it runs no steps")
+        return self.executor
+
+
+def wire(
+    settings: Settings,
+    store: SqlStore,
+    *,
+    dispatcher: Dispatcher | None = None,
+    run_steps: bool = True,
+    step_types: Mapping[str, StepType] | None = None,
+    sandboxes: Sandboxes | None = None,
+    owner: str | None = None,
+    queues: Collection[str] | None = None,
+) -> Core:
+    """Build the core on ``store``; ``dispatcher`` sends the steps that become ready.
+
+    With ``run_steps``, an executor runs steps in this process, as ``owner`` (default:
+    host and pid), going on only with steps of ``queues`` (default: any).
+    """
+    compiler = Compiler.for_settings(settings, StepTypes() if step_types is None else step_types)
+    runtime = Runtime(
+        store,
+        compiler.templates,
+        dispatcher,
+        lease_seconds=settings.lease_seconds,
+        vault=make_vault(settings, embedded=store.is_sqlite),
+    )
+    raw = functools.cache(lambda: load_artifact_store(settings))
+    # What steps see: a miss says when and why a run's artifacts went.
+    explained = functools.cache(lambda: ExplainedArtifacts(raw(), store))
+    executor = None
+    if run_steps:
+        executor = Executor(
+            runtime,
+            compiler.step_types,
+            sandboxes or Sandboxes(settings),
+            settings,
+            store=store,
+            templates=compiler.templates,
+            artifacts=explained,
+            owner=owner,
+            queues=queues,
+        )
+    retention = ArtifactRetention.from_settings(store, settings, explained)
+    reconciler = Reconciler(runtime, stale_after=settings.stale_after_seconds, retention=retention)
+    return Core(settings, store, compiler, runtime, raw, retention, reconciler, executor)

@@ -1,0 +1,74 @@
+"""The store's connection to its database: the engines, and the one way through them.
+
+Every read and write of the store's modules goes through ``Connector``: ``rows`` and
+``first`` on the read engine, ``writing`` in one transaction on the write engine, and
+the run transaction of ``SqlStore``. Driver errors become Conveyor errors in one place,
+``translate_errors``, so no caller outside ``store`` ever sees SQLAlchemy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import sqlalchemy as sa
+
+from conveyor.orchestrator.errors import Conflict, StoreUnavailable
+from conveyor.orchestrator.store import db
+
+
+@contextmanager
+def translate_errors() -> Iterator[None]:
+    """Turn driver errors into Conveyor errors at the store's boundary."""
+    try:
+        yield
+    except sa.exc.IntegrityError as exc:
+        raise Conflict(f"conflicting write: {exc.orig}") from exc
+    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+        raise StoreUnavailable(f"database unavailable: {exc.orig}") from exc
+
+
+class Connector:
+    """A database's engines (one for writes, one for reads) and its schema version."""
+
+    def __init__(self, url: str, *, pre_ping: bool = True) -> None:
+        self.url = db.normalise_url(url)
+        self.engine, self.read_engine = db.create_engines(self.url, pre_ping=pre_ping)
+
+    @property
+    def is_sqlite(self) -> bool:
+        """True for the embedded SQLite database."""
+        return self.engine.dialect.name == "sqlite"
+
+    def upgrade(self) -> None:
+        """Bring the schema to the newest migration."""
+        with translate_errors():
+            db.upgrade(self.engine)
+
+    def ensure_current(self) -> None:
+        """Raise SchemaOutdated unless the schema is at the newest migration."""
+        db.ensure_current(self.engine)
+
+    def close(self) -> None:
+        """Release pooled connections."""
+        self.engine.dispose()
+        self.read_engine.dispose()
+
+    def rows(self, query: sa.Executable) -> list[sa.RowMapping]:
+        """Every row a read returns, as mappings (on the read engine)."""
+        with translate_errors(), self.read_engine.connect() as conn:
+            return list(conn.execute(query).mappings())
+
+    def first(self, query: sa.Executable) -> sa.RowMapping | None:
+        """The first row a read returns, or None (on the read engine)."""
+        with translate_errors(), self.read_engine.connect() as conn:
+            return conn.execute(query).mappings().first()
+
+    @contextmanager
+    def writing(self) -> Iterator[sa.Connection]:
+        """A connection in one transaction on the write engine.
+
+        It commits when the block ends and rolls back when the block raises.
+        """
+        with translate_errors(), self.engine.begin() as conn:
+            yield conn
