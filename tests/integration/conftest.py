@@ -1,4 +1,4 @@
-"""Integration fixtures: the store on the real Postgres, and real worker processes."""
+"""Integration fixtures: real worker processes on the real Postgres and Redis, Docker."""
 
 from __future__ import annotations
 
@@ -12,12 +12,6 @@ import pytest
 from conveyor.orchestrator.store.sql import SqlStore
 from tests.conftest import missing
 from tests.integration.workers_kit import Stack, Submitter, redis_database, stack
-
-
-@pytest.fixture
-def db_store(pg_store: SqlStore) -> SqlStore:
-    """The store the shared store tests run against: this machine's Postgres."""
-    return pg_store
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,9 @@ from conveyor.orchestrator.engine.runtime import Runtime
 from conveyor.orchestrator.pipeline.templates import TemplateEngine
 from conveyor.orchestrator.settings import Settings
 from conveyor.orchestrator.store.sql import SqlStore
+from conveyor.orchestrator.testing import MemoryDispatcher as Recorder
 from conveyor.providers.local import LocalArtifactStore
-from tests.unit.runtime_kit import FAIL, A, Harness, Recorder, pipeline
+from tests.unit.runtime_kit import FAIL, A, Harness, pipeline
 
 DAY = timedelta(days=1)
 

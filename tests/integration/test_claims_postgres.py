@@ -12,7 +12,8 @@ import sqlalchemy as sa
 from conveyor.orchestrator.engine.runtime import Runtime
 from conveyor.orchestrator.pipeline.templates import TemplateEngine
 from conveyor.orchestrator.store.sql import SqlStore
-from tests.unit.runtime_kit import A, B, Harness, Recorder, pipeline
+from conveyor.orchestrator.testing import MemoryDispatcher as Recorder
+from tests.unit.runtime_kit import A, B, Harness, pipeline
 
 T = TypeVar("T")
 

@@ -1,4 +1,4 @@
-"""Unit-test fixtures: the store under test is SQLite."""
+"""Unit-test fixtures: the runtime harness on every store, an embedded engine, artifacts."""
 
 from __future__ import annotations
 
@@ -6,28 +6,18 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from conveyor.orchestrator.contracts import ArtifactStore
+from conveyor.orchestrator.contracts import ArtifactStore, Store
 from conveyor.orchestrator.engine.embedded import EmbeddedEngine
-from conveyor.orchestrator.engine.runtime import Runtime
-from conveyor.orchestrator.pipeline.templates import TemplateEngine
 from conveyor.orchestrator.settings import Settings
-from conveyor.orchestrator.store.sql import SqlStore
 from conveyor.providers.local import LocalArtifactStore
 from tests.unit.engine_kit import open_engine
-from tests.unit.runtime_kit import Harness, Recorder
+from tests.unit.runtime_kit import Harness
 
 
 @pytest.fixture
-def db_store(store: SqlStore) -> SqlStore:
-    """The store the shared store tests run against (SQLite here, Postgres in integration/)."""
-    return store
-
-
-@pytest.fixture
-def h(store: SqlStore) -> Harness:
-    """A runtime on SQLite whose dispatches are recorded, driven by the test."""
-    recorder = Recorder()
-    return Harness(Runtime(store, TemplateEngine(), recorder), recorder, store)
+def h(store: Store) -> Harness:
+    """A runtime on each store in turn whose dispatches are recorded, driven by the test."""
+    return Harness.on(store)
 
 
 @pytest.fixture

@@ -1,4 +1,8 @@
-"""In-memory twins of the orchestrator's seams, for unit tests of steps."""
+"""A StepContext for unit tests of steps: the orchestrator's twins, real local sandboxes.
+
+The twins themselves ship in ``conveyor.orchestrator.testing``; this context needs the
+local providers too, which the orchestrator may not import, so it lives here.
+"""
 
 from __future__ import annotations
 
@@ -11,28 +15,9 @@ from typing import Any
 
 from conveyor.orchestrator.contracts import Sandbox, SandboxConfig, SandboxRequest
 from conveyor.orchestrator.plugins import Providers
-from conveyor.orchestrator.scanning.history import MemoryLedger
 from conveyor.orchestrator.settings import Settings
+from conveyor.orchestrator.testing import MemoryLedger, MemoryLogger
 from conveyor.providers.local import LocalArtifactStore, LocalSandboxFactory
-
-
-@dataclass
-class FakeLogger:
-    """Keeps every logged line in memory, with the stream it went to."""
-
-    records: list[tuple[str, str]] = field(default_factory=list)
-
-    @property
-    def lines(self) -> list[str]:
-        """The logged texts, in order."""
-        return [text for _, text in self.records]
-
-    def line(self, text: str, stream: str = "stdout") -> None:
-        """Record one line."""
-        self.records.append((stream, text))
-
-    def flush(self) -> None:
-        """Nothing is buffered."""
 
 
 @dataclass
@@ -49,7 +34,7 @@ class FakeContext:
     env: Mapping[str, str] = field(default_factory=dict)
     secrets: Mapping[str, str] = field(default_factory=dict)
     matrix: Mapping[str, Any] = field(default_factory=dict)
-    log: FakeLogger = field(default_factory=FakeLogger)
+    log: MemoryLogger = field(default_factory=MemoryLogger)
     cancel: threading.Event = field(default_factory=threading.Event)
     deadline: float | None = None
     #: Findings scan steps record, and the earlier runs their baseline comes from.

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
 from typing import Any
 
+import pytest
 from pydantic import BaseModel, ConfigDict
 
-from conveyor.orchestrator.contracts import StepRef
+from conveyor.orchestrator.contracts import Store
 from conveyor.orchestrator.engine.attempt import Finished, Outcome
 from conveyor.orchestrator.engine.runtime import Runtime
 from conveyor.orchestrator.pipeline.plan import Compiler
+from conveyor.orchestrator.pipeline.templates import TemplateEngine
 from conveyor.orchestrator.store.sql import SqlStore
+from conveyor.orchestrator.testing import MemoryDispatcher
 
 
 class NoopConfig(BaseModel):
@@ -39,20 +41,18 @@ class Brief(Noop):
 
 
 @dataclass
-class Recorder:
-    """The in-memory twin of a dispatcher: remembers what it was asked to run."""
-
-    sent: list[tuple[StepRef, datetime | None]] = field(default_factory=list)
-
-    def dispatch(self, ref: StepRef, eta: datetime | None = None) -> None:
-        self.sent.append((ref, eta))
-
-
-@dataclass
 class Harness:
+    """A runtime on ``store`` whose dispatches wait in ``recorder`` for the test to play."""
+
     runtime: Runtime
-    recorder: Recorder
-    store: SqlStore
+    recorder: MemoryDispatcher
+    store: Store
+
+    @classmethod
+    def on(cls, store: Store) -> Harness:
+        """A harness on ``store`` with nothing dispatched yet."""
+        recorder = MemoryDispatcher()
+        return cls(Runtime(store, TemplateEngine(), recorder), recorder, store)
 
     def start(self, yaml_text: str, params: dict[str, Any] | None = None) -> str:
         types = {"noop": Noop(), "brief": Brief()}
@@ -86,3 +86,21 @@ FAIL = Outcome("boom", 1)
 A = "{name: a, type: noop}"
 B = "{name: b, type: noop}"
 C = "{name: c, type: noop}"
+
+
+@pytest.fixture(name="h")
+def sqlite_harness(sqlite_store: SqlStore) -> Harness:
+    """``h`` on SQLite only, for a module whose tests reach SQL through its store.
+
+    Such a module imports this fixture, which then stands for the ``h`` of every store.
+    """
+    return Harness.on(sqlite_store)
+
+
+@pytest.fixture(name="store")
+def sqlite_only_store(sqlite_store: SqlStore) -> SqlStore:
+    """``store`` on SQLite only, for a module whose tests read the database file.
+
+    Such a module imports this fixture, which then stands for ``store`` there.
+    """
+    return sqlite_store

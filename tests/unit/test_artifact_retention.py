@@ -20,7 +20,13 @@ from conveyor.orchestrator.pipeline.spec import parse
 from conveyor.orchestrator.settings import Settings
 from conveyor.orchestrator.store.sql import SqlStore
 from conveyor.providers.local import LocalArtifactStore
-from tests.unit.runtime_kit import FAIL, A, Harness, pipeline
+from tests.unit.runtime_kit import (
+    FAIL,
+    A,
+    Harness,
+    pipeline,
+    sqlite_harness,  # noqa: F401  (the fixture h, on SQLite: retention reads SQL)
+)
 
 DAY = timedelta(days=1)
 KEEP_1D = "    artifacts: {retention: 1d}\n"

@@ -1,4 +1,7 @@
-"""Retrying whole runs, and the reconciler that recovers lost messages and lost workers."""
+"""Retrying whole runs, and the reconciler that recovers lost messages and lost workers.
+
+Every test runs on each store (``h`` is built on ``store``): the twin, SQLite, Postgres.
+"""
 
 from __future__ import annotations
 

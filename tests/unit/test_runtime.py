@@ -1,4 +1,7 @@
-"""The run state machine, driven step by step with scripted outcomes (no threads)."""
+"""The run state machine, driven step by step with scripted outcomes (no threads).
+
+Every test runs on each store (``h`` is built on ``store``): the twin, SQLite, Postgres.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,9 @@
-"""The execution store: runs, transitions, events, logs (SQLite here; Postgres in integration/)."""
+"""The execution store: runs, transitions, events, logs, on every store.
+
+Tests that take ``store`` run on the in-memory twin, SQLite and Postgres: they are the
+contract the twin honours. Tests of what only SQL has (the schema its migrations
+make, the driver's errors) take ``db_store``: SQLite and Postgres.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +15,14 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from conveyor.orchestrator.clock import utcnow
+from conveyor.orchestrator.contracts import Store
 from conveyor.orchestrator.errors import (
     Conflict,
     IllegalTransition,
     NotFound,
+    NothingToClaim,
     SchemaOutdated,
+    StepsMoved,
     StoreUnavailable,
 )
 from conveyor.orchestrator.status import RunStatus, StepStatus
@@ -24,7 +32,7 @@ from conveyor.orchestrator.store.sql import NewRun, SqlStore, StepSeed
 SOURCE = "pipelines: {p: {steps: [{name: a, type: step.log, config: {message: hi}}]}}"
 
 
-def new_run(store: SqlStore, source: str = SOURCE, key: str | None = None, steps: int = 2) -> str:
+def new_run(store: Store, source: str = SOURCE, key: str | None = None, steps: int = 2) -> str:
     seeds = [StepSeed(f"s{i}", "step.log", "control") for i in range(steps)]
     run = store.create_run(
         NewRun(
@@ -39,62 +47,146 @@ def new_run(store: SqlStore, source: str = SOURCE, key: str | None = None, steps
     return run.id
 
 
-def test_a_new_run_has_pending_steps_and_a_first_event(db_store: SqlStore) -> None:
-    run_id = new_run(db_store)
+def queue_and_claim(store: Store, run_id: str, key: str = "s0", owner: str = "w1") -> None:
+    """Move a step from pending to running, as the runtime's claim does."""
+    with store.transaction(run_id) as tx:
+        tx.move_step(tx.step(key), StepStatus.QUEUED, attempts=1)
+    with store.transaction(run_id, key, claim_attempt=1) as tx:
+        tx.move_step(tx.step(key), StepStatus.RUNNING, lease_owner=owner, started_at=tx.now)
 
-    run = db_store.get_run(run_id)
+
+def test_every_store_answers_to_the_store_protocol(store: Store) -> None:
+    assert isinstance(store, Store)
+
+
+def test_a_new_run_has_pending_steps_and_a_first_event(store: Store) -> None:
+    run_id = new_run(store)
+
+    run = store.get_run(run_id)
     assert run.status == RunStatus.RUNNING and run.params == {"v": "1"}
-    assert [(s.key, s.status, s.attempts) for s in db_store.list_steps(run_id)] == [
+    assert [(s.key, s.status, s.attempts) for s in store.list_steps(run_id)] == [
         ("s0", StepStatus.PENDING, 0),
         ("s1", StepStatus.PENDING, 0),
     ]
-    events = db_store.list_events(run_id)
+    events = store.list_events(run_id)
     assert [(e.seq, e.type, e.payload["version"]) for e in events] == [(1, "run.created", 1)]
 
 
-def test_definitions_get_a_new_version_only_when_the_source_changes(db_store: SqlStore) -> None:
-    first, same = new_run(db_store), new_run(db_store)
-    changed = new_run(db_store, SOURCE + "\n# edited")
+def test_definitions_get_a_new_version_only_when_the_source_changes(store: Store) -> None:
+    first, same = new_run(store), new_run(store)
+    changed = new_run(store, SOURCE + "\n# edited")
 
-    versions = [db_store.list_events(r)[0].payload["version"] for r in (first, same, changed)]
+    versions = [store.list_events(r)[0].payload["version"] for r in (first, same, changed)]
     assert versions == [1, 1, 2]
 
 
-def test_an_idempotency_key_returns_the_same_run(db_store: SqlStore) -> None:
-    assert new_run(db_store, key="k-1") == new_run(db_store, key="k-1")
-    assert new_run(db_store, key="k-2") != new_run(db_store, key="k-1")
+def test_an_idempotency_key_returns_the_same_run(store: Store) -> None:
+    assert new_run(store, key="k-1") == new_run(store, key="k-1")
+    assert new_run(store, key="k-2") != new_run(store, key="k-1")
 
 
-def test_illegal_moves_are_refused_and_nothing_is_written(db_store: SqlStore) -> None:
-    run_id = new_run(db_store)
+def test_a_run_is_found_by_its_idempotency_key(store: Store) -> None:
+    run_id = new_run(store, key="k-1")
 
-    with pytest.raises(IllegalTransition), db_store.transaction(run_id) as tx:
+    found = store.run_by_idempotency_key("k-1")
+    assert found is not None and found.id == run_id
+    assert store.run_by_idempotency_key("k-2") is None
+
+
+def test_illegal_moves_are_refused_and_nothing_is_written(store: Store) -> None:
+    run_id = new_run(store)
+
+    with pytest.raises(IllegalTransition), store.transaction(run_id) as tx:
         step = tx.step("s0")
         tx.move_step(step, StepStatus.QUEUED, attempts=1)
         tx.move_step(tx.step("s0"), StepStatus.SUCCEEDED)  # queued -> succeeded skips running
 
-    assert db_store.list_steps(run_id)[0].status == StepStatus.PENDING
-    assert len(db_store.list_events(run_id)) == 1
+    assert store.list_steps(run_id)[0].status == StepStatus.PENDING
+    assert len(store.list_events(run_id)) == 1
 
 
-def test_a_move_from_a_stale_view_changes_nothing(db_store: SqlStore) -> None:
-    run_id = new_run(db_store)
-    with db_store.transaction(run_id) as tx:
+def test_a_move_from_a_stale_view_changes_nothing(store: Store) -> None:
+    run_id = new_run(store)
+    with store.transaction(run_id) as tx:
         stale = tx.step("s0")
         assert tx.move_step(stale, StepStatus.QUEUED, attempts=1)
         assert not tx.move_step(stale, StepStatus.QUEUED, attempts=1)
 
-    steps = db_store.list_steps(run_id)
+    steps = store.list_steps(run_id)
     assert (steps[0].status, steps[0].attempts) == (StepStatus.QUEUED, 1)
-    assert [e.type for e in db_store.list_events(run_id)] == ["run.created", "step.queued"]
+    assert [e.type for e in store.list_events(run_id)] == ["run.created", "step.queued"]
 
 
-def test_concurrent_writers_leave_a_gap_free_event_sequence(db_store: SqlStore) -> None:
-    run_id = new_run(db_store)
+def test_moving_several_steps_is_refused_whole_when_one_moved_under_the_lock(
+    store: Store,
+) -> None:
+    """Given one of two steps already moved, When both are moved, Then neither stays moved."""
+    run_id = new_run(store)
+
+    with pytest.raises(StepsMoved), store.transaction(run_id) as tx:
+        first, second = tx.steps()
+        tx.move_step(tx.step("s1"), StepStatus.QUEUED, attempts=1)
+        moves = [(first, {"attempts": 1}, None), (second, {"attempts": 1}, None)]
+        tx.move_steps(moves, StepStatus.QUEUED)
+
+    assert [s.status for s in store.list_steps(run_id)] == [StepStatus.PENDING] * 2
+    assert len(store.list_events(run_id)) == 1
+
+
+def test_a_transaction_that_raises_leaves_nothing_behind(store: Store) -> None:
+    """Given a body that moves, logs and records events, When it raises, Then none of it stays."""
+    run_id = new_run(store)
+
+    with pytest.raises(RuntimeError), store.transaction(run_id) as tx:
+        tx.move_step(tx.step("s0"), StepStatus.QUEUED, attempts=1)
+        tx.append_logs([("s0", 1, [("stdout", "half-way")])])
+        tx.update_run(error="noted")
+        tx.move_run(RunStatus.FAILED, error="boom")
+        raise RuntimeError("the worker died")
+
+    run = store.get_run(run_id)
+    assert (run.status, run.error, run.event_seq) == (RunStatus.RUNNING, None, 1)
+    assert store.list_steps(run_id)[0].status == StepStatus.PENDING
+    assert store.list_logs(run_id) == [] and len(store.list_events(run_id)) == 1
+
+
+def test_a_claim_finds_nothing_unless_the_step_is_queued_at_that_attempt(store: Store) -> None:
+    run_id = new_run(store)
+    with pytest.raises(NothingToClaim), store.transaction(run_id, "s0", claim_attempt=1):
+        pass  # still pending
+    queue_and_claim(store, run_id)
+
+    for ref in ((run_id, "s0", 1), (run_id, "s0", 2), ("no-such-run", "s0", 1)):
+        with pytest.raises(NothingToClaim), store.transaction(*ref):
+            pass
+    with pytest.raises(NotFound), store.transaction("no-such-run"):
+        pass
+    assert store.list_steps(run_id)[0].lease_owner == "w1"
+
+
+def test_a_transaction_reads_the_state_of_steps_and_one_step_whole(store: Store) -> None:
+    run_id = new_run(store)
+    queue_and_claim(store, run_id)
+
+    with store.transaction(run_id, "s0") as tx:
+        assert tx.step("s0").lease_owner == "w1"
+        tx.succeed([(tx.step("s0"), {"exit_code": 0, "out": [1, 2]})])
+        assert tx.steps(["s0"])[0].outputs is None  # the state only, as an advance reads it
+        assert tx.outputs() == {"s0": {"exit_code": 0, "out": [1, 2]}}
+        assert tx.status_counts() == {StepStatus.SUCCEEDED: 1, StepStatus.PENDING: 1}
+        with pytest.raises(NotFound):
+            tx.step("nope")
+
+    assert store.step_outputs(run_id) == {"s0": {"exit_code": 0, "out": [1, 2]}}
+    assert store.get_step(run_id, "s0").completed_at is not None
+
+
+def test_concurrent_writers_leave_a_gap_free_event_sequence(store: Store) -> None:
+    run_id = new_run(store)
 
     def writer(n: int) -> None:
         for i in range(25):
-            with db_store.transaction(run_id) as tx:
+            with store.transaction(run_id) as tx:
                 tx.event("test.tick", None, writer=n, i=i)
                 if i % 5 == 0:
                     tx.event("test.extra", None, writer=n)
@@ -105,62 +197,103 @@ def test_concurrent_writers_leave_a_gap_free_event_sequence(db_store: SqlStore) 
     for t in threads:
         t.join()
 
-    seqs = [e.seq for e in db_store.list_events(run_id)]
+    seqs = [e.seq for e in store.list_events(run_id)]
     assert seqs == list(range(1, 1 + 1 + 6 * 30))
-    assert db_store.get_run(run_id).event_seq == seqs[-1]
+    assert store.get_run(run_id).event_seq == seqs[-1]
 
 
-def test_runs_are_found_by_a_unique_prefix(db_store: SqlStore) -> None:
-    run_id = new_run(db_store)
+def test_runs_are_found_by_a_unique_prefix(store: Store) -> None:
+    run_id = new_run(store)
 
-    assert db_store.find_run(run_id[:8]).id == run_id
+    assert store.find_run(run_id[:8]).id == run_id
     with pytest.raises(NotFound):
-        db_store.find_run("ffffffff-no-such-run")
+        store.find_run("ffffffff-no-such-run")
     with pytest.raises(NotFound):
-        db_store.get_run("nope")
+        store.get_run("nope")
 
 
-def test_listing_runs_filters_and_orders_newest_first(db_store: SqlStore) -> None:
-    ids = [new_run(db_store) for _ in range(3)]
-    with db_store.transaction(ids[0]) as tx:
+def test_listing_runs_filters_and_orders_newest_first(store: Store) -> None:
+    ids = [new_run(store) for _ in range(3)]
+    with store.transaction(ids[0]) as tx:
         tx.move_run(RunStatus.CANCELLED, error="stop")
 
-    assert [r.id for r in db_store.list_runs()] == ids[::-1]
-    assert [r.id for r in db_store.list_runs(status="cancelled")] == [ids[0]]
-    assert db_store.list_runs(pipeline="other") == []
-    assert db_store.get_run(ids[0]).error == "stop"
+    assert [r.id for r in store.list_runs()] == ids[::-1]
+    assert [r.id for r in store.list_runs(status="cancelled")] == [ids[0]]
+    assert store.list_runs(pipeline="other") == []
+    assert store.get_run(ids[0]).error == "stop"
 
 
-def test_logs_keep_their_order_and_can_be_tailed(db_store: SqlStore) -> None:
-    run_id = new_run(db_store)
-    db_store.append_logs(run_id, "s0", 1, [("stdout", f"line {i}") for i in range(10)])
-    db_store.append_logs(run_id, "s1", 1, [("stdout", "other")])
+def test_a_page_of_runs_goes_on_after_the_last_run_seen(store: Store) -> None:
+    ids = [new_run(store) for _ in range(3)]
 
-    assert [line.text for line in db_store.list_logs(run_id, "s0")] == [
-        f"line {i}" for i in range(10)
-    ]
-    assert [line.text for line in db_store.tail_logs(run_id, "s0", 3)] == [
+    last = store.list_runs(limit=1)[0]
+    after = store.list_runs(after=(last.created_at, last.id))
+
+    assert [r.id for r in after] == ids[1::-1]
+    assert store.latest_run_id("p", "running") == ids[2]
+    assert store.latest_run_id("p", "running", before=last.created_at) == ids[1]
+
+
+def test_logs_keep_their_order_and_can_be_tailed(store: Store) -> None:
+    run_id = new_run(store)
+    store.append_logs(run_id, "s0", 1, [("stdout", f"line {i}") for i in range(10)])
+    store.append_logs(run_id, "s1", 1, [("stdout", "other")])
+
+    assert [line.text for line in store.list_logs(run_id, "s0")] == [f"line {i}" for i in range(10)]
+    assert [line.text for line in store.tail_logs(run_id, "s0", 3)] == [
         "line 7",
         "line 8",
         "line 9",
     ]
-    assert len(db_store.list_logs(run_id)) == 11
+    assert len(store.list_logs(run_id)) == 11
 
 
-def test_lease_renewal_reports_a_cancelled_run(db_store: SqlStore) -> None:
-    run_id = new_run(db_store)
-    with db_store.transaction(run_id) as tx:
+def test_logs_are_read_on_from_the_last_line_seen(store: Store) -> None:
+    run_id = new_run(store)
+    store.append_logs(run_id, "s0", 1, [("stdout", f"line {i}") for i in range(10)])
+    store.append_logs(run_id, "s0", 2, [("stderr", "again")])
+
+    seen = store.list_logs(run_id, "s0")[4].id
+    page = store.list_logs(run_id, "s0", after_id=seen, limit=2)
+
+    assert [line.text for line in page] == ["line 5", "line 6"]
+    assert [line.text for line in store.list_logs(run_id, attempt=2)] == ["again"]
+    assert [line.text for line in store.tail_logs(run_id, "s0", 2, attempt=1)] == [
+        "line 8",
+        "line 9",
+    ]
+
+
+def test_lease_renewal_reports_a_cancelled_run(store: Store) -> None:
+    run_id = new_run(store)
+    with store.transaction(run_id) as tx:
         tx.move_step(tx.step("s0"), StepStatus.QUEUED, attempts=1)
-    with db_store.transaction(run_id) as tx:
+    with store.transaction(run_id) as tx:
         tx.move_step(tx.step("s0"), StepStatus.RUNNING, lease_owner="w1", started_at=tx.now)
-    step_id = db_store.list_steps(run_id)[0].id
+    step_id = store.list_steps(run_id)[0].id
     until = utcnow() + timedelta(seconds=60)
 
-    assert db_store.renew_leases([step_id], "w1", until) == {step_id: "running"}
-    assert db_store.list_steps(run_id)[0].lease_expires_at is not None
-    with db_store.transaction(run_id) as tx:
+    assert store.renew_leases([step_id], "w1", until) == {step_id: "running"}
+    assert store.list_steps(run_id)[0].lease_expires_at is not None
+    with store.transaction(run_id) as tx:
         tx.move_run(RunStatus.CANCELLED)
-    assert db_store.renew_leases([step_id], "w1", until) == {step_id: "cancelled"}
+    assert store.renew_leases([step_id], "w1", until) == {step_id: "cancelled"}
+
+
+def test_the_reconciler_finds_lost_leases_and_stale_queues(store: Store) -> None:
+    """Given a step running on a lease and one queued, Then each is found once its time is up."""
+    run_id = new_run(store)
+    queue_and_claim(store, run_id)
+    with store.transaction(run_id) as tx:
+        tx.move_step(tx.step("s1"), StepStatus.QUEUED, attempts=1, available_at=tx.now)
+    step_id = store.list_steps(run_id)[0].id
+    store.renew_leases([step_id], "w1", utcnow() + timedelta(seconds=30))
+    later = utcnow() + timedelta(minutes=1)
+
+    assert store.expired_leases(utcnow()) == []
+    assert store.expired_leases(later) == [(run_id, "s0")]
+    assert store.stale_queued(later) == [(run_id, "s1")]
+    assert store.overdue_runs(later) == []
 
 
 def test_the_migrations_create_exactly_the_tables_the_code_uses(db_store: SqlStore) -> None:

@@ -15,7 +15,12 @@ from conveyor.orchestrator.errors import SecretsUnavailable
 from conveyor.orchestrator.pipeline.templates import TemplateEngine
 from conveyor.orchestrator.settings import Settings
 from conveyor.orchestrator.store.sql import SqlStore
-from tests.unit.runtime_kit import Noop, Recorder, pipeline
+from conveyor.orchestrator.testing import MemoryDispatcher as Recorder
+from tests.unit.runtime_kit import (
+    Noop,
+    pipeline,
+    sqlite_only_store,  # noqa: F401  (the fixture store, on SQLite: a test reads its file)
+)
 
 SECRET = "hunter2-very-secret"
 

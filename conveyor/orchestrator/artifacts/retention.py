@@ -23,7 +23,7 @@ from typing import Any, BinaryIO, NamedTuple
 
 from conveyor.orchestrator.artifacts.models import Artifact
 from conveyor.orchestrator.clock import utcnow
-from conveyor.orchestrator.contracts import ArtifactStore
+from conveyor.orchestrator.contracts import ArtifactStore, Store
 from conveyor.orchestrator.durations import format_duration
 from conveyor.orchestrator.errors import (
     ArtifactError,
@@ -207,7 +207,7 @@ def _policy(name: str, source: str) -> Any:
     return pipeline.artifacts.retention
 
 
-def expiry(store: SqlStore, run_id: str) -> Expiry | None:
+def expiry(store: Store, run_id: str) -> Expiry | None:
     """When the run's artifacts expired, if they did (and the run did not run since)."""
     run = store.get_run(run_id)
     if run.completed_at is None or run.artifacts_expired_at is None:
@@ -219,7 +219,7 @@ def expiry(store: SqlStore, run_id: str) -> Expiry | None:
     return Expiry(event.created_at, int(payload.get("count", 0)), float(payload.get("seconds", 0)))
 
 
-def explain_missing(store: SqlStore, run_id: str, key: str | None = None) -> None:
+def explain_missing(store: Store, run_id: str, key: str | None = None) -> None:
     """Raise ArtifactExpired when the run's artifacts are gone for their retention.
 
     Called where an artifact was not found: "expired" says more than "no such artifact".
@@ -244,7 +244,7 @@ class ExplainedArtifacts:
     went, not with a bare "no artifact".
     """
 
-    def __init__(self, inner: ArtifactStore, store: SqlStore) -> None:
+    def __init__(self, inner: ArtifactStore, store: Store) -> None:
         self._inner, self._store = inner, store
 
     def put(self, run_id: str, key: str, src: Path, kind: str = "file") -> Artifact:

@@ -8,73 +8,24 @@ swaps them in with its events and log lines. A body that raises never reaches
 
 from __future__ import annotations
 
-import json
-import threading
 from collections import Counter
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
 from conveyor.orchestrator.errors import NotFound, StepsMoved
 from conveyor.orchestrator.status import RunStatus, StepStatus, check_run_move, check_step_move
-from conveyor.orchestrator.store.records import EventRecord, LogRecord, RunRecord, StepRecord
+from conveyor.orchestrator.store.records import EventRecord, StepRecord
 from conveyor.orchestrator.store.transitions import Move, Transitions
-
-#: What ``steps`` and ``queued_now`` leave out, as SQL reads only the state columns.
-_NOT_STATE = dict.fromkeys(
-    (
-        "exit_code",
-        "outputs",
-        "lease_owner",
-        "lease_expires_at",
-        "available_at",
-        "started_at",
-        "completed_at",
-    )
+from conveyor.orchestrator.testing.rows import (
+    PendingLine,
+    RunRows,
+    as_json,
+    state_only,
+    step_fields,
+    succeeded_outputs,
 )
-#: Column names that differ from the record's field names.
-_STEP_FIELDS = {"step_key": "key", "instance_id": "run_id"}
-#: A log line waiting for its id: (step key, attempt, stream, text, written at).
-PendingLine = tuple[str, int, str, str, datetime]
-
-
-def as_json(value: Any) -> Any:
-    """``value`` as it comes back from a JSON column: a fresh copy, or TypeError."""
-    return json.loads(json.dumps(value))
-
-
-@dataclass
-class RunRows:
-    """Everything stored of one run. Records are replaced, never changed in place."""
-
-    run: RunRecord
-    plan: dict[str, Any]
-    steps: dict[str, StepRecord]
-    idempotency_key: str | None = None
-    sealed: str | None = None
-    events: list[EventRecord] = field(default_factory=list)
-    logs: list[LogRecord] = field(default_factory=list)
-    #: Held by the transaction on this run: the twin of the run row's lock.
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-def state_only(step: StepRecord) -> StepRecord:
-    """The step as a read of its state columns sees it."""
-    return replace(step, **_NOT_STATE)
-
-
-def step_fields(fields: dict[str, Any]) -> dict[str, Any]:
-    """Column values as record fields, refused where SQL would refuse them."""
-    found = {_STEP_FIELDS.get(name, name): value for name, value in fields.items()}
-    for name, value in found.items():
-        if isinstance(value, datetime) and value.tzinfo is None:
-            raise ValueError(f"naive datetime given to the store ({name})")
-    if found.get("outputs") is not None:
-        found["outputs"] = as_json(found["outputs"])
-    if "status" in found:
-        found["status"] = StepStatus(found["status"])
-    return found
 
 
 class MemoryRunTx(Transitions):
@@ -203,7 +154,8 @@ class MemoryRunTx(Transitions):
             return
         base = self.run.event_seq
         for offset, (type_, key, payload) in enumerate(self._pending, start=1):
-            self._events.append(EventRecord(base + offset, self.run.id, key, type_, payload, self.now))
+            numbered = EventRecord(base + offset, self.run.id, key, type_, payload, self.now)
+            self._events.append(numbered)
         seq = base + len(self._pending)
         self.run = replace(self.run, event_seq=seq, updated_at=self.now)
         self._pending = []
@@ -214,10 +166,3 @@ class MemoryRunTx(Transitions):
         self._rows.events += self._events
         self._rows.steps = self._steps
         self._rows.run = self.run
-
-
-def succeeded_outputs(steps: Collection[StepRecord]) -> dict[str, dict[str, Any]]:
-    """Outputs of the succeeded steps among ``steps``, by key, as fresh copies."""
-    return {
-        s.key: as_json(s.outputs or {}) for s in steps if s.status == StepStatus.SUCCEEDED
-    }

@@ -1,8 +1,10 @@
 """Fixtures for the API's contract tests: a Flask test client, no services but the store.
 
-The store is ``db_store``: SQLite here, this machine's Postgres when
-``tests/integration/test_api_postgres.py`` runs the same tests. Dispatches go to an
-in-memory recorder; a test plays the worker by driving the runtime.
+The store is ``db_store``: each test runs on SQLite and on Postgres (``[sqlite]``,
+``[postgres]``), since cursor pagination, idempotency keys, metrics queries and log
+following touch SQL that differs between them. Tokens and definitions are SQL only, so
+the in-memory twin is not among them. Dispatches go to an in-memory dispatcher; a test
+plays the worker by driving the runtime.
 """
 
 from __future__ import annotations
@@ -18,14 +20,14 @@ from conveyor.api.services import Services
 from conveyor.orchestrator.settings import Settings
 from conveyor.orchestrator.store.sql import SqlStore
 from conveyor.orchestrator.store.tokens import Tokens
+from conveyor.orchestrator.testing import MemoryDispatcher
 from tests.unit.api.kit import Broker
-from tests.unit.runtime_kit import Recorder
 
 
 @pytest.fixture
-def recorder() -> Recorder:
+def recorder() -> MemoryDispatcher:
     """What the API dispatched."""
-    return Recorder()
+    return MemoryDispatcher()
 
 
 @pytest.fixture
@@ -36,7 +38,7 @@ def broker() -> Broker:
 
 @pytest.fixture
 def app(
-    settings: Settings, db_store: SqlStore, recorder: Recorder, broker: Broker
+    settings: Settings, db_store: SqlStore, recorder: MemoryDispatcher, broker: Broker
 ) -> Iterator[Flask]:
     """The API on the test's store."""
     yield create_app(settings, store=db_store, dispatcher=recorder, broker_check=broker.ping)

@@ -11,7 +11,7 @@ from flask.testing import FlaskClient
 from conveyor.api.services import Services
 from conveyor.orchestrator.engine.attempt import Finished, Outcome
 from conveyor.orchestrator.errors import ConveyorError
-from tests.unit.runtime_kit import Recorder
+from conveyor.orchestrator.testing import MemoryDispatcher
 
 RUNS = "/api/v1/runs"
 TWO_STEPS = """\
@@ -65,7 +65,7 @@ def submit(
 
 def work(
     services: Services,
-    recorder: Recorder,
+    recorder: MemoryDispatcher,
     *,
     fail: Sequence[str] = (),
     logs: Mapping[str, Sequence[str]] | None = None,

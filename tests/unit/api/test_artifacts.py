@@ -11,8 +11,8 @@ from flask.testing import FlaskClient
 from conveyor.api.services import Services
 from conveyor.orchestrator.artifacts.retention import ArtifactRetention
 from conveyor.orchestrator.clock import utcnow
+from conveyor.orchestrator.testing import MemoryDispatcher as Recorder
 from tests.unit.api.kit import RUNS, body, submit, work
-from tests.unit.runtime_kit import Recorder
 
 Headers = dict[str, str]
 

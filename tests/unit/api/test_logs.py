@@ -11,8 +11,8 @@ from flask.testing import FlaskClient
 
 from conveyor.api.services import Services
 from conveyor.orchestrator.engine.attempt import Finished
+from conveyor.orchestrator.testing import MemoryDispatcher as Recorder
 from tests.unit.api.kit import RUNS, TWO_STEPS, body, submit, work
-from tests.unit.runtime_kit import Recorder
 
 Headers = dict[str, str]
 MATRIX = """\

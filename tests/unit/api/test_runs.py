@@ -5,8 +5,8 @@ from __future__ import annotations
 from flask.testing import FlaskClient
 
 from conveyor.api.services import Services
+from conveyor.orchestrator.testing import MemoryDispatcher as Recorder
 from tests.unit.api.kit import INVALID, ONE_STEP, RUNS, TWO_STEPS, body, submit, work
-from tests.unit.runtime_kit import Recorder
 
 Headers = dict[str, str]
 

@@ -15,8 +15,8 @@ from conveyor.api.routes import ROUTES
 from conveyor.api.services import Services
 from conveyor.orchestrator.errors import StoreUnavailable
 from conveyor.orchestrator.store.tokens import Tokens
+from conveyor.orchestrator.testing import MemoryDispatcher as Recorder
 from tests.unit.api.kit import RUNS, TWO_STEPS, Broker, body, submit, work
-from tests.unit.runtime_kit import Recorder
 
 Headers = dict[str, str]
 

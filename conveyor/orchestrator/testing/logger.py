@@ -1,0 +1,24 @@
+"""``MemoryLogger``: the in-memory twin of a step's ``StepLogger``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class MemoryLogger:
+    """Keeps every logged line in memory, with the stream it went to."""
+
+    records: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def lines(self) -> list[str]:
+        """The logged texts, in order."""
+        return [text for _, text in self.records]
+
+    def line(self, text: str, stream: str = "stdout") -> None:
+        """Record one line."""
+        self.records.append((stream, text))
+
+    def flush(self) -> None:
+        """Nothing is buffered."""
