@@ -36,7 +36,7 @@ from typing import Any
 
 import boto3
 
-from conveyor.orchestrator.artifacts.models import hash_stream
+from conveyor.orchestrator.artifacts import hash_stream
 from conveyor.orchestrator.contracts import ArtifactStore
 from conveyor.orchestrator.settings import Settings
 from conveyor.providers.local import LocalArtifactStore

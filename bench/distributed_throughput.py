@@ -51,11 +51,11 @@ import sqlalchemy as sa
 from celery import Celery
 
 from conveyor.orchestrator.contracts import StepRef
-from conveyor.orchestrator.engine.runtime import Runtime
-from conveyor.orchestrator.pipeline.plan import Compiled, Compiler
+from conveyor.orchestrator.engine import Runtime
+from conveyor.orchestrator.pipeline import Compiled, Compiler
 from conveyor.orchestrator.plugins import StepTypes
 from conveyor.orchestrator.settings import Settings
-from conveyor.orchestrator.store.sql import SqlStore
+from conveyor.orchestrator.store import SqlStore
 from conveyor.workers.app import make_celery
 from conveyor.workers.dispatcher import CeleryDispatcher
 from conveyor.workers.process import WorkerProcess

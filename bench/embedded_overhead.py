@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from conveyor.orchestrator.engine.embedded import EmbeddedEngine
+from conveyor.orchestrator.engine import EmbeddedEngine
 from conveyor.orchestrator.settings import Settings
 
 

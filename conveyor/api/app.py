@@ -8,11 +8,9 @@ from collections import defaultdict
 from flask import Blueprint, Flask
 
 from conveyor.orchestrator.contracts import Dispatcher
-from conveyor.orchestrator.engine.wiring import Core, open_store, wire
+from conveyor.orchestrator.engine import Core, open_store, wire
 from conveyor.orchestrator.settings import Settings
-from conveyor.orchestrator.store.definitions import Definitions
-from conveyor.orchestrator.store.sql import SqlStore
-from conveyor.orchestrator.store.tokens import Tokens
+from conveyor.orchestrator.store import Definitions, SqlStore, Tokens
 
 from .errors import handle_error
 from .openapi import PREFIX

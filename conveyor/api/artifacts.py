@@ -8,8 +8,7 @@ from typing import BinaryIO
 
 from flask import Response
 
-from conveyor.orchestrator.artifacts.models import Artifact, chunks
-from conveyor.orchestrator.artifacts.retention import explain_missing
+from conveyor.orchestrator.artifacts import Artifact, chunks, explain_missing
 from conveyor.orchestrator.errors import ArtifactNotFound
 
 from .models import ArtifactList, ArtifactModel

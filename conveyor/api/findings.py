@@ -7,7 +7,7 @@ from typing import BinaryIO
 
 from flask import Response
 
-from conveyor.orchestrator.artifacts.models import chunks
+from conveyor.orchestrator.artifacts import chunks
 from conveyor.orchestrator.errors import NotFound
 from conveyor.orchestrator.scanning import ledger
 from conveyor.orchestrator.scanning.results import report_key

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from flask import Response
 
 from conveyor.orchestrator.errors import ConveyorError
-from conveyor.orchestrator.store.sql import SqlStore
+from conveyor.orchestrator.store import SqlStore
 
 from .errors import error_code
 from .models import ErrorBody, LogLine, LogList, LogQuery

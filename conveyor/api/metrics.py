@@ -14,7 +14,7 @@ from prometheus_client.registry import Collector
 
 from conveyor.orchestrator.queues import STANDARD
 from conveyor.orchestrator.status import RunStatus
-from conveyor.orchestrator.store.stats import Stats
+from conveyor.orchestrator.store import Stats
 
 
 class StoreCollector(Collector):

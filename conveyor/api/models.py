@@ -8,8 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from conveyor.orchestrator.status import RunStatus, StepStatus
-from conveyor.orchestrator.store.records import EventRecord, LogRecord, RunRecord, StepRecord
-from conveyor.orchestrator.store.tokens import Role, Token
+from conveyor.orchestrator.store import EventRecord, LogRecord, Role, RunRecord, StepRecord, Token
 
 MAX_PAGE = 200
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from urllib.parse import quote
 
 from conveyor.orchestrator.errors import NotFound
-from conveyor.orchestrator.store.definitions import Definition, Definitions
+from conveyor.orchestrator.store import Definition, Definitions
 
 from .models import PipelineList, PipelineVersion, RegisterPipeline
 from .routing import Call, Reply

@@ -6,7 +6,7 @@ from functools import cache
 
 from flask import Response
 
-from conveyor.orchestrator.store.tokens import Role
+from conveyor.orchestrator.store import Role
 
 from . import artifacts, findings, logs, pipelines, runs, system, tokens
 from .finding_models import FindingList, FindingQuery

@@ -16,8 +16,8 @@ from pydantic import BaseModel, ValidationError
 from werkzeug.datastructures import Headers
 
 from conveyor.orchestrator.errors import BadRequest, Forbidden, Unauthorized
-from conveyor.orchestrator.pipeline.spec import format_path
-from conveyor.orchestrator.store.tokens import Role, Token
+from conveyor.orchestrator.pipeline import format_path
+from conveyor.orchestrator.store import Role, Token
 
 from .services import Services
 

@@ -9,10 +9,10 @@ from datetime import datetime
 
 from werkzeug.datastructures import Headers
 
-from conveyor.orchestrator.engine.recovery import retry_run
+from conveyor.orchestrator.engine import retry_run
 from conveyor.orchestrator.errors import BadRequest, Conflict
-from conveyor.orchestrator.pipeline.plan import ExecutionPlan
-from conveyor.orchestrator.store.records import RunRecord
+from conveyor.orchestrator.pipeline import ExecutionPlan
+from conveyor.orchestrator.store import RunRecord
 
 from .models import Event, EventList, EventQuery, Run, RunDetail, RunPage, RunQuery, SubmitRun
 from .pipelines import find_definition

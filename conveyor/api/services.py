@@ -6,13 +6,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from conveyor.orchestrator.contracts import ArtifactStore
-from conveyor.orchestrator.engine.runtime import Runtime
+from conveyor.orchestrator.engine import Runtime
 from conveyor.orchestrator.errors import PluginError
-from conveyor.orchestrator.pipeline.plan import Compiler
+from conveyor.orchestrator.pipeline import Compiler
 from conveyor.orchestrator.settings import Settings
-from conveyor.orchestrator.store.definitions import Definitions
-from conveyor.orchestrator.store.sql import SqlStore
-from conveyor.orchestrator.store.tokens import Tokens
+from conveyor.orchestrator.store import Definitions, SqlStore, Tokens
 
 #: Raises when the broker cannot be reached; what it returns is ignored.
 BrokerCheck = Callable[[], object]

@@ -7,7 +7,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from conveyor import __version__
 from conveyor.orchestrator.errors import ConveyorError
-from conveyor.orchestrator.store.stats import Stats
+from conveyor.orchestrator.store import Stats
 
 from .metrics import registry_for
 from .models import Check, Health, Readiness, StepTypeList, StepTypeModel

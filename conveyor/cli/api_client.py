@@ -26,7 +26,7 @@ from conveyor.orchestrator.errors import (
     Unreachable,
 )
 from conveyor.orchestrator.status import RunStatus, StepStatus
-from conveyor.orchestrator.store.records import EventRecord, LogRecord, RunRecord, StepRecord
+from conveyor.orchestrator.store import EventRecord, LogRecord, RunRecord, StepRecord
 
 PREFIX = "/api/v1"
 #: How an answer's status comes back as an error here.

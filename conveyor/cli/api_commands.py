@@ -32,8 +32,8 @@ from .render import when
 
 if TYPE_CHECKING:
     from conveyor.orchestrator.contracts import Dispatcher
-    from conveyor.orchestrator.engine.wiring import Core
-    from conveyor.orchestrator.store.sql import SqlStore
+    from conveyor.orchestrator.engine import Core
+    from conveyor.orchestrator.store import SqlStore
 
     from .api_client import ApiClient
 
@@ -128,7 +128,7 @@ def _dispatching(
             "steps go to workers",
             None,
         )
-    from conveyor.orchestrator.engine.embedded import EmbeddedEngine  # noqa: PLC0415
+    from conveyor.orchestrator.engine import EmbeddedEngine  # noqa: PLC0415
 
     engine = EmbeddedEngine(settings, store=store)
     mode = "no broker: steps run in this process"
@@ -245,7 +245,7 @@ def create_token(ctx: click.Context, role: str, name: str | None) -> None:
 
     Viewers read; operators also submit, cancel and retry runs; admins also manage tokens.
     """
-    from conveyor.orchestrator.store.tokens import Tokens  # noqa: PLC0415  (loads the store)
+    from conveyor.orchestrator.store import Tokens  # noqa: PLC0415  (loads the store)
 
     user = os.environ.get("USER") or "conveyor"
     store = backend.open_store(_settings(ctx))
@@ -261,7 +261,7 @@ def create_token(ctx: click.Context, role: str, name: str | None) -> None:
 @click.pass_context
 def list_tokens(ctx: click.Context) -> None:
     """List every token (never their secrets), newest first."""
-    from conveyor.orchestrator.store.tokens import Tokens  # noqa: PLC0415  (loads the store)
+    from conveyor.orchestrator.store import Tokens  # noqa: PLC0415  (loads the store)
 
     store = backend.open_store(_settings(ctx))
     try:
@@ -283,7 +283,7 @@ def list_tokens(ctx: click.Context) -> None:
 @click.pass_context
 def revoke_token(ctx: click.Context, token_id: str) -> None:
     """Revoke a token: it stops working at once."""
-    from conveyor.orchestrator.store.tokens import Tokens  # noqa: PLC0415  (loads the store)
+    from conveyor.orchestrator.store import Tokens  # noqa: PLC0415  (loads the store)
 
     store = backend.open_store(_settings(ctx))
     try:

@@ -8,7 +8,7 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from conveyor.orchestrator.artifacts.retention import describe, expiry, explain_missing
+from conveyor.orchestrator.artifacts import describe, expiry, explain_missing
 from conveyor.orchestrator.errors import ArtifactNotFound
 from conveyor.orchestrator.plugins import load_artifact_store
 from conveyor.orchestrator.settings import Settings

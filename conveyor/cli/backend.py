@@ -11,13 +11,13 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from conveyor.orchestrator.contracts import StepType
-from conveyor.orchestrator.pipeline.plan import Compiler
+from conveyor.orchestrator.pipeline import Compiler
 from conveyor.orchestrator.plugins import StepTypes
 from conveyor.orchestrator.settings import Settings
 
 if TYPE_CHECKING:
-    from conveyor.orchestrator.engine.embedded import EmbeddedEngine
-    from conveyor.orchestrator.store.sql import SqlStore
+    from conveyor.orchestrator.engine import EmbeddedEngine
+    from conveyor.orchestrator.store import SqlStore
 
 
 def compiler(settings: Settings) -> Compiler:
@@ -27,20 +27,20 @@ def compiler(settings: Settings) -> Compiler:
 
 def open_store(settings: Settings) -> SqlStore:
     """The settings' store, migrated (SQLite) or checked to be current (others)."""
-    from conveyor.orchestrator.engine.wiring import open_store  # noqa: PLC0415  (see above)
+    from conveyor.orchestrator.engine import open_store  # noqa: PLC0415  (see above)
 
     return open_store(settings)
 
 
 def bare_store(settings: Settings) -> SqlStore:
     """The settings' store as it is, for ``db upgrade``."""
-    from conveyor.orchestrator.store.sql import SqlStore  # noqa: PLC0415  (see above)
+    from conveyor.orchestrator.store import SqlStore  # noqa: PLC0415  (see above)
 
     return SqlStore(settings.resolved_database_url)
 
 
 def engine(settings: Settings, step_types: Mapping[str, StepType] | None = None) -> EmbeddedEngine:
     """An embedded engine: store, runtime, executor and a thread pool."""
-    from conveyor.orchestrator.engine.embedded import EmbeddedEngine  # noqa: PLC0415  (see above)
+    from conveyor.orchestrator.engine import EmbeddedEngine  # noqa: PLC0415  (see above)
 
     return EmbeddedEngine(settings, step_types=step_types)

@@ -19,11 +19,11 @@ from rich.markup import escape
 
 from conveyor import __version__
 from conveyor.orchestrator.errors import ConveyorError, SpecError
-from conveyor.orchestrator.pipeline.spec import format_path
+from conveyor.orchestrator.pipeline import format_path
 from conveyor.orchestrator.plugins import StepTypes
 from conveyor.orchestrator.settings import Settings
 from conveyor.orchestrator.status import RunStatus
-from conveyor.orchestrator.store.records import EventRecord, RunRecord, StepRecord
+from conveyor.orchestrator.store import EventRecord, RunRecord, StepRecord
 
 from . import backend
 from .api_commands import api, submit, token, watch

@@ -10,7 +10,7 @@ from rich.live import Live
 from rich.text import Text
 
 from conveyor.orchestrator.durations import format_duration
-from conveyor.orchestrator.store.records import EventRecord, LogRecord, RunRecord, StepRecord
+from conveyor.orchestrator.store import EventRecord, LogRecord, RunRecord, StepRecord
 
 from .render import ICON, STYLE, run_header, steps_table
 

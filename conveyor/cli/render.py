@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from conveyor.orchestrator.durations import format_duration
-from conveyor.orchestrator.store.records import EventRecord, LogRecord, RunRecord, StepRecord
+from conveyor.orchestrator.store import EventRecord, LogRecord, RunRecord, StepRecord
 
 STYLE = {
     "pending": "dim",

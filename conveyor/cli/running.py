@@ -11,10 +11,10 @@ from typing import Any
 from rich.markup import escape
 from rich.text import Text
 
-from conveyor.orchestrator.engine.embedded import EmbeddedEngine
+from conveyor.orchestrator.engine import EmbeddedEngine
 from conveyor.orchestrator.errors import ConveyorError
-from conveyor.orchestrator.pipeline.plan import ExecutionPlan
-from conveyor.orchestrator.store.records import RunRecord
+from conveyor.orchestrator.pipeline import ExecutionPlan
+from conveyor.orchestrator.store import RunRecord
 
 from .consoles import err, out
 from .progress import RunReader, follow

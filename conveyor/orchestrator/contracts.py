@@ -650,6 +650,10 @@ class Store(Protocol):
         """The run's newest event of one type (written at or after ``since``), if any."""
         ...
 
+    def findings_ledger(self, run_id: str, step_key: str, pipeline: str) -> FindingsLedger:
+        """Where one step of one run records its scan findings (``ctx.findings``)."""
+        ...
+
     def list_logs(
         self,
         run_id: str,

@@ -10,7 +10,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from conveyor.orchestrator.artifacts.models import Artifact
+from conveyor.orchestrator.artifacts import Artifact
 from conveyor.orchestrator.contracts import Sandbox, StepContext
 from conveyor.orchestrator.errors import SandboxError, StepFailed
 

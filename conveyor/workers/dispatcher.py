@@ -24,7 +24,7 @@ from celery import Celery
 
 from conveyor.orchestrator.clock import utcnow
 from conveyor.orchestrator.contracts import StepRef
-from conveyor.orchestrator.engine.due import DueTimer
+from conveyor.orchestrator.engine import DueTimer
 from conveyor.orchestrator.errors import BrokerUnavailable
 
 from .queues import RUN_STEP_TASK

@@ -18,13 +18,10 @@ from typing import TypeVar
 from celery import Celery
 
 from conveyor.orchestrator.contracts import StepRef
-from conveyor.orchestrator.engine.executor import Executor
-from conveyor.orchestrator.engine.recovery import Reconciler
-from conveyor.orchestrator.engine.runtime import Runtime
-from conveyor.orchestrator.engine.wiring import Core, open_store, wire
+from conveyor.orchestrator.engine import Core, Executor, Reconciler, Runtime, open_store, wire
 from conveyor.orchestrator.errors import NotFound, StoreUnavailable
 from conveyor.orchestrator.settings import Settings
-from conveyor.orchestrator.store.sql import SqlStore
+from conveyor.orchestrator.store import SqlStore
 
 from .dispatcher import CeleryDispatcher
 

@@ -1,3 +1,36 @@
-"""Moving runs: the runtime, advancing, claims, the executor of one attempt, recovery,
-dispatch, and the wiring that builds them once per process.
+"""Moving runs: the runtime, advancing, claims, one attempt and its executor, the monitor,
+recovery, dispatch, and the wiring that builds them once per process.
+
+Its public face is below; everything else is the engine's own business.
 """
+
+from typing import TYPE_CHECKING
+
+from conveyor.orchestrator.faces import lazy
+
+if TYPE_CHECKING:
+    from conveyor.orchestrator.engine.attempt import Attempt as Attempt
+    from conveyor.orchestrator.engine.attempt import Finished as Finished
+    from conveyor.orchestrator.engine.attempt import Outcome as Outcome
+    from conveyor.orchestrator.engine.due import DueTimer as DueTimer
+    from conveyor.orchestrator.engine.embedded import EmbeddedEngine as EmbeddedEngine
+    from conveyor.orchestrator.engine.executor import Executor as Executor
+    from conveyor.orchestrator.engine.recovery import Reconciler as Reconciler
+    from conveyor.orchestrator.engine.recovery import retry_run as retry_run
+    from conveyor.orchestrator.engine.runtime import Runtime as Runtime
+    from conveyor.orchestrator.engine.wiring import Core as Core
+    from conveyor.orchestrator.engine.wiring import open_store as open_store
+    from conveyor.orchestrator.engine.wiring import wire as wire
+
+__getattr__ = lazy(
+    __name__,
+    {
+        "attempt": ["Attempt", "Finished", "Outcome"],
+        "due": ["DueTimer"],
+        "embedded": ["EmbeddedEngine"],
+        "executor": ["Executor"],
+        "recovery": ["Reconciler", "retry_run"],
+        "runtime": ["Runtime"],
+        "wiring": ["Core", "open_store", "wire"],
+    },
+)

@@ -1,11 +1,12 @@
 """One advancing pass over a run: queue what is ready, skip or cancel what cannot run,
-settle the run when nothing is left. Runs inside the run's transaction (``RunTx``).
+settle the run when nothing is left. Runs inside the run's transaction (``RunTransaction``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from conveyor.orchestrator.contracts import RunTransaction
 from conveyor.orchestrator.engine.run_state import RunState
 from conveyor.orchestrator.errors import TemplateError
 from conveyor.orchestrator.pipeline.plan import ExecutionPlan, PlanStep
@@ -13,7 +14,6 @@ from conveyor.orchestrator.pipeline.templates import TemplateEngine
 from conveyor.orchestrator.pipeline.variables import Masker, condition_context
 from conveyor.orchestrator.status import RunStatus, StepStatus
 from conveyor.orchestrator.store.records import RunRecord, StepRecord
-from conveyor.orchestrator.store.transaction import RunTx
 
 S = StepStatus
 
@@ -29,7 +29,7 @@ class Advance:
     ) -> None:
         self.plan, self.templates, self.secrets = plan, templates, secrets
 
-    def __call__(self, tx: RunTx, changed: str | Sequence[str] | None = None) -> None:
+    def __call__(self, tx: RunTransaction, changed: str | Sequence[str] | None = None) -> None:
         """Start what is ready, cancel what cannot run, settle the run.
 
         After successes (``changed``) only those steps' dependents can have become
@@ -66,7 +66,7 @@ class Advance:
         self._settle_run(tx, state)
 
     def _start_or_skip(
-        self, tx: RunTx, state: RunState, plan_step: PlanStep, step: StepRecord
+        self, tx: RunTransaction, state: RunState, plan_step: PlanStep, step: StepRecord
     ) -> bool:
         """Cancel, fail or skip a step whose needs are done; True when it is to be queued."""
         broken = state.broken_need(plan_step)
@@ -86,7 +86,7 @@ class Advance:
             return False
         return True
 
-    def _skip_reason(self, tx: RunTx, state: RunState, plan_step: PlanStep) -> str | None:
+    def _skip_reason(self, tx: RunTransaction, state: RunState, plan_step: PlanStep) -> str | None:
         if plan_step.if_ is None and plan_step.skip_if is None:
             return None
         context = condition_context(
@@ -111,13 +111,13 @@ class Advance:
             raise TemplateError(f"step {plan_step.key!r}: condition: {exc.message}") from None
         return None
 
-    def _cancel_queued(self, tx: RunTx, state: RunState, just_queued: set[str]) -> None:
+    def _cancel_queued(self, tx: RunTransaction, state: RunState, just_queued: set[str]) -> None:
         for key, step in list(state.steps.items()):
             keep = key in just_queued or state.plan.step(key).runs_on_failure
             if step.status == S.QUEUED and not keep:
                 state.move(tx, step, S.CANCELLED, f"not run: step {state.failing!r} failed")
 
-    def _settle_run(self, tx: RunTx, state: RunState) -> None:
+    def _settle_run(self, tx: RunTransaction, state: RunState) -> None:
         statuses = {status for status, count in state.counts.items() if count}
         if all(s.terminal for s in statuses):
             if state.failing:

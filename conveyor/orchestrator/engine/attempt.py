@@ -23,7 +23,7 @@ from conveyor.orchestrator.pipeline.plan import ExecutionPlan, PlanStep
 from conveyor.orchestrator.store.records import RunRecord, StepRecord
 
 if TYPE_CHECKING:
-    from conveyor.orchestrator.store.sql import SqlStore as Store
+    from conveyor.orchestrator.contracts import Store
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Claims: a worker taking queued steps of a run, alone or with the run's brief steps.
 
-Everything here runs inside a ``RunTx`` (the run's row locked); ``Runtime`` opens the
+Everything here runs inside a ``RunTransaction`` (the run's row locked); ``Runtime`` opens the
 transactions. Brief steps (``PlanStep.brief``: in-process, milliseconds, nothing
 outside the worker) are coalesced: those of a run that become ready together on one
 queue get one message per ``BRIEF_BATCH`` of them (``coalesced``), and the worker that
@@ -15,11 +15,10 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import NamedTuple
 
-from conveyor.orchestrator.contracts import StepRef
+from conveyor.orchestrator.contracts import RunTransaction, StepRef
 from conveyor.orchestrator.pipeline.plan import ExecutionPlan
 from conveyor.orchestrator.status import StepStatus
 from conveyor.orchestrator.store.records import RunRecord, StepRecord
-from conveyor.orchestrator.store.transaction import RunTx
 from conveyor.orchestrator.store.transitions import Dispatch
 
 S = StepStatus
@@ -40,7 +39,7 @@ class Claim(NamedTuple):
     batch: tuple[Claim, ...] = ()
 
 
-def claimable(tx: RunTx, step: StepRecord) -> bool:
+def claimable(tx: RunTransaction, step: StepRecord) -> bool:
     """The step is queued and due, in a run still going.
 
     Not due yet is an early delivery: the message with the right eta comes later.
@@ -49,7 +48,7 @@ def claimable(tx: RunTx, step: StepRecord) -> bool:
     return step.status == S.QUEUED and due and not tx.run.status.terminal
 
 
-def claim_in(tx: RunTx, ref: StepRef, owner: str, length: timedelta) -> Claim | None:
+def claim_in(tx: RunTransaction, ref: StepRef, owner: str, length: timedelta) -> Claim | None:
     """Take ``ref`` if its step is queued at that attempt and due; else None."""
     step = tx.step(ref.step_key)
     if step.attempts != ref.attempt or not claimable(tx, step):
@@ -58,7 +57,9 @@ def claim_in(tx: RunTx, ref: StepRef, owner: str, length: timedelta) -> Claim | 
     return Claim(tx.run, running, ref) if running is not None else None
 
 
-def claim_all(tx: RunTx, found: Sequence[StepRecord], owner: str, length: timedelta) -> list[Claim]:
+def claim_all(
+    tx: RunTransaction, found: Sequence[StepRecord], owner: str, length: timedelta
+) -> list[Claim]:
     """Claim these steps, read under the run's lock, in one round trip (see claim_in)."""
     due = [s for s in found if claimable(tx, s)]
     return [
@@ -67,14 +68,16 @@ def claim_all(tx: RunTx, found: Sequence[StepRecord], owner: str, length: timede
     ]
 
 
-def queued_brief(tx: RunTx, plan: ExecutionPlan, queue: str, limit: int) -> list[StepRecord]:
+def queued_brief(
+    tx: RunTransaction, plan: ExecutionPlan, queue: str, limit: int
+) -> list[StepRecord]:
     """Up to ``limit`` of the run's brief steps queued and due on ``queue``."""
     found = tx.queued_now(queue, plan.brief_types, limit)
     return [s for s in found if plan.step(s.key).brief]
 
 
 def with_brief_siblings(
-    tx: RunTx,
+    tx: RunTransaction,
     plan: ExecutionPlan,
     claim: Claim,
     owner: str,

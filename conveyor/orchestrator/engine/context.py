@@ -8,13 +8,18 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from conveyor.orchestrator.contracts import ArtifactStore, Sandbox, SandboxConfig, SandboxRequest
+from conveyor.orchestrator.contracts import (
+    ArtifactStore,
+    Sandbox,
+    SandboxConfig,
+    SandboxRequest,
+    Store,
+)
 from conveyor.orchestrator.errors import ConveyorError, PluginError
 from conveyor.orchestrator.pipeline.variables import Masker
 from conveyor.orchestrator.plugins import Sandboxes
+from conveyor.orchestrator.scanning.history import FindingsLedger
 from conveyor.orchestrator.settings import Settings
-from conveyor.orchestrator.store.findings import StoreLedger
-from conveyor.orchestrator.store.sql import SqlStore
 
 #: Lines longer than this are cut: a log is for people, artifacts are for data.
 MAX_LINE = 16_384
@@ -29,7 +34,7 @@ class StoreLogger:
     """
 
     def __init__(
-        self, store: SqlStore, run_id: str, step_key: str, attempt: int, mask: Masker
+        self, store: Store, run_id: str, step_key: str, attempt: int, mask: Masker
     ) -> None:
         self.store, self.run_id, self.step_key, self.attempt = store, run_id, step_key, attempt
         self.mask = mask
@@ -186,9 +191,9 @@ class Context:
         return self._sandboxes.providers.get(name)
 
     @property
-    def findings(self) -> StoreLedger:
+    def findings(self) -> FindingsLedger:
         """This step's findings ledger, on the store the step's log goes to."""
-        return StoreLedger(self.log.store, self.run_id, self.step_key, self.pipeline)
+        return self.log.store.findings_ledger(self.run_id, self.step_key, self.pipeline)
 
     def close(self) -> None:
         """Close every sandbox the step opened and did not close (close is idempotent)."""

@@ -36,7 +36,7 @@ from conveyor.orchestrator.plugins import Sandboxes
 from conveyor.orchestrator.settings import Settings
 
 if TYPE_CHECKING:
-    from conveyor.orchestrator.store.sql import SqlStore as Store
+    from conveyor.orchestrator.contracts import Store
 
 #: Errors longer than this are cut; a traceback goes to the step log in full.
 MAX_ERROR = 4000

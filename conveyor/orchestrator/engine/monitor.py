@@ -22,7 +22,7 @@ from conveyor.orchestrator.errors import ConveyorError
 from conveyor.orchestrator.settings import Settings
 
 if TYPE_CHECKING:
-    from conveyor.orchestrator.store.sql import SqlStore as Store
+    from conveyor.orchestrator.contracts import Store
 
 
 class Running(NamedTuple):

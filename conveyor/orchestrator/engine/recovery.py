@@ -14,11 +14,11 @@ from datetime import datetime, timedelta
 
 from conveyor.orchestrator.artifacts.retention import ArtifactRetention
 from conveyor.orchestrator.clock import utcnow
+from conveyor.orchestrator.contracts import RunTransaction
 from conveyor.orchestrator.engine.runtime import Runtime
 from conveyor.orchestrator.errors import Conflict
 from conveyor.orchestrator.status import RunStatus, StepStatus
 from conveyor.orchestrator.store.records import RunRecord
-from conveyor.orchestrator.store.transaction import RunTx
 
 S = StepStatus
 #: Re-runs allowed for steps whose worker was lost, on top of their retry policy.
@@ -31,7 +31,7 @@ def retry_run(runtime: Runtime, run_id: str, by: str | None = None) -> RunRecord
     Steps that succeeded (or were skipped) keep their outputs and are not run again.
     """
 
-    def work(tx: RunTx) -> None:
+    def work(tx: RunTransaction) -> None:
         if tx.run.status not in (RunStatus.FAILED, RunStatus.CANCELLED):
             status = tx.run.status.value
             raise Conflict(f"run {run_id} is {status}: only failed or cancelled runs are retried")
@@ -101,7 +101,7 @@ class Reconciler:
     def reclaim(self, run_id: str, key: str, now: datetime) -> bool:
         """Take back a running step whose lease expired: its worker is gone."""
 
-        def work(tx: RunTx) -> bool:
+        def work(tx: RunTransaction) -> bool:
             step = tx.step(key)
             expired = step.lease_expires_at is not None and step.lease_expires_at < now
             if step.status != S.RUNNING or not expired:
@@ -126,7 +126,7 @@ class Reconciler:
         A duplicate is harmless: only one delivery can claim the attempt.
         """
 
-        def work(tx: RunTx) -> bool:
+        def work(tx: RunTransaction) -> bool:
             step = tx.step(key)
             stale = step.available_at is None or step.available_at < cutoff
             if step.status != S.QUEUED or not stale or tx.run.status.terminal:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import replace
 
+from conveyor.orchestrator.contracts import RunTransaction
 from conveyor.orchestrator.pipeline.plan import ExecutionPlan, PlanStep
 from conveyor.orchestrator.status import StepStatus
 from conveyor.orchestrator.store.records import StepRecord
-from conveyor.orchestrator.store.transaction import RunTx
 
 S = StepStatus
 
@@ -45,7 +45,7 @@ class RunState:
                 return need
         return None
 
-    def move(self, tx: RunTx, step: StepRecord, new: StepStatus, reason: str) -> None:
+    def move(self, tx: RunTransaction, step: StepRecord, new: StepStatus, reason: str) -> None:
         """End a step that will not run (cancelled, failed, skipped), keeping this view."""
         if new == S.SKIPPED:
             tx.skip(step, reason)
@@ -57,7 +57,7 @@ class RunState:
         if new == S.FAILED and self.failing is None and self.plan.step(step.key).on_error == "stop":
             self.failing = step.key
 
-    def queue_all(self, tx: RunTx, steps: list[StepRecord]) -> None:
+    def queue_all(self, tx: RunTransaction, steps: list[StepRecord]) -> None:
         """Queue these pending steps in one round trip (sent once the transaction commits)."""
         tx.queue(steps)
         for step in steps:

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from conveyor.orchestrator.clock import utcnow
-from conveyor.orchestrator.contracts import Dispatcher, StepRef
+from conveyor.orchestrator.contracts import Dispatcher, RunTransaction, StepRef, Store
 from conveyor.orchestrator.durations import format_duration
 from conveyor.orchestrator.engine.advance import Advance
 from conveyor.orchestrator.engine.attempt import Attempt, Finished, Outcome, Recorded, RunReads
@@ -36,8 +36,7 @@ from conveyor.orchestrator.pipeline.plan import ExecutionPlan, PlanStep
 from conveyor.orchestrator.pipeline.templates import TemplateEngine
 from conveyor.orchestrator.status import RunStatus, StepStatus
 from conveyor.orchestrator.store.records import RunRecord, StepRecord
-from conveyor.orchestrator.store.sql import NewRun, SqlStore, StepSeed
-from conveyor.orchestrator.store.transaction import RunTx
+from conveyor.orchestrator.store.sql import NewRun, StepSeed
 
 S = StepStatus
 T = TypeVar("T")
@@ -57,7 +56,7 @@ class Runtime:
 
     def __init__(
         self,
-        store: SqlStore,
+        store: Store,
         templates: TemplateEngine,
         dispatcher: Dispatcher | None = None,
         *,
@@ -159,7 +158,7 @@ class Runtime:
     def claim(self, ref: StepRef, owner: str) -> Attempt | None:
         """Take ``ref`` for this owner, or None if it is not (or no longer) queued."""
 
-        def work(tx: RunTx) -> Claim | None:
+        def work(tx: RunTransaction) -> Claim | None:
             claim = claim_in(tx, ref, owner, self.lease)
             if claim is None:
                 return None
@@ -186,7 +185,7 @@ class Runtime:
         if named is None or not named.brief:
             return None
 
-        def work(tx: RunTx) -> Claim | None:
+        def work(tx: RunTransaction) -> Claim | None:
             found = queued_brief(tx, plan, ref.queue, BRIEF_BATCH)
             taken = claim_all(tx, found, owner, self.lease)
             return taken[0]._replace(batch=tuple(taken[1:])) if taken else None
@@ -234,7 +233,7 @@ class Runtime:
         if not finished:
             return Recorded()
 
-        def work(tx: RunTx) -> tuple[Claim | None, bool]:
+        def work(tx: RunTransaction) -> tuple[Claim | None, bool]:
             self._record_in(tx, finished)
             claim = self._continue(tx, continue_as, queues) if continue_as else None
             return claim, tx.run.status.terminal
@@ -242,7 +241,7 @@ class Runtime:
         claim, over = self.write(finished[0].ref.run_id, work, finished[0].ref.step_key)
         return Recorded(self._attempt(claim) if claim is not None else None, over)
 
-    def _record_in(self, tx: RunTx, finished: Sequence[Finished]) -> None:
+    def _record_in(self, tx: RunTransaction, finished: Sequence[Finished]) -> None:
         tx.append_logs([(f.ref.step_key, f.ref.attempt, f.logs) for f in finished])
         if len(finished) > 1:  # the first was read with the lock
             tx.read_ahead([f.ref.step_key for f in finished[1:]])
@@ -263,7 +262,7 @@ class Runtime:
         if succeeded:  # what they made ready, once for all of them
             self.advance_in(tx, succeeded)
 
-    def _failed(self, tx: RunTx, step: StepRecord, outcome: Outcome) -> None:
+    def _failed(self, tx: RunTransaction, step: StepRecord, outcome: Outcome) -> None:
         """Cancel, retry or fail the step of an attempt that did not succeed."""
         error, code = outcome.error, outcome.exit_code
         event = {"error": error, "exit_code": code, "kind": outcome.kind}
@@ -278,7 +277,9 @@ class Runtime:
         tx.fail(step, error, exit_code=code, event=event)
         self.advance_in(tx)
 
-    def _continue(self, tx: RunTx, owner: str, queues: Collection[str] | None) -> Claim | None:
+    def _continue(
+        self, tx: RunTransaction, owner: str, queues: Collection[str] | None
+    ) -> Claim | None:
         """Claim for ``owner`` a step this transaction made ready, if one is due now."""
         for ref, eta in list(tx.sends):
             if eta is None and (queues is None or ref.queue in queues):
@@ -288,7 +289,7 @@ class Runtime:
                     return with_brief_siblings(tx, plan, claim, owner, self.lease, tx.sends)
         return None
 
-    def _running(self, tx: RunTx, ref: StepRef) -> StepRecord | None:
+    def _running(self, tx: RunTransaction, ref: StepRef) -> StepRecord | None:
         """The step if ``ref`` still owns it (attempt fencing), else None."""
         step = tx.step(ref.step_key)
         if step.status != S.RUNNING or step.attempts != ref.attempt:
@@ -301,7 +302,7 @@ class Runtime:
         """Cancel a run: steps not started are cancelled, running ones stop at their next
         heartbeat (or at once, where the caller also tells its executor)."""
 
-        def work(tx: RunTx) -> None:
+        def work(tx: RunTransaction) -> None:
             if tx.run.status.terminal:
                 raise Conflict(f"run {run_id} is already {tx.run.status.value}")
             self._stop_steps(tx, reason)
@@ -312,7 +313,7 @@ class Runtime:
     def expire(self, run_id: str, now: datetime | None = None) -> bool:
         """Fail a run whose timeout has passed (by ``now``); True if it did."""
 
-        def work(tx: RunTx) -> bool:
+        def work(tx: RunTransaction) -> bool:
             run = tx.run
             if run.status.terminal or not run.deadline or run.deadline > (now or tx.now):
                 return False
@@ -323,14 +324,14 @@ class Runtime:
 
         return self.write(run_id, work)
 
-    def _stop_steps(self, tx: RunTx, reason: str) -> None:
+    def _stop_steps(self, tx: RunTransaction, reason: str) -> None:
         for step in tx.steps():
             if step.status in (S.PENDING, S.QUEUED, S.BLOCKED):
                 tx.cancel(step, reason)
 
     # -- advancing ---------------------------------------------------------------------
 
-    def advance_in(self, tx: RunTx, changed: str | Sequence[str] | None = None) -> None:
+    def advance_in(self, tx: RunTransaction, changed: str | Sequence[str] | None = None) -> None:
         """Start what is ready, cancel what cannot run, settle the run (see ``Advance``)."""
         self._advance(tx, changed)
 
@@ -339,13 +340,13 @@ class Runtime:
     def write(
         self,
         run_id: str,
-        work: Callable[[RunTx], T],
+        work: Callable[[RunTransaction], T],
         step_key: str | None = None,
         claim_attempt: int | None = None,
     ) -> T:
         """Run ``work`` in a transaction on the run and return what it returns.
 
-        The steps it queued (``RunTx.sends``) are dispatched after the commit.
+        The steps it queued (``RunTransaction.sends``) are dispatched after the commit.
         ``step_key``: the step ``work`` reads first, read with the run's lock; with
         ``claim_attempt``, only while it is queued at that attempt (NothingToClaim).
         """

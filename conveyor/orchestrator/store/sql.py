@@ -20,6 +20,7 @@ from conveyor.orchestrator.clock import new_id, utcnow
 from conveyor.orchestrator.errors import Conflict, NotFound
 from conveyor.orchestrator.status import RunStatus, StepStatus
 from conveyor.orchestrator.store.connector import Connector, translate_errors
+from conveyor.orchestrator.store.findings import StoreLedger
 from conveyor.orchestrator.store.records import (
     EventRecord,
     LogRecord,
@@ -223,6 +224,10 @@ class SqlStore(Connector):
             .order_by(events.c.seq)
         )
         return [_event_record(r) for r in self.rows(query)]
+
+    def findings_ledger(self, run_id: str, step_key: str, pipeline: str) -> StoreLedger:
+        """Where one step of one run records its scan findings (``ctx.findings``)."""
+        return StoreLedger(self, run_id, step_key, pipeline)
 
     def last_event(
         self, run_id: str, type_: str, *, since: datetime | None = None

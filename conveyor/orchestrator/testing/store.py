@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from conveyor.orchestrator.clock import new_id, utcnow
 from conveyor.orchestrator.errors import Conflict, NotFound, NothingToClaim, StoreUnavailable
+from conveyor.orchestrator.scanning.history import MemoryLedger
 from conveyor.orchestrator.status import RunStatus, StepStatus
 from conveyor.orchestrator.store.records import EventRecord, LogRecord, RunRecord, StepRecord
 from conveyor.orchestrator.testing.rows import (
@@ -53,6 +54,8 @@ class MemoryStore:
         #: Creating runs and numbering log lines; never held while waiting for a run.
         self._lock = threading.Lock()
         self._log_ids = itertools.count(1)
+        #: The findings ledgers steps recorded into, by (run id, step key).
+        self.ledgers: dict[tuple[str, str], MemoryLedger] = {}
 
     @property
     def is_sqlite(self) -> bool:
@@ -254,6 +257,11 @@ class MemoryStore:
         """Events of a run with a sequence number above ``after``."""
         rows = self._runs.get(run_id)
         return [] if rows is None else [e for e in list(rows.events) if e.seq > after]
+
+    def findings_ledger(self, run_id: str, step_key: str, pipeline: str) -> MemoryLedger:
+        """An in-memory ledger per step: it keeps what the step records, with no history."""
+        with self._lock:
+            return self.ledgers.setdefault((run_id, step_key), MemoryLedger())
 
     def last_event(
         self, run_id: str, type_: str, *, since: datetime | None = None

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
-from conveyor.orchestrator.artifacts.models import (
+from conveyor.orchestrator.artifacts import (
     Artifact,
     copy_hashed,
     validate_key,

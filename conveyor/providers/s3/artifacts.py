@@ -17,7 +17,7 @@ import boto3
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
-from conveyor.orchestrator.artifacts.models import (
+from conveyor.orchestrator.artifacts import (
     Artifact,
     copy_hashed,
     hash_stream,

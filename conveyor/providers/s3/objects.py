@@ -21,7 +21,7 @@ import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 from urllib3.exceptions import HTTPError
 
-from conveyor.orchestrator.artifacts.models import Artifact, copy_hashed
+from conveyor.orchestrator.artifacts import Artifact, copy_hashed
 from conveyor.orchestrator.errors import ArtifactError, ArtifactNotFound
 from conveyor.orchestrator.settings import Settings
 
