@@ -9,8 +9,8 @@ from flask import Response
 
 from conveyor.orchestrator.artifacts import chunks
 from conveyor.orchestrator.errors import NotFound
-from conveyor.orchestrator.scanning import ledger
 from conveyor.orchestrator.scanning.results import report_key
+from conveyor.orchestrator.store import findings as ledger
 
 from .finding_models import FindingList, FindingModel, FindingQuery, ScanReportModel
 from .routing import Call

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from conveyor.orchestrator.scanning.ledger import FindingQuery, list_findings
 from conveyor.orchestrator.settings import Settings
+from conveyor.orchestrator.store.findings import FindingQuery, list_findings
 from tests.conftest import missing
 from tests.unit.engine_kit import finish, log_text, open_engine, start, step
 

@@ -167,7 +167,7 @@ pipelines:
 def test_fail_on_new_across_runs_of_a_pipeline_on_a_branch(settings: Any) -> None:
     """Given runs on main, When a later run adds a vulnerability, Then only it fails, as new."""
     tool("bandit")
-    from conveyor.orchestrator.scanning.ledger import FindingQuery, list_findings
+    from conveyor.orchestrator.store.findings import FindingQuery, list_findings
     from tests.unit.engine_kit import finish, log_text, open_engine, start, step
 
     with open_engine(settings) as engine:

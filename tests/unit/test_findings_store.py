@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from conveyor.orchestrator.scanning.ledger import FindingQuery, list_findings, list_reports
 from conveyor.orchestrator.scanning.results import Finding, build_result
 from conveyor.orchestrator.scanning.severity import Severity
-from conveyor.orchestrator.store.findings import StoreLedger
+from conveyor.orchestrator.store.findings import (
+    FindingQuery,
+    StoreLedger,
+    list_findings,
+    list_reports,
+)
 from conveyor.orchestrator.store.schema import runs
 from conveyor.orchestrator.store.sql import NewRun, SqlStore, StepSeed
 

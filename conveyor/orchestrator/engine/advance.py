@@ -8,10 +8,10 @@ from collections.abc import Callable, Sequence
 
 from conveyor.orchestrator.contracts import RunTransaction
 from conveyor.orchestrator.engine.run_state import RunState
+from conveyor.orchestrator.engine.variables import Masker, condition_context
 from conveyor.orchestrator.errors import TemplateError
 from conveyor.orchestrator.pipeline.plan import ExecutionPlan, PlanStep
 from conveyor.orchestrator.pipeline.templates import TemplateEngine
-from conveyor.orchestrator.pipeline.variables import Masker, condition_context
 from conveyor.orchestrator.status import RunStatus, StepStatus
 from conveyor.orchestrator.store.records import RunRecord, StepRecord
 

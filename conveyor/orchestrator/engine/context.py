@@ -15,8 +15,8 @@ from conveyor.orchestrator.contracts import (
     SandboxRequest,
     Store,
 )
+from conveyor.orchestrator.engine.variables import Masker
 from conveyor.orchestrator.errors import ConveyorError, PluginError
-from conveyor.orchestrator.pipeline.variables import Masker
 from conveyor.orchestrator.plugins import Sandboxes
 from conveyor.orchestrator.scanning.history import FindingsLedger
 from conveyor.orchestrator.settings import Settings

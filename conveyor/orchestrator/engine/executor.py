@@ -21,6 +21,7 @@ from conveyor.orchestrator.engine.attempt import Attempt, Finished, Outcome, Rec
 from conveyor.orchestrator.engine.context import Context, LazyOutputs, StoreLogger
 from conveyor.orchestrator.engine.monitor import Monitor
 from conveyor.orchestrator.engine.runtime import Runtime
+from conveyor.orchestrator.engine.variables import Masker, base_context
 from conveyor.orchestrator.errors import (
     ConveyorError,
     StepCancelled,
@@ -31,7 +32,6 @@ from conveyor.orchestrator.errors import (
 )
 from conveyor.orchestrator.pipeline.spec import format_path
 from conveyor.orchestrator.pipeline.templates import TemplateEngine, has_template
-from conveyor.orchestrator.pipeline.variables import Masker, base_context
 from conveyor.orchestrator.plugins import Sandboxes
 from conveyor.orchestrator.settings import Settings
 

@@ -1,6 +1,7 @@
 """Security scanning's pure core: findings, the severity scale, gates, SARIF, suppressions.
 
 Scanners (``providers/scanners``) parse their native output into these models; the
-scan steps (``steps/scan_*``) gate on them and record them through ``ctx.findings``.
-Nothing here runs a scanner or talks to a service but ``ledger``, which is SQL.
+scan steps (``steps/scan/``) gate on them and record them through ``ctx.findings``.
+Nothing here runs a scanner or talks to a service: the store keeps findings
+(``store/findings.py``).
 """

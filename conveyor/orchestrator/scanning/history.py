@@ -1,6 +1,6 @@
 """What a scan is compared with: the baseline run, and the ledger steps record into.
 
-``FindingsLedger`` is the seam (``ctx.findings``); ``ledger.StoreLedger`` is the real one
+``FindingsLedger`` is the seam (``ctx.findings``); ``store.findings.StoreLedger`` is the real one
 on the execution store and ``MemoryLedger`` below is its in-memory twin for tests.
 """
 

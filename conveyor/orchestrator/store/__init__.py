@@ -11,6 +11,9 @@ from conveyor.orchestrator.faces import lazy
 if TYPE_CHECKING:
     from conveyor.orchestrator.store.definitions import Definition as Definition
     from conveyor.orchestrator.store.definitions import Definitions as Definitions
+    from conveyor.orchestrator.store.findings import FindingQuery as FindingQuery
+    from conveyor.orchestrator.store.findings import list_findings as list_findings
+    from conveyor.orchestrator.store.findings import list_reports as list_reports
     from conveyor.orchestrator.store.records import EventRecord as EventRecord
     from conveyor.orchestrator.store.records import LogRecord as LogRecord
     from conveyor.orchestrator.store.records import RunRecord as RunRecord
@@ -27,6 +30,7 @@ __getattr__ = lazy(
     __name__,
     {
         "definitions": ["Definition", "Definitions"],
+        "findings": ["FindingQuery", "list_findings", "list_reports"],
         "records": ["EventRecord", "LogRecord", "RunRecord", "StepRecord"],
         "sql": ["NewRun", "SqlStore", "StepSeed"],
         "stats": ["Stats"],
