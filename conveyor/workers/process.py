@@ -1,8 +1,9 @@
 """One worker process's Conveyor: store, runtime, executor and reconciler.
 
-Mirrors ``orchestrator.embedded`` with the Celery dispatcher in place of the thread
-pool. It is built lazily, in the process that runs tasks: Celery forks its pool
-children after start-up, and database connections must never cross a fork.
+Wired by ``engine.wiring.wire`` as the embedded engine (``engine/embedded.py``) is, with
+the Celery dispatcher in place of the thread pool. It is built lazily, in the process
+that runs tasks: Celery forks its pool children after start-up, and database
+connections must never cross a fork.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from conveyor.orchestrator.engine.runtime import Runtime
 from conveyor.orchestrator.pipeline.templates import TemplateEngine
 from conveyor.orchestrator.settings import Settings
 from conveyor.orchestrator.store.sql import SqlStore
-from conveyor.orchestrator.testing import MemoryDispatcher as Recorder
+from conveyor.orchestrator.testing import MemoryDispatcher
 from conveyor.providers.local import LocalArtifactStore
 from tests.unit.runtime_kit import FAIL, A, Harness, pipeline
 
@@ -26,7 +26,7 @@ def test_the_reconciler_expires_finished_runs_artifacts_on_postgres(
     operator's 3-day default, a `forever` run and a run still going,
     when the reconciler passes two days later,
     then only the first run's artifacts go, once, with an event; the rest stay."""
-    recorder = Recorder()
+    recorder = MemoryDispatcher()
     h = Harness(Runtime(pg_store, TemplateEngine(), recorder), recorder, pg_store)
     artifacts = LocalArtifactStore(settings)
     source = tmp_path / "f"

@@ -12,14 +12,14 @@ import sqlalchemy as sa
 from conveyor.orchestrator.engine.runtime import Runtime
 from conveyor.orchestrator.pipeline.templates import TemplateEngine
 from conveyor.orchestrator.store.sql import SqlStore
-from conveyor.orchestrator.testing import MemoryDispatcher as Recorder
+from conveyor.orchestrator.testing import MemoryDispatcher
 from tests.unit.runtime_kit import A, B, Harness, pipeline
 
 T = TypeVar("T")
 
 
 def harness(store: SqlStore) -> Harness:
-    recorder = Recorder()
+    recorder = MemoryDispatcher()
     return Harness(Runtime(store, TemplateEngine(), recorder), recorder, store)
 
 

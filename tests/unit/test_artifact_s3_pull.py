@@ -1,5 +1,6 @@
-"""``source: s3`` pulls without a server: the step through a fake provider, the provider
-through a fake S3 client whose downloads go wrong half-way."""
+"""``source: s3`` pulls without a server: the step through the provider's in-memory twin
+(``MemoryObjects``), the provider through a fake S3 client whose downloads go wrong
+half-way."""
 
 from __future__ import annotations
 
@@ -13,11 +14,11 @@ import pytest
 from pydantic import ValidationError
 from urllib3.exceptions import ProtocolError
 
-from conveyor.orchestrator.artifacts.models import Artifact
 from conveyor.orchestrator.contracts import ObjectSource
-from conveyor.orchestrator.errors import ArtifactError, ArtifactNotFound, StepFailed
+from conveyor.orchestrator.errors import ArtifactError, StepFailed
 from conveyor.orchestrator.plugins import Providers
 from conveyor.orchestrator.settings import Settings
+from conveyor.orchestrator.testing import MemoryObjects
 from conveyor.providers.s3 import S3Objects
 from conveyor.steps.artifact_pull import ArtifactPull, ArtifactPullConfig
 from tests.unit.fakes import FakeContext
@@ -90,26 +91,16 @@ def test_the_s3_provider_is_installed_for_steps(settings: Settings) -> None:
     assert isinstance(Providers(settings).get("s3"), ObjectSource)
 
 
-@dataclass
-class FakeObjects:
-    """The in-memory twin of the s3 provider."""
-
-    objects: dict[tuple[str, str], bytes]
-    asked: list[tuple[str, str, int]] = field(default_factory=list)
-
-    def fetch(self, bucket: str, key: str, dest: Path, *, limit: int) -> Artifact:
-        self.asked.append((bucket, key, limit))
-        if (bucket, key) not in self.objects:
-            raise ArtifactNotFound(f"s3://{bucket}/{key}: no such object")
-        dest.write_bytes(self.objects[bucket, key])
-        return Artifact(key, len(self.objects[bucket, key]), "c0ffee", datetime.now(UTC))
+def test_the_twin_is_an_object_source() -> None:
+    objects: ObjectSource = MemoryObjects()
+    assert isinstance(objects, ObjectSource)
 
 
 @dataclass
 class S3Context(FakeContext):
-    """A context whose ``s3`` provider is the fake, with the operator's bucket and cap."""
+    """A context whose ``s3`` provider is the twin, with the operator's bucket and cap."""
 
-    objects: FakeObjects = field(default_factory=lambda: FakeObjects({}))
+    objects: MemoryObjects = field(default_factory=MemoryObjects)
     operator_bucket: str | None = None
 
     @property
@@ -125,7 +116,7 @@ class S3Context(FakeContext):
 
 def test_the_step_places_the_object_in_the_workspace(tmp_path: Path) -> None:
     """Given an object, the step writes it at dest and reports where it came from."""
-    ctx = S3Context(tmp_path, objects=FakeObjects({("tools", "bin/tool"): b"#!/bin/sh\n"}))
+    ctx = S3Context(tmp_path, objects=MemoryObjects({("tools", "bin/tool"): b"#!/bin/sh\n"}))
     config = ArtifactPullConfig(source="s3", bucket="tools", key="bin/tool", dest="t/tool")
 
     outputs = ArtifactPull().run(ctx, config)

@@ -1,5 +1,5 @@
-"""``source: url`` pulls: the step through a fake ``http`` provider, and the provider
-(``providers/http``) against a web server on this host."""
+"""``source: url`` pulls: the step through the ``http`` provider's in-memory twin
+(``MemoryWeb``), and the provider (``providers/http``) against a web server on this host."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from conveyor.orchestrator.contracts import UrlSource
 from conveyor.orchestrator.errors import StepFailed
 from conveyor.orchestrator.plugins import Providers
 from conveyor.orchestrator.settings import Settings
+from conveyor.orchestrator.testing import MemoryWeb
 from conveyor.providers.http import HttpFetch, check_url
 from conveyor.steps.artifact_pull import ArtifactPull, ArtifactPullConfig
 from tests.unit.fakes import FakeContext
@@ -123,26 +124,16 @@ def test_the_provider_fails_in_one_line(
         fetch.fetch(web + path, tmp_path / "file", limit=limit)
 
 
-@dataclass
-class FakeWeb:
-    """The in-memory twin of the http provider."""
-
-    pages: dict[str, bytes]
-    asked: list[tuple[str, int]] = field(default_factory=list)
-
-    def fetch(self, url: str, dest: Path, *, limit: int) -> int:
-        self.asked.append((url, limit))
-        if url not in self.pages:
-            raise StepFailed(f"{url}: HTTP 404 Not Found")
-        dest.write_bytes(self.pages[url])
-        return len(self.pages[url])
+def test_the_twin_is_a_url_source() -> None:
+    web: UrlSource = MemoryWeb()
+    assert isinstance(web, UrlSource)
 
 
 @dataclass
 class UrlContext(FakeContext):
-    """A context whose ``http`` provider is the fake, with the operator's size cap."""
+    """A context whose ``http`` provider is the twin, with the operator's size cap."""
 
-    web: FakeWeb = field(default_factory=lambda: FakeWeb({}))
+    web: MemoryWeb = field(default_factory=MemoryWeb)
 
     @property
     def settings(self) -> Settings:
@@ -156,7 +147,7 @@ class UrlContext(FakeContext):
 def test_the_step_fetches_through_the_http_provider(tmp_path: Path) -> None:
     """Given a page, the step writes it at dest, with the operator's cap, and masks the URL."""
     url = "https://example.com/tool?token=s3cret"
-    ctx = UrlContext(tmp_path, secrets={"TOKEN": "s3cret"}, web=FakeWeb({url: b"#!/bin/sh\n"}))
+    ctx = UrlContext(tmp_path, secrets={"TOKEN": "s3cret"}, web=MemoryWeb({url: b"#!/bin/sh\n"}))
     config = ArtifactPullConfig(source="url", url=url, dest="t/tool")
 
     outputs = ArtifactPull().run(ctx, config)

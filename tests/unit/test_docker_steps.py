@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,16 +10,14 @@ import pytest
 from pydantic import ValidationError
 
 from conveyor.orchestrator.contracts import (
-    BuildSpec,
-    BuiltImage,
     ContainerResult,
     ImageEngine,
-    LineSink,
     RegistryAuth,
     SandboxRequest,
     StepType,
 )
 from conveyor.orchestrator.errors import PluginError, StepFailed
+from conveyor.orchestrator.testing import MemoryImageEngine
 from conveyor.steps.docker import DockerBuild, DockerPush, DockerRun
 from tests.unit.fakes import FakeContext
 
@@ -30,70 +26,10 @@ DIGEST = "sha256:" + "2" * 64
 
 
 @dataclass
-class FakeImageEngine:
-    """The ImageEngine's in-memory twin: records what it is asked, answers as told."""
-
-    builds: list[BuildSpec] = field(default_factory=list)
-    tags: list[tuple[str, str]] = field(default_factory=list)
-    pushes: list[tuple[str, RegistryAuth | None]] = field(default_factory=list)
-    runs: list[dict[str, Any]] = field(default_factory=list)
-    result: ContainerResult = field(
-        default_factory=lambda: ContainerResult("c0ffee" * 10, 0, "out\n", "err\n")
-    )
-
-    def build(
-        self,
-        spec: BuildSpec,
-        *,
-        cancel: threading.Event,
-        deadline: float | None,
-        on_line: LineSink | None = None,
-    ) -> BuiltImage:
-        self.builds.append(spec)
-        if on_line:
-            on_line("Step 1/1 : FROM scratch")
-        return BuiltImage(IMAGE_ID, IMAGE_ID, spec.tags)
-
-    def tag(self, image: str, reference: str) -> None:
-        self.tags.append((image, reference))
-
-    def push(
-        self,
-        reference: str,
-        *,
-        auth: RegistryAuth | None,
-        cancel: threading.Event,
-        deadline: float | None,
-        on_line: LineSink | None = None,
-    ) -> str:
-        self.pushes.append((reference, auth))
-        return DIGEST
-
-    def run(
-        self,
-        request: SandboxRequest,
-        *,
-        command: Sequence[str] | None,
-        workspace: Path | None,
-        wait: bool = True,
-        on_stdout: LineSink | None = None,
-        on_stderr: LineSink | None = None,
-    ) -> ContainerResult:
-        self.runs.append({"request": request, "command": command, "workspace": workspace})
-        if not wait:
-            return ContainerResult(self.result.container_id, None)
-        for text in self.result.stdout.splitlines():
-            on_stdout and on_stdout(text)
-        for text in self.result.stderr.splitlines():
-            on_stderr and on_stderr(text)
-        return self.result
-
-
-@dataclass
 class DockerContext(FakeContext):
     """A FakeContext whose ``docker`` provider is the in-memory engine."""
 
-    engine: Any = field(default_factory=FakeImageEngine)
+    engine: Any = field(default_factory=lambda: MemoryImageEngine(image_id=IMAGE_ID, digest=DIGEST))
 
     def provider(self, name: str) -> Any:
         return self.engine if name == "docker" else super().provider(name)
@@ -112,8 +48,9 @@ def call(step: Any, ctx: DockerContext, **config: Any) -> dict[str, Any]:
     return dict(step.run(ctx, step.Config.model_validate(config)))
 
 
-def test_the_fake_is_an_image_engine() -> None:
-    assert isinstance(FakeImageEngine(), ImageEngine)
+def test_the_twin_is_an_image_engine() -> None:
+    engine: ImageEngine = MemoryImageEngine()
+    assert isinstance(engine, ImageEngine)
 
 
 @pytest.mark.parametrize("step", [DockerBuild(), DockerPush(), DockerRun()])

@@ -1,6 +1,6 @@
 """Findings in the execution store: recording, replacing, and finding the baseline run.
 
-tests/integration/test_findings_postgres.py runs these on the real Postgres.
+Each test takes ``db_store`` (tests/conftest.py): it runs on SQLite and on the real Postgres.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from conveyor.orchestrator.store.findings import (
     list_findings,
     list_reports,
 )
+from conveyor.orchestrator.store.records import NewRun, StepSeed
 from conveyor.orchestrator.store.schema import runs
-from conveyor.orchestrator.store.sql import NewRun, SqlStore, StepSeed
+from conveyor.orchestrator.store.sql import SqlStore
 
 SOURCE = "pipelines: {p: {steps: [{name: a, type: step.log, config: {message: hi}}]}}"
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ from conveyor.orchestrator.engine.embedded import EmbeddedEngine
 from conveyor.orchestrator.engine.sources import HeldDispatches, copy_source
 from conveyor.orchestrator.errors import ConveyorError
 from conveyor.orchestrator.settings import Settings
+from conveyor.orchestrator.testing import MemoryDispatcher
 from tests.unit.engine_kit import log_text, open_engine, pipeline, run, statuses
 
 
@@ -84,12 +84,9 @@ def test_a_source_that_is_no_directory_is_an_error(tmp_path: Path) -> None:
         copy_source(tmp_path / "file", tmp_path / "ws")
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.sent: list[str] = []
-
-    def dispatch(self, ref: StepRef, eta: datetime | None = None) -> None:
-        self.sent.append(f"{ref.run_id}/{ref.step_key}")
+def sent(dispatcher: MemoryDispatcher) -> list[str]:
+    """What ``dispatcher`` was asked to send, as ``run/step`` each."""
+    return [f"{ref.run_id}/{ref.step_key}" for ref, _ in dispatcher.sent]
 
 
 def ref(run_id: str, step: str = "a") -> StepRef:
@@ -98,30 +95,30 @@ def ref(run_id: str, step: str = "a") -> StepRef:
 
 def test_held_dispatches_wait_for_their_run_only() -> None:
     # Given every dispatch held while run r1 is created
-    inner = Recorder()
+    inner = MemoryDispatcher()
     held = HeldDispatches(inner)
     held.hold()
     held.dispatch(ref("r1"))
     held.dispatch(ref("r2"))
     # When r1 is kept back, Then others go at once, and r1's wait for its release
     held.keep("r1")
-    assert inner.sent == ["r2/a"]
+    assert sent(inner) == ["r2/a"]
     held.dispatch(ref("r1", "b"))
-    assert inner.sent == ["r2/a"]
+    assert sent(inner) == ["r2/a"]
     held.release("r1")
-    assert inner.sent == ["r2/a", "r1/a", "r1/b"]
+    assert sent(inner) == ["r2/a", "r1/a", "r1/b"]
     held.dispatch(ref("r1", "c"))
-    assert inner.sent[-1] == "r1/c"
+    assert sent(inner)[-1] == "r1/c"
 
 
 def test_dropped_dispatches_are_never_sent() -> None:
-    inner = Recorder()
+    inner = MemoryDispatcher()
     held = HeldDispatches(inner)
     held.hold()
     held.dispatch(ref("r1"))
     held.keep("r1")
     held.drop("r1")
-    assert inner.sent == []
+    assert sent(inner) == []
 
 
 def test_the_first_step_finds_the_source_in_the_workspace(

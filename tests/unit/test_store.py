@@ -26,8 +26,9 @@ from conveyor.orchestrator.errors import (
     StoreUnavailable,
 )
 from conveyor.orchestrator.status import RunStatus, StepStatus
+from conveyor.orchestrator.store.records import NewRun, StepSeed
 from conveyor.orchestrator.store.schema import metadata
-from conveyor.orchestrator.store.sql import NewRun, SqlStore, StepSeed
+from conveyor.orchestrator.store.sql import SqlStore
 
 SOURCE = "pipelines: {p: {steps: [{name: a, type: step.log, config: {message: hi}}]}}"
 

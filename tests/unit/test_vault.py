@@ -15,7 +15,7 @@ from conveyor.orchestrator.errors import SecretsUnavailable
 from conveyor.orchestrator.pipeline.templates import TemplateEngine
 from conveyor.orchestrator.settings import Settings
 from conveyor.orchestrator.store.sql import SqlStore
-from conveyor.orchestrator.testing import MemoryDispatcher as Recorder
+from conveyor.orchestrator.testing import MemoryDispatcher
 from tests.unit.runtime_kit import (
     Noop,
     pipeline,
@@ -53,7 +53,7 @@ def test_the_embedded_shape_makes_itself_a_private_key_once(tmp_path: Path) -> N
 
 
 def runtime(store: SqlStore, vault: Vault | None) -> Runtime:
-    return Runtime(store, TemplateEngine(), Recorder(), vault=vault)
+    return Runtime(store, TemplateEngine(), MemoryDispatcher(), vault=vault)
 
 
 def test_another_process_with_the_key_sees_a_runs_secrets(

@@ -4,7 +4,7 @@ The reconciler is what makes the broker a wake-up call rather than the truth: it
 periodically (Celery beat in the distributed shape) and, from the database alone,
 re-dispatches queued steps whose message may have been lost, takes back steps whose
 worker stopped heartbeating, fails runs past their timeout, and (every few minutes)
-deletes the artifacts of runs past their retention (see ``retention``).
+deletes the artifacts of runs past their retention (see ``artifacts/retention.py``).
 """
 
 from __future__ import annotations

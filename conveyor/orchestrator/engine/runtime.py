@@ -1,6 +1,6 @@
 """The run state machine: what is ready, claims, results, retries, cancellation.
 
-Every method is one short transaction on one run (see ``store.transaction``); steps
+Every method is one short transaction on one run (see ``Store.transaction``); steps
 that become ready are dispatched only after that transaction commits, so a worker
 never sees a step the database does not. The dispatcher is only a wake-up call: a
 message that arrives twice, late, or for an attempt that is over finds nothing to
@@ -35,8 +35,7 @@ from conveyor.orchestrator.errors import Conflict, NotFound, NothingToClaim, Sec
 from conveyor.orchestrator.pipeline.plan import ExecutionPlan, PlanStep
 from conveyor.orchestrator.pipeline.templates import TemplateEngine
 from conveyor.orchestrator.status import RunStatus, StepStatus
-from conveyor.orchestrator.store.records import RunRecord, StepRecord
-from conveyor.orchestrator.store.sql import NewRun, StepSeed
+from conveyor.orchestrator.store.records import NewRun, RunRecord, StepRecord, StepSeed
 
 S = StepStatus
 T = TypeVar("T")

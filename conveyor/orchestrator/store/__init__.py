@@ -16,11 +16,11 @@ if TYPE_CHECKING:
     from conveyor.orchestrator.store.findings import list_reports as list_reports
     from conveyor.orchestrator.store.records import EventRecord as EventRecord
     from conveyor.orchestrator.store.records import LogRecord as LogRecord
+    from conveyor.orchestrator.store.records import NewRun as NewRun
     from conveyor.orchestrator.store.records import RunRecord as RunRecord
     from conveyor.orchestrator.store.records import StepRecord as StepRecord
-    from conveyor.orchestrator.store.sql import NewRun as NewRun
+    from conveyor.orchestrator.store.records import StepSeed as StepSeed
     from conveyor.orchestrator.store.sql import SqlStore as SqlStore
-    from conveyor.orchestrator.store.sql import StepSeed as StepSeed
     from conveyor.orchestrator.store.stats import Stats as Stats
     from conveyor.orchestrator.store.tokens import Role as Role
     from conveyor.orchestrator.store.tokens import Token as Token
@@ -31,8 +31,8 @@ __getattr__ = lazy(
     {
         "definitions": ["Definition", "Definitions"],
         "findings": ["FindingQuery", "list_findings", "list_reports"],
-        "records": ["EventRecord", "LogRecord", "RunRecord", "StepRecord"],
-        "sql": ["NewRun", "SqlStore", "StepSeed"],
+        "records": ["EventRecord", "LogRecord", "NewRun", "RunRecord", "StepRecord", "StepSeed"],
+        "sql": ["SqlStore"],
         "stats": ["Stats"],
         "tokens": ["Role", "Token", "Tokens"],
     },

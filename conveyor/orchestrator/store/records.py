@@ -1,8 +1,10 @@
-"""What the store hands back: plain frozen records, never driver rows."""
+"""What the store hands back, and what it is given to create a run: plain frozen records,
+never driver rows.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -90,6 +92,34 @@ class LogRecord:
     stream: str
     text: str
     created_at: datetime
+
+
+@dataclass(frozen=True)
+class StepSeed:
+    """What the store needs to create one step row of a new run."""
+
+    key: str
+    type: str
+    queue: str
+
+
+@dataclass(frozen=True)
+class NewRun:
+    """Everything written in the one transaction that creates a run."""
+
+    pipeline: str
+    source: str
+    plan: dict[str, Any]
+    params: dict[str, Any]
+    steps: Sequence[StepSeed]
+    submitted_by: str | None = None
+    idempotency_key: str | None = None
+    deadline: datetime | None = None
+    #: The registered definition version this run executes; None writes ``source`` as
+    #: the newest version of ``pipeline`` (or reuses it when unchanged).
+    definition_id: str | None = None
+    #: The run's secrets, sealed by the Vault; never the secrets themselves.
+    sealed_secrets: str | None = None
 
 
 def run_from_row(row: Mapping[Any, Any]) -> RunRecord:

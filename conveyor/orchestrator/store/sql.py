@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -24,8 +23,10 @@ from conveyor.orchestrator.store.findings import StoreLedger
 from conveyor.orchestrator.store.records import (
     EventRecord,
     LogRecord,
+    NewRun,
     RunRecord,
     StepRecord,
+    StepSeed,
     run_from_row,
     step_from_row,
 )
@@ -39,34 +40,6 @@ from conveyor.orchestrator.store.schema import (
     steps,
 )
 from conveyor.orchestrator.store.transaction import RunTx, log_rows, version_definition
-
-
-@dataclass(frozen=True)
-class StepSeed:
-    """What the store needs to create one step row of a new run."""
-
-    key: str
-    type: str
-    queue: str
-
-
-@dataclass(frozen=True)
-class NewRun:
-    """Everything written in the one transaction that creates a run."""
-
-    pipeline: str
-    source: str
-    plan: dict[str, Any]
-    params: dict[str, Any]
-    steps: Sequence[StepSeed]
-    submitted_by: str | None = None
-    idempotency_key: str | None = None
-    deadline: datetime | None = None
-    #: The registered definition version this run executes; None writes ``source`` as
-    #: the newest version of ``pipeline`` (or reuses it when unchanged).
-    definition_id: str | None = None
-    #: The run's secrets, sealed by the Vault; never the secrets themselves.
-    sealed_secrets: str | None = None
 
 
 class SqlStore(Connector):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-from conveyor.orchestrator.contracts import StepRef
+from conveyor.orchestrator.contracts import Dispatcher, StepRef
 
 
 @dataclass
@@ -20,3 +21,7 @@ class MemoryDispatcher:
     def dispatch(self, ref: StepRef, eta: datetime | None = None) -> None:
         """Record ``ref`` (and when it was due)."""
         self.sent.append((ref, eta))
+
+
+if TYPE_CHECKING:  # the twin answers to the same Protocol as the real thing
+    _DISPATCHER: type[Dispatcher] = MemoryDispatcher

@@ -10,14 +10,17 @@ import threading
 from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from conveyor.orchestrator.clock import new_id
 from conveyor.orchestrator.status import RunStatus, StepStatus
-from conveyor.orchestrator.store.records import EventRecord, LogRecord, RunRecord, StepRecord
-
-if TYPE_CHECKING:
-    from conveyor.orchestrator.store.sql import NewRun
+from conveyor.orchestrator.store.records import (
+    EventRecord,
+    LogRecord,
+    NewRun,
+    RunRecord,
+    StepRecord,
+)
 
 #: What ``steps`` and ``queued_now`` leave out, as SQL reads only the state columns.
 _NOT_STATE: dict[str, Any] = dict.fromkeys(

@@ -20,7 +20,13 @@ from conveyor.orchestrator.clock import new_id, utcnow
 from conveyor.orchestrator.errors import Conflict, NotFound, NothingToClaim, StoreUnavailable
 from conveyor.orchestrator.scanning.history import MemoryLedger
 from conveyor.orchestrator.status import RunStatus, StepStatus
-from conveyor.orchestrator.store.records import EventRecord, LogRecord, RunRecord, StepRecord
+from conveyor.orchestrator.store.records import (
+    EventRecord,
+    LogRecord,
+    NewRun,
+    RunRecord,
+    StepRecord,
+)
 from conveyor.orchestrator.testing.rows import (
     PendingLine,
     RunRows,
@@ -33,7 +39,6 @@ from conveyor.orchestrator.testing.transaction import MemoryRunTx
 
 if TYPE_CHECKING:
     from conveyor.orchestrator.contracts import Store
-    from conveyor.orchestrator.store.sql import NewRun
 
 _GOING = (RunStatus.RUNNING, RunStatus.BLOCKED)
 

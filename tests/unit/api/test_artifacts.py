@@ -11,7 +11,7 @@ from flask.testing import FlaskClient
 from conveyor.api.services import Services
 from conveyor.orchestrator.artifacts.retention import ArtifactRetention
 from conveyor.orchestrator.clock import utcnow
-from conveyor.orchestrator.testing import MemoryDispatcher as Recorder
+from conveyor.orchestrator.testing import MemoryDispatcher
 from tests.unit.api.kit import RUNS, body, submit, work
 
 Headers = dict[str, str]
@@ -77,7 +77,7 @@ def test_an_expired_artifact_is_a_404_that_says_expired(
     operator: Headers,
     viewer: Headers,
     services: Services,
-    recorder: Recorder,
+    recorder: MemoryDispatcher,
     tmp_path: Path,
 ) -> None:
     """Given a finished run whose artifacts were swept for their retention,

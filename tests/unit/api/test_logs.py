@@ -11,7 +11,7 @@ from flask.testing import FlaskClient
 
 from conveyor.api.services import Services
 from conveyor.orchestrator.engine.attempt import Finished
-from conveyor.orchestrator.testing import MemoryDispatcher as Recorder
+from conveyor.orchestrator.testing import MemoryDispatcher
 from tests.unit.api.kit import RUNS, TWO_STEPS, body, submit, work
 
 Headers = dict[str, str]
@@ -39,7 +39,7 @@ def events(stream: bytes) -> list[tuple[str, str]]:
 
 
 def test_a_steps_log_is_read_whole_after_a_line_or_by_its_tail(
-    client: FlaskClient, operator: Headers, services: Services, recorder: Recorder
+    client: FlaskClient, operator: Headers, services: Services, recorder: MemoryDispatcher
 ) -> None:
     run = submit(client, operator, TWO_STEPS)
     work(services, recorder, logs={"compile": ["one", "two", "three"]})
@@ -67,7 +67,7 @@ def test_an_unknown_step_or_run_is_404(
 
 
 def test_a_matrix_steps_key_with_a_slash_reaches_its_log(
-    client: FlaskClient, operator: Headers, services: Services, recorder: Recorder
+    client: FlaskClient, operator: Headers, services: Services, recorder: MemoryDispatcher
 ) -> None:
     run = submit(client, operator, MATRIX)
     work(services, recorder, logs={"build[platform=linux/amd64]": ["built"]})
@@ -80,7 +80,7 @@ def test_a_matrix_steps_key_with_a_slash_reaches_its_log(
 
 
 def test_following_an_ended_step_sends_its_lines_then_the_end(
-    client: FlaskClient, operator: Headers, services: Services, recorder: Recorder
+    client: FlaskClient, operator: Headers, services: Services, recorder: MemoryDispatcher
 ) -> None:
     run = submit(client, operator, TWO_STEPS)
     work(services, recorder, fail=["package"], logs={"package": ["make: *** Error 2"]})
@@ -96,7 +96,7 @@ def test_following_an_ended_step_sends_its_lines_then_the_end(
 
 
 def test_following_a_running_step_streams_lines_as_they_come_until_it_ends(
-    client: FlaskClient, operator: Headers, services: Services, recorder: Recorder
+    client: FlaskClient, operator: Headers, services: Services, recorder: MemoryDispatcher
 ) -> None:
     run = submit(client, operator)
     ref, _ = recorder.sent.pop()
@@ -128,7 +128,7 @@ def test_following_a_running_step_streams_lines_as_they_come_until_it_ends(
 
 
 def test_a_follower_that_reconnects_resumes_after_the_last_line_it_saw(
-    client: FlaskClient, operator: Headers, services: Services, recorder: Recorder
+    client: FlaskClient, operator: Headers, services: Services, recorder: MemoryDispatcher
 ) -> None:
     run = submit(client, operator)
     work(services, recorder, logs={"only": ["a", "b", "c"]})

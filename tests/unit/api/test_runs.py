@@ -5,14 +5,14 @@ from __future__ import annotations
 from flask.testing import FlaskClient
 
 from conveyor.api.services import Services
-from conveyor.orchestrator.testing import MemoryDispatcher as Recorder
+from conveyor.orchestrator.testing import MemoryDispatcher
 from tests.unit.api.kit import INVALID, ONE_STEP, RUNS, TWO_STEPS, body, submit, work
 
 Headers = dict[str, str]
 
 
 def test_submitting_a_definition_answers_201_with_the_run_and_dispatches_its_first_step(
-    client: FlaskClient, operator: Headers, recorder: Recorder
+    client: FlaskClient, operator: Headers, recorder: MemoryDispatcher
 ) -> None:
     answer = client.post(
         RUNS, json={"definition": TWO_STEPS, "params": {"version": "1.2"}}, headers=operator
@@ -35,7 +35,7 @@ def test_submitting_a_definition_answers_201_with_the_run_and_dispatches_its_fir
 
 
 def test_the_run_moves_on_as_workers_report(
-    client: FlaskClient, operator: Headers, services: Services, recorder: Recorder
+    client: FlaskClient, operator: Headers, services: Services, recorder: MemoryDispatcher
 ) -> None:
     run = submit(client, operator, TWO_STEPS)
 
@@ -60,7 +60,7 @@ def test_a_run_can_be_read_by_a_unique_prefix_of_its_id(
 
 
 def test_an_invalid_pipeline_is_422_with_every_problem_and_its_line(
-    client: FlaskClient, operator: Headers, recorder: Recorder
+    client: FlaskClient, operator: Headers, recorder: MemoryDispatcher
 ) -> None:
     answer = client.post(RUNS, json={"definition": INVALID}, headers=operator)
 
@@ -122,7 +122,7 @@ def test_an_unknown_pipeline_or_version_is_404(client: FlaskClient, operator: He
 
 
 def test_the_same_idempotency_key_gives_the_same_run(
-    client: FlaskClient, operator: Headers, recorder: Recorder
+    client: FlaskClient, operator: Headers, recorder: MemoryDispatcher
 ) -> None:
     headers = {**operator, "Idempotency-Key": "deploy-42"}
     first = client.post(RUNS, json={"definition": ONE_STEP}, headers=headers)
@@ -174,7 +174,7 @@ def test_cancelling_stops_the_run_and_cancelling_again_is_409(
 
 
 def test_retrying_reruns_failed_steps_and_keeps_succeeded_ones(
-    client: FlaskClient, operator: Headers, services: Services, recorder: Recorder
+    client: FlaskClient, operator: Headers, services: Services, recorder: MemoryDispatcher
 ) -> None:
     run = submit(client, operator, TWO_STEPS)
     work(services, recorder, fail=["package"])
@@ -203,7 +203,7 @@ def test_only_a_failed_or_cancelled_run_can_be_retried(
 
 
 def test_events_are_read_in_order_from_a_sequence_number(
-    client: FlaskClient, operator: Headers, services: Services, recorder: Recorder
+    client: FlaskClient, operator: Headers, services: Services, recorder: MemoryDispatcher
 ) -> None:
     run = submit(client, operator, TWO_STEPS)
     work(services, recorder)

@@ -15,7 +15,7 @@ from conveyor.api.routes import ROUTES
 from conveyor.api.services import Services
 from conveyor.orchestrator.errors import StoreUnavailable
 from conveyor.orchestrator.store.tokens import Tokens
-from conveyor.orchestrator.testing import MemoryDispatcher as Recorder
+from conveyor.orchestrator.testing import MemoryDispatcher
 from tests.unit.api.kit import RUNS, TWO_STEPS, Broker, body, submit, work
 
 Headers = dict[str, str]
@@ -143,7 +143,11 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def test_metrics_count_runs_steps_queues_and_step_durations_from_the_store(
-    client: FlaskClient, viewer: Headers, operator: Headers, services: Services, recorder: Recorder
+    client: FlaskClient,
+    viewer: Headers,
+    operator: Headers,
+    services: Services,
+    recorder: MemoryDispatcher,
 ) -> None:
     submit(client, operator, TWO_STEPS)
     work(services, recorder)
