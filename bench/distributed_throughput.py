@@ -41,7 +41,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +49,12 @@ import redis
 import sqlalchemy as sa
 from celery import Celery
 
-from conveyor.orchestrator.contracts import StepRef
 from conveyor.orchestrator.engine import Runtime
 from conveyor.orchestrator.pipeline import Compiled, Compiler
 from conveyor.orchestrator.plugins import StepTypes
 from conveyor.orchestrator.settings import Settings
 from conveyor.orchestrator.store import SqlStore
+from conveyor.orchestrator.testing import MemoryDispatcher
 from conveyor.workers.app import make_celery
 from conveyor.workers.dispatcher import CeleryDispatcher
 from conveyor.workers.process import WorkerProcess
@@ -210,16 +209,6 @@ class Conveyor:
         return {"throughput": runs * width / (time.perf_counter() - start)}
 
 
-class _Collect:
-    """A dispatcher that keeps what it is given."""
-
-    def __init__(self) -> None:
-        self.refs: list[StepRef] = []
-
-    def dispatch(self, ref: StepRef, eta: datetime | None = None) -> None:
-        self.refs.append(ref)
-
-
 def exact_commits(settings: Settings, width: int, text: str, runs: int = 20) -> float:
     """Commits per step on the workers' own code path, counted by SQLAlchemy.
 
@@ -228,7 +217,7 @@ def exact_commits(settings: Settings, width: int, text: str, runs: int = 20) -> 
     counted. Postgres's own counter also sees each pooled connection's pre-ping.
     """
     process = WorkerProcess.build(make_celery(settings), settings, "bench:0", None)
-    collect = _Collect()
+    collect = MemoryDispatcher()
     process.runtime.dispatcher = collect
     compiled = Compiler.for_settings(settings, StepTypes()).compile(text)
     count = [0]
@@ -238,8 +227,8 @@ def exact_commits(settings: Settings, width: int, text: str, runs: int = 20) -> 
     try:
         for _ in range(runs):
             process.runtime.submit(compiled.select(None), compiled.source, {})
-            while collect.refs:
-                process.run_step(collect.refs.pop())
+            while collect.sent:
+                process.run_step(collect.sent.pop()[0])
     finally:
         process.close()
     return count[0] / (runs * width)

@@ -7,10 +7,8 @@ modules that bring them in are imported here, inside the functions that use them
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from conveyor.orchestrator.contracts import StepType
 from conveyor.orchestrator.pipeline import Compiler
 from conveyor.orchestrator.plugins import StepTypes
 from conveyor.orchestrator.settings import Settings
@@ -39,8 +37,11 @@ def bare_store(settings: Settings) -> SqlStore:
     return SqlStore(settings.resolved_database_url)
 
 
-def engine(settings: Settings, step_types: Mapping[str, StepType] | None = None) -> EmbeddedEngine:
-    """An embedded engine: store, runtime, executor and a thread pool."""
+def engine(settings: Settings, compiler: Compiler | None = None) -> EmbeddedEngine:
+    """An embedded engine: store, runtime, executor and a thread pool.
+
+    ``compiler``: the one this process compiled the pipeline with, so it has one.
+    """
     from conveyor.orchestrator.engine import EmbeddedEngine  # noqa: PLC0415  (see above)
 
-    return EmbeddedEngine(settings, step_types=step_types)
+    return EmbeddedEngine(settings, compiler=compiler)

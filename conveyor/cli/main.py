@@ -153,7 +153,7 @@ def run(
     plan = compiled.select(pipeline)
     from .running import execute  # noqa: PLC0415  (loads the store: see backend.py)
 
-    engine = backend.engine(settings, compiler.step_types)
+    engine = backend.engine(settings, compiler)
     engine.workspace_source = source
     sys.exit(execute(engine, plan, compiled.source, run_params, given, _user()))
 

@@ -14,7 +14,7 @@ from conveyor.orchestrator.engine.dispatch import InlineDispatcher
 from conveyor.orchestrator.engine.sources import HeldDispatches, copy_source
 from conveyor.orchestrator.engine.wiring import open_store, wire
 from conveyor.orchestrator.errors import ConveyorError
-from conveyor.orchestrator.pipeline.plan import Compiled, ExecutionPlan
+from conveyor.orchestrator.pipeline.plan import Compiled, Compiler, ExecutionPlan
 from conveyor.orchestrator.plugins import Sandboxes
 from conveyor.orchestrator.settings import Settings
 from conveyor.orchestrator.store.records import RunRecord
@@ -33,6 +33,7 @@ class EmbeddedEngine:
         step_types: Mapping[str, StepType] | None = None,
         sandboxes: Sandboxes | None = None,
         store: SqlStore | None = None,
+        compiler: Compiler | None = None,
     ) -> None:
         self.settings = settings
         self.dispatcher = InlineDispatcher(settings.max_parallel)
@@ -47,6 +48,7 @@ class EmbeddedEngine:
             dispatcher=self.held,
             step_types=step_types,
             sandboxes=sandboxes or Sandboxes(settings),
+            compiler=compiler,
         )
         self.store, self.compiler, self.runtime = (
             self.core.store,

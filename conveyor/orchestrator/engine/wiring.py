@@ -83,13 +83,17 @@ def wire(
     sandboxes: Sandboxes | None = None,
     owner: str | None = None,
     queues: Collection[str] | None = None,
+    compiler: Compiler | None = None,
 ) -> Core:
     """Build the core on ``store``; ``dispatcher`` sends the steps that become ready.
 
     With ``run_steps``, an executor runs steps in this process, as ``owner`` (default:
-    host and pid), going on only with steps of ``queues`` (default: any).
+    host and pid), going on only with steps of ``queues`` (default: any). ``compiler``:
+    the process's compiler when it has one already (``step_types`` are then its).
     """
-    compiler = Compiler.for_settings(settings, StepTypes() if step_types is None else step_types)
+    if compiler is None:  # else the process compiled with it already: it keeps the one
+        types = StepTypes() if step_types is None else step_types
+        compiler = Compiler.for_settings(settings, types)
     runtime = Runtime(
         store,
         compiler.templates,
