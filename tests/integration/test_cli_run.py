@@ -589,7 +589,9 @@ def fresh_pg() -> Iterator[str]:
 
 
 @pytest.mark.postgres
-def test_run_on_postgres_after_db_upgrade(cli: Cli, pg_database: str) -> None:
+def test_run_on_postgres_after_db_upgrade(cli: Cli, fresh_pg: str) -> None:
+    # A database of its own: the run it leaves behind is no other test's business.
+    pg_database = fresh_pg
     upgraded = cli("--database-url", pg_database, "db", "upgrade")
     assert upgraded.code == 0, upgraded.output
     assert upgraded.stdout.strip() == "database schema is current"
