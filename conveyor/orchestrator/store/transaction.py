@@ -181,7 +181,7 @@ def version_definition(conn: sa.Connection, name: str, source: str) -> tuple[str
 class RunTx(Transitions):
     """A transaction holding the lock on one run's row.
 
-    ``move_run`` and ``move_step`` are the one transition function of DESIGN §3: they
+    ``move_run`` and ``move_step`` are the one transition function of the execution log: they
     refuse illegal moves, record an event for every move, and (for steps) only update
     a row still in the status and attempt the caller saw, which is the attempt fencing
     that makes a duplicate or stale delivery harmless. The engine moves steps through
