@@ -43,18 +43,30 @@ from conveyor.orchestrator.contracts.steps import (
     StepRef,
     StepType,
 )
-from conveyor.orchestrator.contracts.store import LogLines, RunTransaction, Store
+from conveyor.orchestrator.contracts.store import (
+    KEEP,
+    Dispatch,
+    ExitCode,
+    LogLines,
+    Move,
+    RunTransaction,
+    Store,
+)
 
 __all__ = [
+    "KEEP",
     "ArtifactStore",
     "BuildSpec",
     "BuiltImage",
     "ContainerResult",
+    "Dispatch",
     "Dispatcher",
     "ExecResult",
+    "ExitCode",
     "ImageEngine",
     "LineSink",
     "LogLines",
+    "Move",
     "ObjectSource",
     "RegistryAuth",
     "RunTransaction",

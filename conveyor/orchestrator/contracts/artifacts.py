@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
-from conveyor.orchestrator.artifacts.models import Artifact
+if TYPE_CHECKING:
+    from conveyor.orchestrator.artifacts.models import Artifact
 
 
 class ArtifactStore(Protocol):

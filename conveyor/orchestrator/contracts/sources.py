@@ -5,9 +5,10 @@ URLs (``UrlSource``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from conveyor.orchestrator.artifacts.models import Artifact
+if TYPE_CHECKING:
+    from conveyor.orchestrator.artifacts.models import Artifact
 
 
 @runtime_checkable

@@ -8,14 +8,15 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
-from conveyor.orchestrator.contracts.artifacts import ArtifactStore
-from conveyor.orchestrator.contracts.sandbox import Sandbox, SandboxConfig
-from conveyor.orchestrator.scanning.history import FindingsLedger
-from conveyor.orchestrator.settings import Settings
+if TYPE_CHECKING:
+    from conveyor.orchestrator.contracts.artifacts import ArtifactStore
+    from conveyor.orchestrator.contracts.sandbox import Sandbox, SandboxConfig
+    from conveyor.orchestrator.scanning.history import FindingsLedger
+    from conveyor.orchestrator.settings import Settings
 
 
 class StepLogger(Protocol):

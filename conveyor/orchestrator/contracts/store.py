@@ -10,7 +10,8 @@ from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from enum import Enum
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from conveyor.orchestrator.contracts.steps import StepRef
 from conveyor.orchestrator.scanning.history import FindingsLedger
@@ -23,8 +24,19 @@ from conveyor.orchestrator.store.records import (
     StepRecord,
 )
 
-if TYPE_CHECKING:  # the transitions import this package
-    from conveyor.orchestrator.store.transitions import Dispatch, ExitCode, Move
+#: A step to send once the transaction commits: now (None), or not before the datetime.
+Dispatch = tuple[StepRef, datetime | None]
+#: A step to move, the fields to set with its new status, and its event's payload.
+Move = tuple[StepRecord, dict[str, Any], dict[str, Any] | None]
+
+
+class _Keep(Enum):
+    KEEP = "keep"
+
+
+#: For ``exit_code``: leave the one the step has (a step that did not run this attempt).
+KEEP: Literal[_Keep.KEEP] = _Keep.KEEP
+ExitCode = int | None | Literal[_Keep.KEEP]
 
 
 #: Log lines as they are written: (stream, text) each.

@@ -5,8 +5,8 @@ settle the run when nothing is left. Runs inside the run's transaction (``RunTra
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
-from conveyor.orchestrator.contracts import RunTransaction
 from conveyor.orchestrator.engine.run_state import RunState
 from conveyor.orchestrator.engine.variables import Masker, condition_context
 from conveyor.orchestrator.errors import TemplateError
@@ -14,6 +14,9 @@ from conveyor.orchestrator.pipeline.plan import ExecutionPlan, PlanStep
 from conveyor.orchestrator.pipeline.templates import TemplateEngine
 from conveyor.orchestrator.status import RunStatus, StepStatus
 from conveyor.orchestrator.store.records import RunRecord, StepRecord
+
+if TYPE_CHECKING:
+    from conveyor.orchestrator.contracts import RunTransaction
 
 S = StepStatus
 

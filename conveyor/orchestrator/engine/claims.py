@@ -15,11 +15,10 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import NamedTuple
 
-from conveyor.orchestrator.contracts import RunTransaction, StepRef
+from conveyor.orchestrator.contracts import Dispatch, RunTransaction, StepRef
 from conveyor.orchestrator.pipeline.plan import ExecutionPlan
 from conveyor.orchestrator.status import StepStatus
 from conveyor.orchestrator.store.records import RunRecord, StepRecord
-from conveyor.orchestrator.store.transitions import Dispatch
 
 S = StepStatus
 

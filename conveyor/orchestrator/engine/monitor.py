@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from conveyor.orchestrator.clock import utcnow
 from conveyor.orchestrator.contracts import StepRef
-from conveyor.orchestrator.engine.context import Context
 from conveyor.orchestrator.errors import ConveyorError
 from conveyor.orchestrator.settings import Settings
 
 if TYPE_CHECKING:
     from conveyor.orchestrator.contracts import Store
+    from conveyor.orchestrator.engine.context import Context
 
 
 class Running(NamedTuple):

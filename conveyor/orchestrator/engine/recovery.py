@@ -11,14 +11,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from conveyor.orchestrator.artifacts.retention import ArtifactRetention
 from conveyor.orchestrator.clock import utcnow
-from conveyor.orchestrator.contracts import RunTransaction
 from conveyor.orchestrator.engine.runtime import Runtime
 from conveyor.orchestrator.errors import Conflict
 from conveyor.orchestrator.status import RunStatus, StepStatus
 from conveyor.orchestrator.store.records import RunRecord
+
+if TYPE_CHECKING:
+    from conveyor.orchestrator.contracts import RunTransaction
 
 S = StepStatus
 #: Re-runs allowed for steps whose worker was lost, on top of their retry policy.

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
-from conveyor.orchestrator.contracts import RunTransaction
 from conveyor.orchestrator.pipeline.plan import ExecutionPlan, PlanStep
 from conveyor.orchestrator.status import StepStatus
 from conveyor.orchestrator.store.records import StepRecord
+
+if TYPE_CHECKING:
+    from conveyor.orchestrator.contracts import RunTransaction
 
 S = StepStatus
 

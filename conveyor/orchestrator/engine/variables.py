@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from conveyor.orchestrator.pipeline.plan import ExecutionPlan, PlanStep
 from conveyor.orchestrator.store.records import RunRecord
+
+if TYPE_CHECKING:
+    from conveyor.orchestrator.pipeline.plan import ExecutionPlan, PlanStep
 
 MASK = "***"
 #: Shorter values would turn every log into asterisks; GitHub and GitLab draw the same line.

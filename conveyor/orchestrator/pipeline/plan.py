@@ -13,11 +13,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from conveyor.orchestrator.contracts import StepType
 from conveyor.orchestrator.errors import Problem, SpecError, TemplateError
 from conveyor.orchestrator.pipeline.spec import (
     OnError,
@@ -33,6 +32,9 @@ from conveyor.orchestrator.pipeline.templates import TemplateEngine, has_templat
 from conveyor.orchestrator.pipeline.yamlload import Loaded
 from conveyor.orchestrator.queues import CONTROL
 from conveyor.orchestrator.settings import Settings
+
+if TYPE_CHECKING:
+    from conveyor.orchestrator.contracts import StepType
 
 _RUNS_ON_FAILURE = re.compile(r"\b(always|failure)\s*\(")
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from conveyor.orchestrator.contracts import Move
 from conveyor.orchestrator.errors import NotFound, NothingToClaim, StepsMoved
 from conveyor.orchestrator.status import RunStatus, StepStatus, check_run_move, check_step_move
 from conveyor.orchestrator.store.records import RunRecord, StepRecord, run_from_row, step_from_row
@@ -29,7 +30,7 @@ from conveyor.orchestrator.store.schema import (
     step_logs,
     steps,
 )
-from conveyor.orchestrator.store.transitions import Move, Transitions
+from conveyor.orchestrator.store.transitions import Transitions
 
 _RUN: sa.BindParameter[str] = sa.bindparam("b_run")
 #: ``FOR NO KEY UPDATE``: writers of the run serialise on it, while inserts of its log

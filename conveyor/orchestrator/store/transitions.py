@@ -15,18 +15,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
-from enum import Enum
-from typing import Any, Literal
+from typing import Any
 
-from conveyor.orchestrator.contracts import StepRef
+from conveyor.orchestrator.contracts.steps import StepRef
+from conveyor.orchestrator.contracts.store import KEEP, Dispatch, ExitCode, Move
 from conveyor.orchestrator.status import StepStatus
 from conveyor.orchestrator.store.records import RunRecord, StepRecord
 
 S = StepStatus
-#: A step to send once the transaction commits: now (None), or not before the datetime.
-Dispatch = tuple[StepRef, datetime | None]
-#: A step to move, the fields to set with its new status, and its event's payload.
-Move = tuple[StepRecord, dict[str, Any], dict[str, Any] | None]
 
 
 def leased(now: datetime, owner: str, length: timedelta) -> dict[str, Any]:
@@ -46,15 +42,6 @@ def ended(now: datetime) -> dict[str, Any]:
 
 #: The fields of a step handed back by a worker that is gone.
 UNLEASED: dict[str, Any] = {"lease_owner": None, "lease_expires_at": None}
-
-
-class _Keep(Enum):
-    KEEP = "keep"
-
-
-#: For ``exit_code``: leave the one the step has (a step that did not run this attempt).
-KEEP: Literal[_Keep.KEEP] = _Keep.KEEP
-ExitCode = int | None | Literal[_Keep.KEEP]
 
 
 class Transitions:

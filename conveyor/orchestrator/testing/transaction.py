@@ -14,10 +14,11 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
+from conveyor.orchestrator.contracts import Move
 from conveyor.orchestrator.errors import NotFound, StepsMoved
 from conveyor.orchestrator.status import RunStatus, StepStatus, check_run_move, check_step_move
 from conveyor.orchestrator.store.records import EventRecord, StepRecord
-from conveyor.orchestrator.store.transitions import Move, Transitions
+from conveyor.orchestrator.store.transitions import Transitions
 from conveyor.orchestrator.testing.rows import (
     PendingLine,
     RunRows,
