@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from conveyor.orchestrator.contracts.steps import StepRef
 from conveyor.orchestrator.contracts.store import KEEP, Dispatch, ExitCode, Move
@@ -59,25 +59,22 @@ class Transitions:
         #: Steps queued by this transaction, to dispatch after it commits.
         self.sends: list[Dispatch] = []
 
-    # The primitives, provided by the transaction class.
+    if TYPE_CHECKING:  # the primitives: the transaction class that inherits this has them
 
-    def move_step(
-        self, step: StepRecord, new: StepStatus, *, event: dict[str, Any] | None = None, **f: Any
-    ) -> bool:
-        """Move one step if it is still as read (see ``RunTx.move_step``)."""
-        raise NotImplementedError
+        def move_step(
+            self,
+            step: StepRecord,
+            new: StepStatus,
+            *,
+            event: dict[str, Any] | None = None,
+            **fields: Any,
+        ) -> bool: ...
 
-    def move_steps(self, moves: Sequence[Move], new: StepStatus) -> None:
-        """Move several steps, all still as read (see ``RunTx.move_steps``)."""
-        raise NotImplementedError
+        def move_steps(self, moves: Sequence[Move], new: StepStatus) -> None: ...
 
-    def update_step(self, step: StepRecord, **fields: Any) -> None:
-        """Change a step's fields, not its status."""
-        raise NotImplementedError
+        def update_step(self, step: StepRecord, **fields: Any) -> None: ...
 
-    def event(self, type_: str, step_key: str | None = None, **payload: Any) -> None:
-        """Append an event to the run's log."""
-        raise NotImplementedError
+        def event(self, type_: str, step_key: str | None = None, **payload: Any) -> None: ...
 
     # -- starting -----------------------------------------------------------------------
 
