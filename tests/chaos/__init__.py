@@ -1,0 +1,1 @@
+"""Faults: killed processes, lost messages, stalled services, and what Conveyor does about them."""
