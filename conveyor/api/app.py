@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from http import HTTPStatus
 
-from flask import Blueprint, Flask
+from flask import Blueprint, Flask, Response, request
 
 from conveyor.orchestrator.contracts import Dispatcher
 from conveyor.orchestrator.engine import Core, open_store, wire
 from conveyor.orchestrator.settings import Settings
 from conveyor.orchestrator.store import Definitions, SqlStore, Tokens
 
-from .errors import handle_error
+from .errors import error_code, handle_error, json_response
+from .models import ErrorBody
 from .openapi import PREFIX
 from .routes import ROUTES
 from .routing import Route, make_view
@@ -45,10 +47,35 @@ def create_app(
     app = Flask("conveyor.api")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_definition_bytes * BODY_FACTOR + 65536
     app.extensions["conveyor"] = services  # for tests and embedding; handlers get it passed
+    # A path is matched as sent: Werkzeug would otherwise answer `//` or a missing
+    # trailing slash with a redirect (an HTML page no error handler sees).
+    app.url_map.merge_slashes = False
+    app.url_map.strict_slashes = False
     for blueprint in blueprints(ROUTES, services):
         app.register_blueprint(blueprint, url_prefix=PREFIX)
     app.register_error_handler(Exception, handle_error)
+    app.after_request(json_errors)
     return app
+
+
+def json_errors(response: Response) -> Response:
+    """Every error and redirect under the API's prefix as JSON, whoever made it.
+
+    Handlers and ``handle_error`` answer JSON already; this catches what Flask answers
+    without them (a routing redirect, say), so a client never parses an HTML page.
+    """
+    status = response.status_code
+    if status < 300 or response.is_json or not request.path.startswith(PREFIX):
+        return response
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:  # a status HTTP does not name
+        phrase = "Error"
+    detail = phrase
+    headers = {k: v for k, v in response.headers.items() if k in ("Location", "Allow")}
+    if "Location" in headers:
+        detail = f"{phrase}: see {headers['Location']}"
+    return json_response(ErrorBody(error=error_code(phrase), detail=detail), status, headers)
 
 
 def build_services(core: Core, broker_check: BrokerCheck | None) -> Services:

@@ -17,6 +17,7 @@ from werkzeug.exceptions import HTTPException
 from conveyor.orchestrator.errors import (
     ArtifactError,
     ArtifactNotFound,
+    ArtifactStoreUnavailable,
     BadRequest,
     BrokerUnavailable,
     ChecksumMismatch,
@@ -25,6 +26,7 @@ from conveyor.orchestrator.errors import (
     Forbidden,
     NotFound,
     SchemaOutdated,
+    SecretRefused,
     SecretsUnavailable,
     SpecError,
     StoreUnavailable,
@@ -49,15 +51,35 @@ STATUSES: Mapping[type[ConveyorError], int] = {
     SpecError: 422,
     TemplateError: 422,
     SecretsUnavailable: 422,
+    SecretRefused: 422,
     # A bad key or an oversized artifact is the client's to fix; a stored artifact that
     # no longer matches its checksum is the server's fault.
     ArtifactError: 422,
     ArtifactNotFound: 404,
     ChecksumMismatch: 500,
+    ArtifactStoreUnavailable: 503,
     StoreUnavailable: 503,
     SchemaOutdated: 503,
     BrokerUnavailable: 503,
 }
+
+
+#: What a 503 says: which dependency is down, never where it lives. The error's own
+#: message (a host, a port, the driver's words) goes to the API's log only.
+UNAVAILABLE: Mapping[type[ConveyorError], str] = {
+    StoreUnavailable: "the database is unavailable",
+    SchemaOutdated: "the database is not at the current schema revision",
+    BrokerUnavailable: "the message broker is unavailable",
+    ArtifactStoreUnavailable: "the artifact store is unavailable",
+}
+
+
+def unavailable(error: type[ConveyorError]) -> str | None:
+    """What a 503 for ``error`` tells the client (None when it is no outage)."""
+    for cls in error.__mro__:
+        if cls in UNAVAILABLE:
+            return UNAVAILABLE[cls]
+    return None
 
 
 def status_for(error: type[ConveyorError]) -> int:
@@ -99,7 +121,10 @@ def _conveyor_error(exc: ConveyorError) -> Response:
     status = status_for(type(exc))
     if status >= 500:
         log.warning("%s: %s", type(exc).__name__, exc.message)
-    body = ErrorBody(error=error_code(type(exc).__name__), detail=exc.message, problems=problems)
+    detail = exc.message
+    if status == 503:
+        detail = unavailable(type(exc)) or "a service this API needs is unavailable"
+    body = ErrorBody(error=error_code(type(exc).__name__), detail=detail, problems=problems)
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
     return json_response(body, status, headers)
 

@@ -1,7 +1,14 @@
-"""A step's log: read it, or follow it as server-sent events until the step ends."""
+"""A step's log: read it a page at a time, or follow it as server-sent events until the
+step ends.
+
+A log can be large (up to ``CONVEYOR_LOG_MAX_BYTES`` per attempt, every attempt), so no
+answer holds it whole: a page is bounded by ``limit`` lines and ``max_bytes`` of text,
+and is written out as the store's chunks are read, never built first.
+"""
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Iterator
@@ -9,20 +16,21 @@ from collections.abc import Iterator
 from flask import Response
 
 from conveyor.orchestrator.errors import ConveyorError
-from conveyor.orchestrator.store import SqlStore
+from conveyor.orchestrator.status import StepStatus
+from conveyor.orchestrator.store import LogRecord, SqlStore
 
 from .errors import error_code
-from .models import ErrorBody, LogLine, LogList, LogQuery
+from .models import LOG_PAGE_BYTES, ErrorBody, LogLine, LogList, LogQuery
 from .routing import Call
 
-#: Lines read per query while following: a long backlog is sent in slices.
+#: Lines sent per read while following: a long backlog is sent in slices.
 BATCH = 1000
 #: A comment line this often keeps proxies (and the server) aware of a quiet stream.
 KEEPALIVE_SECONDS = 15.0
 
 
 def step_logs(call: Call[None, LogQuery], run_id: str, step: str) -> LogList | Response:
-    """The step's log lines (all, after ``after``, or the last ``tail``), or a live stream."""
+    """A page of the step's lines (after ``after``, or the last ``tail``), or a live stream."""
     store, query = call.services.store, call.query
     run = store.find_run(run_id)
     current = store.get_step(run.id, step)
@@ -32,10 +40,60 @@ def step_logs(call: Call[None, LogQuery], run_id: str, step: str) -> LogList | R
         return stream(_follow(store, run.id, step, after, query.attempt, poll))
     if query.tail:
         lines = store.tail_logs(run.id, step, query.tail, attempt=query.attempt)
-    else:
-        lines = store.list_logs(run.id, step, after_id=query.after, attempt=query.attempt)
-    last = lines[-1].id if lines else query.after
-    return LogList(items=[LogLine.of(x) for x in lines], status=current.status, last_id=last)
+        kept = _last_within(lines, query.max_bytes)
+        last = kept[-1].id if kept else query.after
+        items = [LogLine.of(x) for x in kept]
+        return LogList(
+            items=items, status=current.status, last_id=last, more=len(kept) < len(lines)
+        )
+    found = store.iter_logs(run.id, step, after_id=query.after, attempt=query.attempt)
+    first = list(itertools.islice(found, 1))  # a store that is away fails here, as a 503
+    page = _Page(itertools.chain(first, found), query.limit, query.max_bytes)
+    return Response(_page_json(page, current.status, query.after), mimetype="application/json")
+
+
+def size_of(line: LogRecord) -> int:
+    """What a line weighs against ``max_bytes``."""
+    return len(line.text.encode("utf-8", "surrogatepass")) + 1
+
+
+class _Page:
+    """Lines of a log up to a count and a size; ``more`` once one was left out."""
+
+    def __init__(self, lines: Iterator[LogRecord], limit: int, max_bytes: int) -> None:
+        self.lines, self.limit, self.max_bytes = lines, limit, max_bytes
+        self.more = False
+
+    def __iter__(self) -> Iterator[LogRecord]:
+        size = 0
+        for sent, line in enumerate(self.lines):
+            size += size_of(line)
+            if sent >= self.limit or (sent and size > self.max_bytes):
+                self.more = True
+                return
+            yield line
+
+
+def _page_json(page: _Page, status: StepStatus, after: int) -> Iterator[str]:
+    """A ``LogList``, written line by line as the page is read."""
+    yield '{"items":['
+    last = after
+    for n, line in enumerate(page):
+        yield ("," if n else "") + LogLine.of(line).model_dump_json()
+        last = line.id
+    tail = {"status": status.value, "last_id": last, "more": page.more}
+    yield "]," + json.dumps(tail, separators=(",", ":"))[1:]
+
+
+def _last_within(lines: list[LogRecord], max_bytes: int) -> list[LogRecord]:
+    """The last of ``lines`` that fit in ``max_bytes`` (at least one)."""
+    size, start = 0, len(lines)
+    while start > 0:
+        size += size_of(lines[start - 1])
+        if size > max_bytes and start < len(lines):
+            break
+        start -= 1
+    return lines[start:]
 
 
 def _resume_point(call: Call[None, LogQuery], after: int) -> int:
@@ -68,11 +126,13 @@ def _follow(
     try:
         while True:
             status = store.get_step(run_id, step).status
-            lines = store.list_logs(run_id, step, after_id=after, attempt=attempt, limit=BATCH)
-            for line in lines:
-                after = line.id
+            found = store.iter_logs(run_id, step, after_id=after, attempt=attempt)
+            page = _Page(found, BATCH, LOG_PAGE_BYTES)
+            lines = 0
+            for line in page:
+                after, lines = line.id, lines + 1
                 yield sse("log", LogLine.of(line).model_dump_json(), line.id)
-            if len(lines) == BATCH:
+            if page.more:
                 continue
             if status.terminal:
                 yield sse("end", json.dumps({"status": status.value}))

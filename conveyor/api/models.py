@@ -11,6 +11,9 @@ from conveyor.orchestrator.status import RunStatus, StepStatus
 from conveyor.orchestrator.store import EventRecord, LogRecord, Role, RunRecord, StepRecord, Token
 
 MAX_PAGE = 200
+#: The largest number an integer column holds (versions, event sequence numbers).
+MAX_INT = 2**31 - 1
+MAX_VERSION = MAX_INT
 
 
 class Request(BaseModel):
@@ -85,7 +88,10 @@ class SubmitRun(Request):
         default=None, description="A registered pipeline, or which pipeline of `definition`."
     )
     version: int | None = Field(
-        default=None, ge=1, description="Version of the registered pipeline (default: newest)."
+        default=None,
+        ge=1,
+        le=MAX_VERSION,
+        description="Version of the registered pipeline (default: newest).",
     )
     definition: str | None = Field(default=None, description="A pipeline file (YAML) to run.")
     params: dict[str, Any] = Field(default_factory=dict, description="Run parameters.")
@@ -227,7 +233,7 @@ class Event(BaseModel):
 class EventQuery(Query):
     """Where to start reading a run's events."""
 
-    after: int = Field(default=0, ge=0, description="Only events with a larger `seq`.")
+    after: int = Field(default=0, ge=0, le=MAX_INT, description="Only events with a larger `seq`.")
 
 
 class EventList(BaseModel):
@@ -237,12 +243,34 @@ class EventList(BaseModel):
     last_seq: int
 
 
+#: Line ids are chunk ids shifted 16 bits: they stay below 2**53, exact in any JSON reader.
+MAX_LINE_ID = 2**53 - 1
+#: Text a page of a log carries by default, and at most.
+LOG_PAGE_BYTES = 1024**2
+MAX_LOG_PAGE_BYTES = 8 * 1024**2
+
+
 class LogQuery(Query):
-    """Which lines of a step's log."""
+    """Which lines of a step's log, and how many at most in one answer."""
 
     attempt: int | None = Field(default=None, ge=1, description="Only this attempt.")
-    after: int = Field(default=0, ge=0, description="Only lines with a larger `id`.")
+    after: int = Field(
+        default=0, ge=0, le=MAX_LINE_ID, description="Only lines with a larger `id`."
+    )
     tail: int | None = Field(default=None, ge=1, le=10_000, description="Only the last N lines.")
+    limit: int = Field(
+        default=1000,
+        ge=1,
+        le=10_000,
+        description="At most this many lines; when the log goes on, `more` is true.",
+    )
+    max_bytes: int = Field(
+        default=LOG_PAGE_BYTES,
+        ge=1024,
+        le=MAX_LOG_PAGE_BYTES,
+        description="At most about this many bytes of text (always at least one line); "
+        "when the log goes on, `more` is true.",
+    )
     follow: bool = Field(
         default=False, description="Stream lines as server-sent events until the step ends."
     )
@@ -275,6 +303,11 @@ class LogList(BaseModel):
     items: list[LogLine]
     status: StepStatus
     last_id: int = Field(description="Pass as `after` to read only newer lines.")
+    more: bool = Field(
+        default=False,
+        description="True when `limit` or `max_bytes` left lines for another page: ask again "
+        "with `after=last_id`.",
+    )
 
 
 # -- tokens ------------------------------------------------------------------------------

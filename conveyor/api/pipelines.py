@@ -7,7 +7,7 @@ from urllib.parse import quote
 from conveyor.orchestrator.errors import NotFound
 from conveyor.orchestrator.store import Definition, Definitions
 
-from .models import PipelineList, PipelineVersion, RegisterPipeline
+from .models import MAX_VERSION, PipelineList, PipelineVersion, RegisterPipeline
 from .routing import Call, Reply
 
 
@@ -62,6 +62,8 @@ def find_definition(definitions: Definitions, name: str, version: int | None) ->
 
 
 def _number(text: str) -> int:
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise NotFound(f"no version {text!r}: versions are numbers")
+    if len(text) > len(str(MAX_VERSION)) or int(text) > MAX_VERSION:
+        raise NotFound(f"no version {text}: versions go up to {MAX_VERSION}")
     return int(text)

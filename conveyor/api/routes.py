@@ -8,7 +8,7 @@ from flask import Response
 
 from conveyor.orchestrator.store import Role
 
-from . import artifacts, findings, logs, pipelines, runs, system, tokens
+from . import artifacts, docs, findings, logs, pipelines, runs, system, tokens
 from .finding_models import FindingList, FindingQuery
 from .models import (
     ArtifactList,
@@ -39,6 +39,12 @@ JSON_DOCUMENT = {"application/json": {"type": "object"}}
 BINARY = {"application/octet-stream": {"type": "string", "format": "binary"}}
 SARIF = {"application/sarif+json": {"type": "object", "description": "A SARIF 2.1.0 log."}}
 PROMETHEUS = {"text/plain": {"type": "string", "description": "Prometheus text format."}}
+HTML = {"text/html": {"type": "string", "description": "Swagger UI over this document."}}
+ASSET = {
+    "text/css": {"type": "string"},
+    "text/javascript": {"type": "string"},
+    "image/png": {"type": "string", "format": "binary"},
+}
 IDEMPOTENCY = {
     runs.IDEMPOTENCY_HEADER: "A key of your choosing: a request repeating it gets the run the "
     "first one made (200, `Idempotent-Replayed: true`) instead of a new run (201)."
@@ -132,5 +138,9 @@ ROUTES: tuple[Route, ...] = (
           "Prometheus metrics", "system", role=READ, media=PROMETHEUS),
     Route("GET", "/openapi.json", openapi_json,
           "This OpenAPI document", "system", role=None, media=JSON_DOCUMENT),
+    Route("GET", "/docs", docs.docs_page,
+          "Interactive API docs", "system", role=None, media=HTML),
+    Route("GET", "/docs/{asset}", docs.docs_asset,
+          "A file of the interactive docs", "system", role=None, media=ASSET, errors=(404,)),
 )
 # fmt: on

@@ -6,6 +6,7 @@ Flask views and the OpenAPI document are both built from it, so they cannot disa
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -15,9 +16,10 @@ from flask import Response, request
 from pydantic import BaseModel, ValidationError
 from werkzeug.datastructures import Headers
 
-from conveyor.orchestrator.errors import BadRequest, Forbidden, Unauthorized
+from conveyor.orchestrator.errors import BadRequest, Forbidden, Unauthorized, UnstorableValue
 from conveyor.orchestrator.pipeline import format_path
 from conveyor.orchestrator.store import Role, Token
+from conveyor.orchestrator.values import check, check_text, scalar_problem
 
 from .services import Services
 
@@ -25,6 +27,8 @@ B = TypeVar("B")
 Q = TypeVar("Q")
 Handler = Callable[..., Any]
 _PARAM = re.compile(r"\{(\w+)\}")
+#: Characters a path parameter, query parameter or read header may have.
+MAX_PARAMETER = 4096
 
 
 @dataclass(frozen=True)
@@ -104,8 +108,13 @@ def make_view(route: Route, services: Services) -> Callable[..., Response]:
 
     def view(**path: str) -> Response:
         token = authorize(services, route.role)
-        body = parse_body(route.body) if route.body else None
-        query = parse(route.query, dict(request.args.items())) if route.query else None
+        for name, value in path.items():
+            check_text(value, name, max_length=MAX_PARAMETER)
+        for name in route.headers:
+            if (value := request.headers.get(name)) is not None:
+                check_text(value, f"{name} header", max_length=MAX_PARAMETER)
+        body = parse_body(route.body, services.settings.max_json_depth) if route.body else None
+        query = parse_query(route.query) if route.query else None
         call: Call[Any, Any] = Call(services, token, body, query, request.headers)
         return respond(route, route.handler(call, **path))
 
@@ -128,13 +137,36 @@ def authorize(services: Services, needed: Role | None) -> Token | None:
     return token
 
 
-def parse_body(model: type[BaseModel]) -> BaseModel:
-    """The JSON body as ``model`` (400 when it is not JSON or does not fit)."""
-    # force: `curl -d` sends JSON as a form unless told otherwise; the body is what counts.
-    data = request.get_json(force=True, silent=True)
+def parse_body(model: type[BaseModel], depth: int) -> BaseModel:
+    """The JSON body as ``model``: 400 when it is not JSON, does not fit, or holds a value
+    that could not be stored (nesting past ``depth``, NUL, NaN, integers past 64 bits).
+    """
+    # The raw body, whatever its Content-Type: `curl -d` sends JSON as a form unless told
+    # otherwise. Too large a body is a 413 (MAX_CONTENT_LENGTH) from here.
+    raw = request.get_data(cache=True)
+    try:
+        data = json.loads(raw) if raw.strip() else None
+    except RecursionError:
+        raise UnstorableValue(f"the request body nests more than {depth} levels deep") from None
+    except ValueError as exc:  # not JSON, not UTF-8, or an integer of thousands of digits
+        reason = (str(exc).splitlines() or [""])[0]
+        raise BadRequest(f"the request body is not valid JSON: {reason}") from None
     if not isinstance(data, dict):
         raise BadRequest("the request body must be a JSON object")
+    check(data, "", depth=depth)
     return parse(model, data)
+
+
+def parse_query(model: type[BaseModel]) -> BaseModel:
+    """The query string as ``model``; a 400 naming a parameter that cannot be compared."""
+    for name, value in request.args.items(multi=True):
+        check_text(name, "a query parameter's name", max_length=MAX_PARAMETER)
+        check_text(value, name, max_length=MAX_PARAMETER)
+    query = parse(model, dict(request.args.items()))
+    for name, value in query:
+        if isinstance(value, int | float) and (why := scalar_problem(value)):
+            raise UnstorableValue(f"{name}: {why}")
+    return query
 
 
 def parse(model: type[BaseModel], data: Mapping[str, Any]) -> BaseModel:

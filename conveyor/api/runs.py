@@ -13,6 +13,7 @@ from conveyor.orchestrator.engine import retry_run
 from conveyor.orchestrator.errors import BadRequest, Conflict
 from conveyor.orchestrator.pipeline import ExecutionPlan
 from conveyor.orchestrator.store import RunRecord
+from conveyor.orchestrator.values import check
 
 from .models import Event, EventList, EventQuery, Run, RunDetail, RunPage, RunQuery, SubmitRun
 from .pipelines import find_definition
@@ -26,6 +27,9 @@ MAX_KEY_LENGTH = 200  # the column's width
 def submit_run(call: Call[SubmitRun, None]) -> Reply:
     """Start a run; a request repeating an earlier one's Idempotency-Key gets that run."""
     services, key = call.services, idempotency_key(call.headers)
+    limit = services.settings.max_params_bytes
+    check(call.body.params, "params", max_bytes=limit)
+    check(call.body.secrets, "secrets", max_bytes=limit)
     if key and (earlier := services.store.run_by_idempotency_key(key)):
         return _replayed(services, earlier)
     plan, source, definition_id = plan_of(services, call.body)

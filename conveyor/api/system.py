@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+
 from flask import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from conveyor import __version__
-from conveyor.orchestrator.errors import ConveyorError
+from conveyor.orchestrator.errors import SchemaOutdated
 from conveyor.orchestrator.store import Stats
 
 from .metrics import registry_for
 from .models import Check, Health, Readiness, StepTypeList, StepTypeModel
 from .routing import Call, Reply
 from .services import BrokerCheck
+
+log = logging.getLogger("conveyor.api")
 
 
 def healthz(call: Call[None, None]) -> Health:
@@ -21,9 +25,13 @@ def healthz(call: Call[None, None]) -> Health:
 
 
 def readyz(call: Call[None, None]) -> Reply:
-    """200 when the database (at the current schema) and the broker answer, else 503."""
+    """200 when the database (at the current schema) and the broker answer, else 503.
+
+    Anyone may ask, so the answer says which dependency is down and never where it
+    lives: the error itself (a host, a port, the driver's words) goes to the log.
+    """
     checks = {
-        "database": _check(call.services.store.ensure_current),
+        "database": _check("database", call.services.store.ensure_current),
         "broker": _broker(call.services.broker_check),
     }
     down = [f"{name}: {c.detail}" for name, c in checks.items() if not c.ok]
@@ -33,20 +41,21 @@ def readyz(call: Call[None, None]) -> Reply:
     return Reply(body, 503)
 
 
-def _check(probe: BrokerCheck) -> Check:
+def _check(name: str, probe: BrokerCheck) -> Check:
     try:
         probe()
-    except ConveyorError as exc:
-        return Check(ok=False, detail=exc.message)
+    except SchemaOutdated:
+        return Check(ok=False, detail="not at the current schema revision")
     except Exception as exc:  # any failure of a probe means "not ready", whatever it is
-        return Check(ok=False, detail=f"{type(exc).__name__}: {exc}")
+        log.warning("readiness: the %s is unavailable: %s: %s", name, type(exc).__name__, exc)
+        return Check(ok=False, detail="unavailable")
     return Check(ok=True, detail="ok")
 
 
 def _broker(probe: BrokerCheck | None) -> Check:
     if probe is None:
         return Check(ok=True, detail="no broker configured")
-    return _check(probe)
+    return _check("broker", probe)
 
 
 def metrics(call: Call[None, None]) -> Response:

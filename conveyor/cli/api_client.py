@@ -8,12 +8,14 @@ local one.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from conveyor.orchestrator.errors import (
@@ -69,6 +71,36 @@ class ApiClient:
             where = f"{self.base_url} (CONVEYOR_API_URL)"
             raise Unreachable(f"cannot reach the Conveyor API at {where}: {reason}") from None
         return json.loads(raw) if raw else None
+
+    def download(self, path: str, dest: Path) -> Mapping[str, str]:
+        """GET ``path`` (under /api/v1) into the file ``dest``, streamed; the answer's headers.
+
+        Written beside ``dest`` first and moved into place once whole, so an answer cut
+        short never leaves a partial file under the name asked for.
+        """
+        request = urllib.request.Request(  # noqa: S310  (the URL is the user's API, http(s))
+            self.base_url + PREFIX + path, method="GET", headers=self._headers(None)
+        )
+        partial = dest.with_name(f".{dest.name}.part")
+        try:
+            with (
+                urllib.request.urlopen(request, timeout=self.timeout) as answer,  # noqa: S310
+                partial.open("wb") as out,
+            ):
+                shutil.copyfileobj(answer, out, 1024 * 1024)
+                headers = dict(answer.headers.items())
+        except urllib.error.HTTPError as exc:
+            partial.unlink(missing_ok=True)
+            raise _error(exc) from None
+        except (urllib.error.URLError, OSError) as exc:
+            partial.unlink(missing_ok=True)
+            if isinstance(exc, OSError) and exc.filename:  # the local file, not the API
+                raise ConveyorError(f"cannot write {dest}: {exc.strerror or exc}") from None
+            reason = getattr(exc, "reason", exc)
+            where = f"{self.base_url} (CONVEYOR_API_URL)"
+            raise Unreachable(f"cannot reach the Conveyor API at {where}: {reason}") from None
+        partial.replace(dest)
+        return headers
 
     def _headers(self, extra: Mapping[str, str] | None) -> dict[str, str]:
         headers = {"Accept": "application/json", "Content-Type": "application/json"}

@@ -32,7 +32,7 @@ from .render import when
 
 if TYPE_CHECKING:
     from conveyor.orchestrator.contracts import Dispatcher
-    from conveyor.orchestrator.engine import Core
+    from conveyor.orchestrator.engine import Core, Runtime
     from conveyor.orchestrator.store import SqlStore
 
     from .api_client import ApiClient
@@ -93,6 +93,8 @@ def _serve(settings: Settings, store: SqlStore, host: str, port: int, threads: i
         app = create_app(
             settings, store=store, dispatcher=dispatcher, broker_check=broker_check, core=core
         )
+        if settings.broker_url:
+            _label_messages(dispatcher, app.extensions["conveyor"].runtime)
         server = waitress.create_server(app, host=host, port=port, threads=threads)
         bound = getattr(server, "effective_port", port)  # the port it got, when given 0
         click.echo(f"Conveyor API listening on http://{host}:{bound}/api/v1 ({mode})")
@@ -101,6 +103,14 @@ def _serve(settings: Settings, store: SqlStore, host: str, port: int, threads: i
         server.run()
     finally:
         close()
+
+
+def _label_messages(dispatcher: Dispatcher, runtime: Runtime) -> None:
+    """Let the Celery dispatcher label its messages for monitors from the runtime's plans."""
+    from conveyor.workers.dispatcher import CeleryDispatcher  # noqa: PLC0415  (loaded already)
+
+    if isinstance(dispatcher, CeleryDispatcher) and dispatcher.plans is None:
+        dispatcher.plans = runtime.plan_of
 
 
 def _exit_on_sigterm(_signum: int, _frame: FrameType | None) -> None:
@@ -144,12 +154,12 @@ def _client(settings: Settings) -> ApiClient:
     return ApiClient(settings.api_url, settings.token)
 
 
-def _params(values: Sequence[str]) -> dict[str, str]:
+def _params(values: Sequence[str], option: str = "--param") -> dict[str, str]:
     result = {}
     for item in values:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise click.BadParameter(f"{item!r} is not NAME=VALUE", param_hint="--param")
+            raise click.BadParameter(f"{item!r} is not NAME=VALUE", param_hint=option)
         result[key] = value
     return result
 
@@ -168,6 +178,21 @@ def _text(path: str) -> str:
 @click.option(
     "--param", "-p", "params", multiple=True, metavar="NAME=VALUE", help="A run parameter."
 )
+@click.option(
+    "--secret",
+    "secrets",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A secret, seen as {{ .secrets.NAME }}, masked as *** everywhere (the API needs "
+    "CONVEYOR_SECRET_KEY).",
+)
+@click.option(
+    "--secret-env",
+    "secret_envs",
+    multiple=True,
+    metavar="NAME",
+    help="A secret read from this environment variable.",
+)
 @click.option("--pipeline", help="Which pipeline of the file to run (needed when it has several).")
 @click.option("--watch", "-w", "follow", is_flag=True, help="Follow the run until it ends.")
 @click.option(
@@ -180,6 +205,8 @@ def submit(
     ctx: click.Context,
     file: str,
     params: tuple[str, ...],
+    secrets: tuple[str, ...],
+    secret_envs: tuple[str, ...],
     pipeline: str | None,
     follow: bool,
     idempotency_key: str | None,
@@ -188,8 +215,17 @@ def submit(
 
     With --watch, follow it live and exit 0 when it succeeds, 1 when it does not.
     """
+    given = _params(secrets, "--secret")
+    for name in secret_envs:
+        if name not in os.environ:
+            raise click.BadParameter(
+                f"environment variable {name} is not set", param_hint="--secret-env"
+            )
+        given[name] = os.environ[name]
     client = _client(_settings(ctx))
     body: dict[str, Any] = {"definition": _text(file), "params": _params(params)}
+    if given:
+        body["secrets"] = given
     if pipeline:
         body["pipeline"] = pipeline
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None

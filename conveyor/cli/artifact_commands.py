@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.table import Table
@@ -17,22 +19,69 @@ from . import backend
 from .consoles import out
 from .render import when
 
+if TYPE_CHECKING:
+    from .remote import Remote
+
 
 @click.command()
 @click.argument("words", nargs=-1, required=True, metavar="RUN | get RUN KEY")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Where `get` writes.")
 @click.pass_context
 def artifacts(ctx: click.Context, words: tuple[str, ...], output: Path | None) -> None:
-    """List a run's artifacts (`artifacts RUN`) or fetch one (`artifacts get RUN KEY`)."""
+    """List a run's artifacts (`artifacts RUN`) or fetch one (`artifacts get RUN KEY`).
+
+    From the API when CONVEYOR_API_URL is set, else from this machine's data directory.
+    """
     settings: Settings = ctx.find_root().obj
     if words[0] == "get":
         if len(words) != 3:
             raise click.UsageError("usage: conveyor artifacts get RUN KEY [-o PATH]")
-        _get(settings, words[1], words[2], output)
+        if remote := _remote(settings):
+            _get_remote(remote, words[1], words[2], output)
+        else:
+            _get(settings, words[1], words[2], output)
     elif len(words) == 1:
-        _list(settings, words[0])
+        if remote := _remote(settings):
+            _list_remote(remote, words[0])
+        else:
+            _list(settings, words[0])
     else:
         raise click.UsageError("usage: conveyor artifacts RUN | conveyor artifacts get RUN KEY")
+
+
+def _remote(settings: Settings) -> Remote | None:
+    from .remote import Remote, api_client  # noqa: PLC0415  (urllib: only for the API)
+
+    client = api_client(settings)
+    return Remote(client) if client is not None else None
+
+
+def _table() -> Table:
+    table = Table(box=None, header_style="bold")
+    for column in ("KEY", "KIND", "SIZE", "SHA-256", "STORED"):
+        table.add_column(column, no_wrap=True)
+    return table
+
+
+def _list_remote(remote: Remote, ref: str) -> None:
+    run, _ = remote.run(ref)
+    table = _table()
+    for artifact in remote.artifacts(run.id):
+        stored = datetime.fromisoformat(artifact.created_at) if artifact.created_at else None
+        table.add_row(
+            Text(artifact.key),
+            artifact.kind,
+            str(artifact.size),
+            artifact.checksum[:16],
+            when(stored),
+        )
+    out.print(table)
+
+
+def _get_remote(remote: Remote, ref: str, key: str, output: Path | None) -> None:
+    run, _ = remote.run(ref)
+    dest, size, checksum = remote.fetch(run.id, key, output)
+    out.print(f"wrote {dest} ({size} bytes, sha256 {checksum})", markup=False)
 
 
 def _list(settings: Settings, ref: str) -> None:
@@ -45,9 +94,7 @@ def _list(settings: Settings, ref: str) -> None:
             f"{when(gone.at)}, {describe(gone.retention)} after the run ended",
             markup=False,
         )
-    table = Table(box=None, header_style="bold")
-    for column in ("KEY", "KIND", "SIZE", "SHA-256", "STORED"):
-        table.add_column(column, no_wrap=True)
+    table = _table()
     for artifact in load_artifact_store(settings).list(run.id):
         table.add_row(
             Text(artifact.key),

@@ -6,12 +6,12 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
 from datetime import datetime
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from pydantic import ValidationError
@@ -23,7 +23,7 @@ from conveyor.orchestrator.pipeline import format_path
 from conveyor.orchestrator.plugins import StepTypes
 from conveyor.orchestrator.settings import Settings
 from conveyor.orchestrator.status import RunStatus
-from conveyor.orchestrator.store import EventRecord, RunRecord, StepRecord
+from conveyor.orchestrator.store import EventRecord, LogRecord, RunRecord, StepRecord
 
 from . import backend
 from .api_commands import api, submit, token, watch
@@ -32,10 +32,21 @@ from .consoles import err, out, silence_stdout
 from .render import event_line, run_header, runs_table, steps_table
 from .worker_commands import beat, worker
 
+if TYPE_CHECKING:
+    from .remote import Remote
+
 
 def _settings(ctx: click.Context) -> Settings:
     settings: Settings = ctx.obj
     return settings
+
+
+def _remote(settings: Settings) -> Remote | None:
+    """The API's side of the reading commands, when CONVEYOR_API_URL is set."""
+    from .remote import Remote, api_client  # noqa: PLC0415  (urllib: only for the API)
+
+    client = api_client(settings)
+    return Remote(client) if client is not None else None
 
 
 def _pairs(values: Sequence[str], what: str) -> dict[str, str]:
@@ -187,8 +198,12 @@ def validate(ctx: click.Context, file: str) -> None:
 @click.option("--pipeline", help="Only runs of this pipeline.")
 @click.pass_context
 def runs(ctx: click.Context, limit: int, status: str | None, pipeline: str | None) -> None:
-    """List past runs, newest first."""
-    store = backend.open_store(_settings(ctx))
+    """List past runs, newest first (from the API when CONVEYOR_API_URL is set)."""
+    settings = _settings(ctx)
+    if remote := _remote(settings):
+        out.print(runs_table(remote.list_runs(limit, status, pipeline)))
+        return
+    store = backend.open_store(settings)
     try:
         out.print(runs_table(store.list_runs(limit=limit, status=status, pipeline=pipeline)))
     finally:
@@ -201,13 +216,18 @@ def runs(ctx: click.Context, limit: int, status: str | None, pipeline: str | Non
 @click.pass_context
 def show(ctx: click.Context, run_id: str, as_json: bool) -> None:
     """Print a run: its steps with status, attempts, duration and outputs, and its event log."""
-    store = backend.open_store(_settings(ctx))
-    try:
-        run = store.find_run(run_id)
-        steps = store.list_steps(run.id)
-        events = store.list_events(run.id)
-    finally:
-        store.close()
+    settings = _settings(ctx)
+    if remote := _remote(settings):
+        run, steps = remote.run(run_id)
+        events = remote.events(run.id)
+    else:
+        store = backend.open_store(settings)
+        try:
+            run = store.find_run(run_id)
+            steps = store.list_steps(run.id)
+            events = store.list_events(run.id)
+        finally:
+            store.close()
     if as_json:
         click.echo(json.dumps(_run_json(run, steps, events), indent=2, default=_json_value))
         return
@@ -246,16 +266,40 @@ def _json_value(value: Any) -> Any:
 @click.pass_context
 def logs(ctx: click.Context, run_id: str, step: str | None, attempt: int | None) -> None:
     """Print the log of a step (or of every step of the run)."""
-    store = backend.open_store(_settings(ctx))
-    try:
-        run = store.find_run(run_id)
-        steps = {s.key: s for s in store.list_steps(run.id)}
-        if step is not None and step not in steps:
-            known = ", ".join(steps)
-            raise ConveyorError(f"run {run.id} has no step {step!r} (steps: {known})")
-        lines = store.list_logs(run.id, step, attempt=attempt)
-    finally:
-        store.close()
+    settings = _settings(ctx)
+    lines: Iterable[LogRecord]
+    if remote := _remote(settings):
+        run, listed = remote.run(run_id)
+        steps = {s.key: s for s in listed}
+        _check_step(run, steps, step)
+        if step is None:
+            lines = remote.all_logs(run.id, listed, attempt)
+        else:
+            lines = remote.logs(run.id, step, attempt)
+    else:
+        store = backend.open_store(settings)
+        try:
+            run = store.find_run(run_id)
+            steps = {s.key: s for s in store.list_steps(run.id)}
+            _check_step(run, steps, step)
+            lines = store.list_logs(run.id, step, attempt=attempt)
+        finally:
+            store.close()
+    _print_logs(lines, steps, step, attempt)
+
+
+def _check_step(run: RunRecord, steps: Mapping[str, StepRecord], step: str | None) -> None:
+    if step is not None and step not in steps:
+        known = ", ".join(steps)
+        raise ConveyorError(f"run {run.id} has no step {step!r} (steps: {known})")
+
+
+def _print_logs(
+    lines: Iterable[LogRecord],
+    steps: Mapping[str, StepRecord],
+    step: str | None,
+    attempt: int | None,
+) -> None:
     shown: str | None = None
     for line in lines:
         retried = steps[line.step_key].attempts > 1
@@ -275,6 +319,9 @@ def logs(ctx: click.Context, run_id: str, step: str | None, attempt: int | None)
 def cancel(ctx: click.Context, run_id: str) -> None:
     """Cancel a run: steps not started are cancelled and running ones are stopped."""
     settings = _settings(ctx)
+    if remote := _remote(settings):
+        out.print(f"run {remote.cancel(run_id).id} cancelled")
+        return
     engine = backend.engine(settings)
     try:
         run = engine.store.find_run(run_id)

@@ -71,6 +71,14 @@ class TemplateError(ConveyorError):
     """A template could not be rendered."""
 
 
+class TemplateLimit(TemplateError):
+    """A template did more work, or took longer, than rendering one may."""
+
+
+class TemplateStopped(TemplateError):
+    """Rendering stopped: the step's deadline passed or it was cancelled."""
+
+
 class PluginError(ConveyorError):
     """A plugin could not be loaded."""
 
@@ -96,6 +104,10 @@ class NothingToClaim(NotFound):
 
 class SecretsUnavailable(ConveyorError):
     """The run's secrets cannot be opened here."""
+
+
+class SecretRefused(ConveyorError):
+    """A secret is too short to be masked in logs: nothing was stored."""
 
 
 # -- dispatch: the message broker between the engine and the workers -------------------
@@ -147,6 +159,10 @@ class ChecksumMismatch(ArtifactError):
     """The artifact's content does not match its checksum."""
 
 
+class ArtifactStoreUnavailable(ArtifactError):
+    """The artifact store cannot be reached."""
+
+
 # -- scanning: reports and suppression files ------------------------------------------
 # These are ValueErrors too, as they were before they joined the tree: a scanner
 # provider written against that (``except ValueError`` around a parse) keeps working.
@@ -173,6 +189,10 @@ class SuppressionError(ScanError):
 
 class BadRequest(ConveyorError):
     """The request is malformed."""
+
+
+class UnstorableValue(BadRequest):
+    """A value cannot be stored or compared: too deep or large, a NUL, NaN, out of range."""
 
 
 class Unauthorized(ConveyorError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .durations import parse_duration
@@ -38,20 +38,71 @@ class Settings(BaseSettings):
         default=None, description="Celery broker; without one, steps run in this process."
     )
     max_parallel: int = Field(default=4, ge=1, le=256, description="Inline dispatcher threads.")
-    lease_seconds: float = Field(default=30.0, gt=0, description="How long a claim lasts.")
-    heartbeat_seconds: float = Field(default=5.0, gt=0, description="How often leases renew.")
+    lease_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="How long a claim lasts unless renewed: a worker that died is noticed "
+        "this long after its last renewal (plus up to reconcile_seconds).",
+    )
+    heartbeat_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often leases renew; at most half the lease (when not set: 5 s, "
+        "or a third of a shorter lease).",
+    )
+    lease_margin_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="Fencing by time: an attempt that could not renew its lease for "
+        "lease_seconds minus this margin (at most a third of the lease) kills its processes "
+        "and records nothing, before its step can be handed to another worker. Larger: "
+        "more room for clock skew and a slow kill; smaller: more store outage survived.",
+    )
     max_definition_bytes: int = Field(default=1_048_576, ge=1024)
     max_steps: int = Field(default=1000, ge=1, description="Steps per pipeline after matrices.")
     max_matrix: int = Field(default=256, ge=1, description="Expansions of one matrix step.")
     max_yaml_nodes: int = Field(default=200_000, ge=100)
     max_template_output: int = Field(default=1_048_576, ge=1024)
+    template_max_operations: int = Field(
+        default=1_000_000,
+        ge=1000,
+        description="Work one rendering may do (loop iterations, calls, filters, lookups); "
+        "past it the template fails. A step's templates share one budget.",
+    )
+    template_max_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        description="Time one rendering may take; a step's templates share it, and the "
+        "step's own timeout stops them sooner.",
+    )
     max_output_bytes: int = Field(default=1_048_576, ge=1024, description="Outputs of one step.")
+    max_json_depth: int = Field(
+        default=32,
+        ge=2,
+        le=200,
+        description="Levels of objects and arrays a JSON request body may nest (its params "
+        "included); a deeper body is refused with a 400 before anything is stored.",
+    )
+    max_params_bytes: int = Field(
+        default=65_536,
+        ge=1024,
+        description="Size of a run's params as JSON, and of its secrets; more is a 400.",
+    )
     log_flush_seconds: float = Field(default=0.2, gt=0)
+    log_max_bytes: int = Field(
+        default=16 * 1024**2,
+        ge=1024,
+        description="Log kept per step attempt; past it, lines are dropped and one marker "
+        "line says how many bytes and lines were.",
+    )
     reconcile_seconds: float = Field(
         default=10.0, gt=0, description="How often the reconciler looks for lost work."
     )
     stale_after_seconds: float = Field(
-        default=30.0, gt=0, description="A queued step unclaimed this long is sent again."
+        default=30.0,
+        gt=0,
+        description="A queued step unclaimed this long (or this long past its retry time) "
+        "is sent again; a run with nothing queued or running this long is advanced again.",
     )
     artifact_store: str = Field(
         default="local", description="Where artifacts go: local (under data_dir) or s3."
@@ -82,12 +133,30 @@ class Settings(BaseSettings):
         default="http://127.0.0.1:8080", description="Where `conveyor submit` finds the API."
     )
     token: str | None = Field(default=None, description="Bearer token the CLI sends to the API.")
+    task_events: bool = Field(
+        default=True,
+        description="Workers send Celery task events (what Flower shows): one task per step, "
+        "brief steps and chained steps included. Off: less broker traffic, nothing to watch.",
+    )
     docker_allow_host_network: bool = Field(
         default=False, description="Let Docker sandboxes use network_mode host."
     )
     docker_allowed_mounts: list[str] = Field(
         default_factory=list, description="Host path prefixes Docker sandboxes may bind-mount."
     )
+
+    @model_validator(mode="after")
+    def _renewed_in_time(self) -> Settings:
+        """Leases renew at least twice per lease, or live workers would lose their steps."""
+        if "heartbeat_seconds" not in self.model_fields_set:
+            self.heartbeat_seconds = min(self.heartbeat_seconds, self.lease_seconds / 3)
+        if self.heartbeat_seconds * 2 > self.lease_seconds:
+            raise ValueError(
+                f"heartbeat_seconds ({self.heartbeat_seconds:g}) must be at most half of "
+                f"lease_seconds ({self.lease_seconds:g}): a lease renewed less often runs "
+                "out under a live worker, and its step is run twice"
+            )
+        return self
 
     @field_validator("artifact_retention", mode="before")
     @classmethod

@@ -18,6 +18,7 @@ from conveyor.orchestrator.settings import Settings
 
 from . import tasks
 from .queues import RECONCILE_TASK, RUN_STEP_TASK
+from .shutdown import watch_shutdown
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -29,6 +30,7 @@ def make_celery(settings: Settings) -> Celery:
     app = Celery("conveyor", broker=settings.broker_url, set_as_current=False, fixups=[])
     app.conf.update(celery_config(settings))
     tasks.register(app, settings)
+    watch_shutdown()  # a worker's pool processes learn of its warm shutdown
     return app
 
 
@@ -48,6 +50,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # another could run. A duplicate delivery is harmless (the claim is idempotent).
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
+        # A step that failed is a failed task (for monitors) whose outcome is recorded
+        # already: acknowledged like any other, never redelivered.
+        "task_acks_on_failure_or_timeout": True,
+        # Task events for monitors (Flower): workers' own, and one task per step run.
+        "worker_send_task_events": settings.task_events,
         "worker_prefetch_multiplier": 1,
         # A broker blip must not kill a running step: its message may come again, and
         # that delivery finds nothing to claim.

@@ -13,12 +13,20 @@ than that timeout is delivered twice. Instead the step waits in the database
 message when it is due; if that process goes away first, the reconciler finds the
 step once it is due and overdue and sends it. Either way no worker slot is held
 while the step waits.
+
+What monitors show: the message's shadow name is the step's type
+(``conveyor.step.shell_exec``, ``queues.step_task_name``) and its keyword
+``pipeline`` names the run's pipeline, read from the plan the process already holds
+(``plans``); the arguments stay the ids. So Flower lists each step by type, pipeline,
+run and step.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery
 
@@ -27,7 +35,13 @@ from conveyor.orchestrator.contracts import StepRef
 from conveyor.orchestrator.engine import DueTimer
 from conveyor.orchestrator.errors import BrokerUnavailable
 
-from .queues import RUN_STEP_TASK
+from .queues import RUN_STEP_TASK, step_task_name
+
+if TYPE_CHECKING:
+    from conveyor.orchestrator.pipeline import ExecutionPlan
+
+#: A run's plan by run id (``Runtime.plan_of``: cached in the process).
+Plans = Callable[[str], "ExecutionPlan"]
 
 log = logging.getLogger("conveyor.workers.dispatch")
 
@@ -39,8 +53,10 @@ DUE_MARGIN = timedelta(milliseconds=200)
 class CeleryDispatcher:
     """The orchestrator's Dispatcher over Celery: one ``run_step`` message per step."""
 
-    def __init__(self, app: Celery) -> None:
+    def __init__(self, app: Celery, plans: Plans | None = None) -> None:
         self.app = app
+        #: Where the labels monitors show come from; set once the runtime exists.
+        self.plans = plans
         self._timer = DueTimer("conveyor-due-steps")
 
     def dispatch(self, ref: StepRef, eta: datetime | None = None) -> None:
@@ -54,13 +70,32 @@ class CeleryDispatcher:
         """Stop the timer thread; steps still waiting are the reconciler's."""
         self._timer.close()
 
+    def labels(self, ref: StepRef) -> tuple[str | None, dict[str, Any]]:
+        """(shadow name, keyword arguments) monitors show for ``ref``; none if unknown.
+
+        Only ever a label: a plan that cannot be read (the store is away) leaves the
+        message as it was, never unsent.
+        """
+        if self.plans is None:
+            return None, {}
+        try:
+            plan = self.plans(ref.run_id)
+            step_type = plan.step(ref.step_key).type
+        except Exception:  # a label is not worth a lost wake-up call
+            log.debug("no labels for step %s of run %s", ref.step_key, ref.run_id, exc_info=True)
+            return None, {}
+        return step_task_name(step_type), {"pipeline": plan.pipeline}
+
     def _send(self, ref: StepRef) -> None:
+        shadow, kwargs = self.labels(ref)
         try:
             self.app.send_task(
                 RUN_STEP_TASK,
                 args=(ref.run_id, ref.step_key, ref.attempt),
+                kwargs=kwargs,
                 queue=ref.queue,
                 ignore_result=True,
+                shadow=shadow,
             )
         except Exception as exc:  # any failure to send: the step is queued in the database
             log.warning(

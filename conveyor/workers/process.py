@@ -19,12 +19,21 @@ from typing import TypeVar
 from celery import Celery
 
 from conveyor.orchestrator.contracts import StepRef
-from conveyor.orchestrator.engine import Core, Executor, Reconciler, Runtime, open_store, wire
+from conveyor.orchestrator.engine import (
+    Core,
+    Executor,
+    Reconciler,
+    Runtime,
+    Watch,
+    open_store,
+    wire,
+)
 from conveyor.orchestrator.errors import NotFound, StoreUnavailable
 from conveyor.orchestrator.settings import Settings
 from conveyor.orchestrator.store import SqlStore
 
 from .dispatcher import CeleryDispatcher
+from .shutdown import SHUTDOWN
 
 log = logging.getLogger("conveyor.workers")
 T = TypeVar("T")
@@ -57,7 +66,15 @@ class WorkerProcess:
         """Wire the pieces for this process; ``queues`` are those its worker consumes."""
         dispatcher = CeleryDispatcher(app)
         store = open_current_store(settings)
-        core = wire(settings, store, dispatcher=dispatcher, owner=owner, queues=queues)
+        core = wire(
+            settings,
+            store,
+            dispatcher=dispatcher,
+            owner=owner,
+            queues=queues,
+            stopping=SHUTDOWN.is_set,  # a warm shutdown takes no new step
+        )
+        dispatcher.plans = core.runtime.plan_of  # labels of the messages it sends
         log.info("conveyor worker process %s ready for queues %s", owner, _names(queues))
         return cls(core, dispatcher)
 
@@ -81,14 +98,15 @@ class WorkerProcess:
         """The process's reconciler."""
         return self.core.reconciler
 
-    def run_step(self, ref: StepRef) -> None:
+    def run_step(self, ref: StepRef, watch: Watch | None = None) -> None:
         """Claim and run ``ref`` (and the steps it continues with); a stale one is a no-op.
 
         The claim is idempotent, so the whole delivery is simply tried again while the
         database is away: the executor itself already waits to record results.
+        ``watch`` hears of every attempt run (what monitors show).
         """
         try:
-            patiently(lambda: self.executor.execute(ref))
+            patiently(lambda: self.executor.execute(ref, watch))
         except NotFound as exc:  # a run deleted since, or a message meant for another database
             log.warning("dropped step %s of run %s: %s", ref.step_key, ref.run_id, exc.message)
 
@@ -101,10 +119,11 @@ class WorkerProcess:
             return
         if report:
             log.info(
-                "reconciled: %d re-dispatched, %d reclaimed, %d runs expired, "
-                "%d runs' artifacts past their retention deleted",
+                "reconciled: %d re-dispatched, %d reclaimed, %d stalled runs resumed, "
+                "%d runs expired, %d runs' artifacts past their retention deleted",
                 report.redispatched,
                 report.reclaimed,
+                report.resumed,
                 report.expired_runs,
                 report.expired_artifacts,
             )

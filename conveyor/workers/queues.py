@@ -29,7 +29,17 @@ def parse_queues(text: str) -> tuple[str, ...]:
     return tuple(names)
 
 
-#: The task that runs one attempt of one step: ``run_step(run_id, step_key, attempt)``.
+#: The task that runs one attempt of one step: ``run_step(run_id, step_key, attempt)``,
+#: with the keyword ``pipeline`` (the run's pipeline) for monitors only.
 RUN_STEP_TASK = "conveyor.run_step"
 #: The periodic task that re-dispatches lost work from the database.
 RECONCILE_TASK = "conveyor.reconcile"
+
+
+def step_task_name(step_type: str) -> str:
+    """The name monitors (Flower, ``celery events``) show for a step of this type.
+
+    Sent as the message's shadow name: the worker still runs ``RUN_STEP_TASK``, so a
+    step type needs no task of its own and every worker runs every type's messages.
+    """
+    return f"conveyor.{step_type}"

@@ -26,3 +26,11 @@ def test_0005_fills_in_when_each_runs_artifacts_expired(
     # The SQLite test, with its database on Postgres instead.
     monkeypatch.setattr(on_sqlite, "database_url", lambda _tmp: empty_database)
     on_sqlite.test_0005_fills_in_when_each_runs_artifacts_expired(tmp_path)
+
+
+def test_0006_moves_logs_into_chunks_and_counts_the_runs_and_steps_there_are(
+    empty_database: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # The SQLite test, with its database on Postgres instead.
+    monkeypatch.setattr(on_sqlite, "database_url", lambda _tmp: empty_database)
+    on_sqlite.test_0006_moves_logs_into_chunks_and_counts_the_runs_and_steps_there_are(tmp_path)

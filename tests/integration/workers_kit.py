@@ -235,6 +235,7 @@ class Submitter:
         self.app = make_celery(settings)
         self.dispatcher = CeleryDispatcher(self.app)
         self.runtime = Runtime(store, self.compiler.templates, self.dispatcher)
+        self.dispatcher.plans = self.runtime.plan_of  # labels for monitors, as the API's
 
     def submit(self, text: str, params: dict[str, Any] | None = None) -> RunRecord:
         """Compile ``text`` and start a run of its only pipeline."""

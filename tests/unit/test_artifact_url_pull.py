@@ -23,17 +23,7 @@ from tests.unit.fakes import FakeContext
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
-    """Serves its directory; ``/inward`` redirects to the same file by another host name."""
-
-    def do_GET(self) -> None:
-        if self.path == "/inward":
-            self.send_response(302)
-            self.send_header(
-                "Location", f"http://localhost:{self.server.server_address[1]}/tool.sh"
-            )
-            self.end_headers()
-            return
-        super().do_GET()
+    """Serves its directory (redirects and rebinding: tests/security/test_url_pull.py)."""
 
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: the tests read answers, not the server's log."""
@@ -95,17 +85,6 @@ def test_the_provider_applies_the_operators_policy(
 ) -> None:
     with pytest.raises(StepFailed, match="loopback, private or link-local"):
         HttpFetch(settings).fetch(f"{web}/tool.sh", tmp_path / "tool.sh", limit=100)
-
-
-def test_a_redirect_into_the_network_is_refused(
-    settings: Settings, web: str, tmp_path: Path
-) -> None:
-    """Given a host taken for public that redirects to one inside, the redirect is refused."""
-    public_first = lambda host: ["93.184.216.34"] if host == "127.0.0.1" else ["10.0.0.1"]  # noqa: E731
-    fetch = HttpFetch(settings, resolver=public_first)
-
-    with pytest.raises(StepFailed, match=r"localhost is 10\.0\.0\.1, a loopback"):
-        fetch.fetch(f"{web}/inward", tmp_path / "tool.sh", limit=100)
 
 
 @pytest.mark.parametrize(

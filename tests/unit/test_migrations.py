@@ -8,7 +8,16 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from conveyor.orchestrator.store import db
-from conveyor.orchestrator.store.schema import definitions, events, runs
+from conveyor.orchestrator.store.schema import (
+    UTCDateTime,
+    definitions,
+    events,
+    runs,
+    step_log_chunks,
+    steps,
+)
+from conveyor.orchestrator.store.sql import SqlStore
+from conveyor.orchestrator.store.stats import Stats
 
 
 def database_url(tmp_path: Path) -> str:
@@ -82,3 +91,100 @@ def test_0005_fills_in_when_each_runs_artifacts_expired(tmp_path: Path) -> None:
         names = {i["name"] for i in sa.inspect(conn).get_indexes("workflow_instances")}
     assert "ix_workflow_instances_artifacts_kept" in names
     engine.dispose()
+
+
+_old_logs = sa.Table(
+    "step_logs",
+    sa.MetaData(),
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("instance_id", sa.String(36)),
+    sa.Column("step_key", sa.String(200)),
+    sa.Column("attempt", sa.Integer),
+    sa.Column("stream", sa.String(10)),
+    sa.Column("text", sa.Text),
+    sa.Column("created_at", UTCDateTime),
+)
+
+
+def test_0006_moves_logs_into_chunks_and_counts_the_runs_and_steps_there_are(
+    tmp_path: Path,
+) -> None:
+    # Given a database at 0005 with a run, its steps, and logs a row per line: two
+    # attempts of one step (one far over a chunk), interleaved streams, another step
+    url = database_url(tmp_path)
+    engine = old_database(url, "0005")
+    ended = datetime(2026, 1, 1, tzinfo=UTC)
+    written = {
+        ("build", 1): [("stdout", f"first {i:05d} " + "." * 200) for i in range(700)],
+        ("build", 2): [("stdout" if i % 3 else "stderr", f"second {i}") for i in range(50)],
+        ("test", 1): [("stdout", "ünïcode ✓"), ("system", "")],
+    }
+    with engine.begin() as conn:
+        conn.execute(
+            definitions.insert().values(
+                id="d", name="p", version=1, checksum="c", definition={}, created_at=ended
+            )
+        )
+        add_run(conn, "r1", ended)
+        for position, (key, status, seconds) in enumerate(
+            [("build", "succeeded", 2.5), ("test", "failed", 0.05), ("late", "pending", None)]
+        ):
+            started = ended - timedelta(seconds=seconds) if seconds is not None else None
+            conn.execute(
+                steps.insert().values(
+                    id=key,
+                    instance_id="r1",
+                    step_key=key,
+                    position=position,
+                    type="step.x",
+                    status=status,
+                    attempts=1,
+                    queue="sandbox",
+                    started_at=started,
+                    completed_at=ended if started else None,
+                )
+            )
+        rows = [
+            {
+                "instance_id": "r1",
+                "step_key": key,
+                "attempt": attempt,
+                "stream": stream,
+                "text": text,
+                "created_at": ended,
+            }
+            for (key, attempt), lines in written.items()
+            for stream, text in lines
+        ]
+        conn.execute(_old_logs.insert(), rows)
+
+    # When the database is brought up to date
+    db.upgrade(engine)
+    engine.dispose()
+
+    # Then every line reads back, in order, from far fewer rows
+    store = SqlStore(url)
+    try:
+        for (key, attempt), lines in written.items():
+            found = store.list_logs("r1", key, attempt=attempt)
+            assert [(x.stream, x.text) for x in found] == lines, (key, attempt)
+        everything = store.list_logs("r1")
+        assert len(everything) == sum(len(v) for v in written.values())
+        assert [x.id for x in everything] == sorted(x.id for x in everything)
+        with store.engine.connect() as conn:
+            chunks = conn.execute(sa.select(sa.func.count()).select_from(step_log_chunks)).scalar()
+        assert chunks is not None and 4 <= chunks <= 6  # 700 lines of 200 bytes: 3 chunks
+
+        # And the counts behind /metrics are those of the tables
+        now = Stats(store).snapshot()
+        assert now.runs_by_status() == {"succeeded": 1}
+        assert now.steps_by_status() == {
+            ("succeeded", "step.x", "sandbox"): 1,
+            ("failed", "step.x", "sandbox"): 1,
+            ("pending", "step.x", "sandbox"): 1,
+        }
+        (histogram,) = now.step_durations()
+        assert histogram.count == 2 and abs(histogram.total - 2.55) < 0.01
+        assert dict(histogram.buckets)[0.1] == 1 and dict(histogram.buckets)[5] == 2
+    finally:
+        store.close()

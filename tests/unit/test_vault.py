@@ -44,7 +44,7 @@ def test_the_embedded_shape_makes_itself_a_private_key_once(tmp_path: Path) -> N
     again = make_vault(settings, embedded=True)
 
     assert first is not None and again is not None
-    assert again.open(first.seal({"A": "b"})) == {"A": "b"}
+    assert again.open(first.seal({"A": "bee"})) == {"A": "bee"}
     assert stat.S_IMODE(os.stat(tmp_path / "secret.key").st_mode) == 0o600
     assert make_vault(settings, embedded=False) is None
     assert make_vault(

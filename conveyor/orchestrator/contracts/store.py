@@ -7,7 +7,7 @@ SQL implements it (``conveyor.orchestrator.store.sql``), and so does the in-memo
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from enum import Enum
@@ -226,10 +226,14 @@ class Store(Protocol):
         """
         ...
 
-    def create_run(self, new: NewRun) -> RunRecord:
+    def create_run(
+        self, new: NewRun, start: Callable[[RunTransaction], object] | None = None
+    ) -> RunRecord:
         """Write the definition version, the run, its steps and first event at once.
 
-        A run with the idempotency key of an earlier one is that run.
+        ``start`` goes on in the same transaction, on the new run (queueing its first
+        steps), so a run is never stored without them. A run with the idempotency key
+        of an earlier one is that run, and ``start`` is not called.
         """
         ...
 
@@ -309,6 +313,20 @@ class Store(Protocol):
         """Log lines of a run (or one step) in the order they were written."""
         ...
 
+    def iter_logs(
+        self,
+        run_id: str,
+        step_key: str | None = None,
+        *,
+        after_id: int = 0,
+        attempt: int | None = None,
+    ) -> Iterator[LogRecord]:
+        """Log lines in order, read as they are consumed: a large log is never held whole.
+
+        Ids grow in the order lines were written; ``after_id`` goes on after one.
+        """
+        ...
+
     def tail_logs(
         self, run_id: str, step_key: str, lines: int = 3, attempt: int | None = None
     ) -> list[LogRecord]:
@@ -323,12 +341,21 @@ class Store(Protocol):
         """(run, step) of running steps whose worker stopped renewing its lease."""
         ...
 
+    def stalled_runs(self, before: datetime, limit: int = 500) -> list[str]:
+        """Runs going (``running``), unchanged since before ``before``, with no step
+        queued, running or blocked: nothing will move them on but an advance."""
+        ...
+
     def stale_queued(self, before: datetime, limit: int = 500) -> list[tuple[str, str]]:
         """(run, step) of steps queued (and due) since before ``before``."""
         ...
 
     def append_logs(self, run_id: str, step_key: str, attempt: int, lines: LogLines) -> None:
-        """Append (stream, text) lines to a step's log, outside any run transaction."""
+        """Append (stream, text) lines to a step's log, outside any run transaction.
+
+        An attempt keeps at most the store's cap of log (``CONVEYOR_LOG_MAX_BYTES``): the
+        lines past it are dropped, and one marker line says how many bytes and lines.
+        """
         ...
 
     def renew_leases(self, step_ids: Sequence[str], owner: str, until: datetime) -> dict[str, str]:

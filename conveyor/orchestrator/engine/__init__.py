@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from conveyor.orchestrator.engine.due import DueTimer as DueTimer
     from conveyor.orchestrator.engine.embedded import EmbeddedEngine as EmbeddedEngine
     from conveyor.orchestrator.engine.executor import Executor as Executor
+    from conveyor.orchestrator.engine.executor import Watch as Watch
     from conveyor.orchestrator.engine.recovery import Reconciler as Reconciler
     from conveyor.orchestrator.engine.recovery import retry_run as retry_run
     from conveyor.orchestrator.engine.runtime import Runtime as Runtime
@@ -28,7 +29,7 @@ __getattr__ = lazy(
         "attempt": ["Attempt", "Finished", "Outcome"],
         "due": ["DueTimer"],
         "embedded": ["EmbeddedEngine"],
-        "executor": ["Executor"],
+        "executor": ["Executor", "Watch"],
         "recovery": ["Reconciler", "retry_run"],
         "runtime": ["Runtime"],
         "wiring": ["Core", "open_store", "wire"],

@@ -43,6 +43,9 @@ class Finished:
     outputs: Mapping[str, Any] | None = None
     outcome: Outcome | None = None
     logs: Sequence[tuple[str, str]] = ()
+    #: Why the attempt was stopped for a lease it could not keep: then nothing of it is
+    #: recorded (the step may be another attempt's by now; the reconciler takes it back).
+    fenced: str | None = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,8 @@ class Attempt:
     secrets: Mapping[str, str] = field(default_factory=dict)
     secrets_error: str | None = None
     batch: tuple[Attempt, ...] = ()
+    #: When (time.monotonic) it was handed out: its lease was taken no later than this.
+    leased_at: float = field(default_factory=time.monotonic, compare=False)
 
     @property
     def plan_step(self) -> PlanStep:

@@ -75,6 +75,23 @@ def queued_brief(
     return [s for s in found if plan.step(s.key).brief]
 
 
+def brief_batch(
+    tx: RunTransaction, plan: ExecutionPlan, ref: StepRef, owner: str, length: timedelta
+) -> Claim | None:
+    """For a message of a brief step that another claimer took: the run's queued brief
+    steps on its queue (up to ``BRIEF_BATCH``), claimed for ``owner``; None if none.
+
+    Such a message stands for up to ``BRIEF_BATCH`` brief steps (``coalesced``): the
+    batch that took the step it names may have left others that count on it, so it
+    takes them, and none is left without a message.
+    """
+    named = plan.by_key.get(ref.step_key)
+    if named is None or not named.brief:
+        return None
+    taken = claim_all(tx, queued_brief(tx, plan, ref.queue, BRIEF_BATCH), owner, length)
+    return taken[0]._replace(batch=tuple(taken[1:])) if taken else None
+
+
 def with_brief_siblings(
     tx: RunTransaction,
     plan: ExecutionPlan,

@@ -6,13 +6,14 @@ step type can fail its step but never the worker.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import time
 import traceback
-from collections.abc import Callable, Collection, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from pydantic import ValidationError
 
@@ -29,6 +30,7 @@ from conveyor.orchestrator.errors import (
     StepTimeout,
     StoreUnavailable,
     TemplateError,
+    TemplateStopped,
 )
 from conveyor.orchestrator.pipeline.spec import format_path
 from conveyor.orchestrator.pipeline.templates import TemplateEngine, has_template
@@ -43,6 +45,20 @@ MAX_ERROR = 4000
 
 
 T = TypeVar("T")
+
+
+class Watch(Protocol):
+    """Told of each attempt one ``execute`` runs: a monitor's view (Flower's tasks).
+
+    ``started`` before an attempt runs; ``recorded`` once attempts' results are
+    committed. Neither may raise: what watches must never change what runs.
+    """
+
+    def started(self, attempt: Attempt) -> None:
+        """``attempt`` is about to run here."""
+
+    def recorded(self, done: Sequence[Finished]) -> None:
+        """These attempts ended and their results are stored."""
 
 
 class Executor:
@@ -75,21 +91,21 @@ class Executor:
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
         self.monitor = Monitor(store, self.owner, settings)
 
-    def execute(self, ref: StepRef) -> bool:
+    def execute(self, ref: StepRef, watch: Watch | None = None) -> bool:
         """Claim ``ref`` and run it; a duplicate or stale delivery does nothing.
 
         When it succeeds and makes another step ready, that step is claimed with the
         result and run here next (see ``Runtime.record``). Brief steps claimed
         together run one after the other and are recorded together. True when the run
-        is over once this is done.
+        is over once this is done. ``watch`` hears of every attempt run.
         """
         attempt = self.runtime.claim(ref, self.owner)
         over = False
         while attempt is not None:
-            attempt, over = self._attempt(attempt)
+            attempt, over = self._attempt(attempt, watch)
         return over
 
-    def _attempt(self, first: Attempt) -> tuple[Attempt | None, bool]:
+    def _attempt(self, first: Attempt, watch: Watch | None = None) -> tuple[Attempt | None, bool]:
         """Run an attempt (and the brief ones claimed with it, in order); record them.
 
         The attempt to run next, if one was claimed with the results, and whether the
@@ -100,11 +116,17 @@ class Executor:
         run_id = first.ref.run_id
         try:
             for attempt in (first.alone(), *first.batch):
+                if watch is not None:
+                    watch.started(attempt)
                 finished, interrupt = self._run_one(attempt)
+                if finished.fenced is not None:
+                    break  # its lease may be another's: record nothing, run nothing more
                 done.append(finished)
                 if interrupt is not None:
                     break  # the others stay claimed: their leases run out, they run again
-            recorded = self._record_all(done)
+            recorded = self._record_all(done) if done else Recorded()
+            if watch is not None:
+                watch.recorded(done)
             if recorded.run_over:
                 self.run_over(run_id)
             return recorded.next, recorded.run_over
@@ -122,7 +144,7 @@ class Executor:
         masker = Masker(attempt.secrets)
         logger = StoreLogger(self.store, ref.run_id, ref.step_key, ref.attempt, masker)
         ctx = self._context(attempt, logger)
-        self.monitor.track(attempt.step.id, ref, ctx)
+        self.monitor.track(attempt.step.id, ref, ctx, attempt.leased_at)
         try:
             outputs = self._run(attempt, ctx)
             if ctx.cancelled:  # it returned after it was told to stop: that result is void
@@ -172,11 +194,32 @@ class Executor:
         step_type = self.step_types.get(plan_step.type)
         if step_type is None:  # the run was planned where a plugin is that is missing here
             raise StepFailed(f"step type {plan_step.type!r} is not installed here")
-        templated = _any_template(plan_step.config) or _any_template(plan.env)
-        context: dict[str, Any] = {}
         # The contract: every step sees earlier outputs; read only when something looks.
         ctx.steps = LazyOutputs(attempt.reads.outputs)
-        if templated:
+        # One budget for all of the step's templates, stopped by its timeout or a cancel
+        # too; what they derive from a secret is masked like the secret.
+        scope = self.templates.scope(
+            secrets=ctx.secrets.values(), deadline=ctx.deadline, stop=lambda: ctx.cancelled
+        )
+        with scope as taint:
+            try:
+                raw = self._render_config(attempt, step_type, ctx)
+            except TemplateStopped:
+                if ctx.past_deadline():
+                    raise StepTimeout(ctx.timeout_message) from None
+                raise StepCancelled("cancelled while its templates rendered") from None
+            finally:
+                ctx.log.mask.add(taint.derived)
+        config = _validate(step_type, raw)
+        if ctx.cancelled:
+            raise StepCancelled("cancelled before it started")
+        return step_type.run(ctx, config)
+
+    def _render_config(self, attempt: Attempt, step_type: StepType, ctx: Context) -> dict[str, Any]:
+        """The step's config with its templates rendered (and ``ctx.env`` set)."""
+        plan, plan_step = attempt.plan, attempt.plan_step
+        context: dict[str, Any] = {}
+        if _any_template(plan_step.config) or _any_template(plan.env):
             context = base_context(attempt.run, plan_step, ctx.steps, ctx.secrets)
             env = self._render(plan.env, context, "env")
             context.update(env=env, Env=env)
@@ -191,10 +234,7 @@ class Executor:
             for field, value in plan_step.config.items()
         }
         ctx.env = {**ctx.env, **values}
-        config = _validate(step_type, raw)
-        if ctx.cancelled:
-            raise StepCancelled("cancelled before it started")
-        return step_type.run(ctx, config)
+        return raw
 
     def _render(
         self,
@@ -208,6 +248,8 @@ class Executor:
             return value
         try:
             return self.templates.render_value(value, context, shell=shell, values=values)
+        except TemplateStopped:
+            raise
         except TemplateError as exc:
             raise StepFailed(f"{where}: {exc.message}") from None
 
@@ -225,6 +267,9 @@ class Executor:
             ctx.close()
         except Exception as exc:  # cleanup trouble is reported, never hides the result
             ctx.log.line(f"sandbox cleanup failed: {exc}", "system")
+        fenced = self.monitor.untrack(attempt.ref)
+        if fenced is not None:
+            return self._fenced(attempt, ctx, fenced)
         clean: dict[str, Any] = {}
         if error is None:
             try:
@@ -235,11 +280,22 @@ class Executor:
         if error is not None:
             outcome = _outcome(attempt, ctx, error, masker)
             ctx.log.line(_ending(outcome), "system")
-        self.monitor.untrack(attempt.ref)
         logs = ctx.log.take()  # written in the same transaction as the result
         return Finished(
             attempt.ref, outputs=clean if outcome is None else None, outcome=outcome, logs=logs
         )
+
+    def _fenced(self, attempt: Attempt, ctx: Context, why: str) -> Finished:
+        """An attempt stopped for a lease it could not keep: its log only, if the store
+        takes it (lines are the attempt's own, they overwrite nothing)."""
+        ctx.log.line(
+            f"step stopped: {why}; its lease may be another worker's by now, so this "
+            "attempt records no result (the step is taken back and run again)",
+            "system",
+        )
+        with contextlib.suppress(Exception):
+            ctx.log.flush()
+        return Finished(attempt.ref, fenced=why)
 
     # -- runs that end -----------------------------------------------------------------
 

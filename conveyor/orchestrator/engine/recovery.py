@@ -3,7 +3,9 @@
 The reconciler is what makes the broker a wake-up call rather than the truth: it runs
 periodically (Celery beat in the distributed shape) and, from the database alone,
 re-dispatches queued steps whose message may have been lost, takes back steps whose
-worker stopped heartbeating, fails runs past their timeout, and (every few minutes)
+worker stopped heartbeating, advances runs left with nothing queued or running (a
+process that died between a change and its advance, a run stored by an older version
+before its first steps were queued), fails runs past their timeout, and (every few minutes)
 deletes the artifacts of runs past their retention (see ``artifacts/retention.py``).
 """
 
@@ -60,12 +62,18 @@ class Report:
     expired_runs: int = 0
     reclaimed: int = 0
     redispatched: int = 0
+    #: Runs that had nothing queued or running, advanced again.
+    resumed: int = 0
     #: Runs whose artifacts were deleted for their retention.
     expired_artifacts: int = 0
 
     def __bool__(self) -> bool:
         return bool(
-            self.expired_runs or self.reclaimed or self.redispatched or self.expired_artifacts
+            self.expired_runs
+            or self.reclaimed
+            or self.redispatched
+            or self.resumed
+            or self.expired_artifacts
         )
 
 
@@ -87,7 +95,8 @@ class Reconciler:
         self.retention = retention
 
     def run_once(self, now: datetime | None = None) -> Report:
-        """One pass over overdue runs, expired leases, stale queued steps and old artifacts."""
+        """One pass over overdue runs, stalled runs, stale queued steps, expired leases and
+        old artifacts."""
         now = now or utcnow()
         store, report = self.runtime.store, Report()
         for run_id in store.overdue_runs(now, self.batch):
@@ -97,6 +106,9 @@ class Reconciler:
             report.redispatched += self.redispatch(run_id, key, now - self.stale_after)
         for run_id, key in store.expired_leases(now, self.batch):
             report.reclaimed += self.reclaim(run_id, key, now)
+        # Last: what the passes above queued is not stalled, and is sent once.
+        for run_id in store.stalled_runs(now - self.stale_after, self.batch):
+            report.resumed += self.resume(run_id)
         if self.retention is not None and self.retention.due(now):
             report.expired_artifacts = self.retention.sweep(now)
         return report
@@ -120,6 +132,21 @@ class Reconciler:
             else:
                 tx.requeue(step, reason)
             return True
+
+        return self.runtime.write(run_id, work)
+
+    def resume(self, run_id: str) -> bool:
+        """Advance a run going with no step queued, running or blocked; True if that
+        changed it (queued its ready steps, or settled it)."""
+
+        def work(tx: RunTransaction) -> bool:
+            if tx.run.status != RunStatus.RUNNING:
+                return False
+            counts = tx.status_counts()
+            if counts[S.QUEUED] or counts[S.RUNNING] or counts[S.BLOCKED]:
+                return False
+            self.runtime.advance_in(tx)
+            return bool(tx.sends) or tx.run.status != RunStatus.RUNNING
 
         return self.runtime.write(run_id, work)
 

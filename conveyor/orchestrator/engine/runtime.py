@@ -22,12 +22,10 @@ from conveyor.orchestrator.durations import format_duration
 from conveyor.orchestrator.engine.advance import Advance
 from conveyor.orchestrator.engine.attempt import Attempt, Finished, Outcome, Recorded, RunReads
 from conveyor.orchestrator.engine.claims import (
-    BRIEF_BATCH,
     Claim,
-    claim_all,
+    brief_batch,
     claim_in,
     coalesced,
-    queued_brief,
     with_brief_siblings,
 )
 from conveyor.orchestrator.engine.vault import Vault
@@ -39,6 +37,8 @@ from conveyor.orchestrator.store.records import NewRun, RunRecord, StepRecord, S
 
 S = StepStatus
 T = TypeVar("T")
+#: Passes that evaluate conditions after a write; past them, the next write goes on.
+CONDITION_ROUNDS = 8
 
 
 class Runtime:
@@ -61,12 +61,16 @@ class Runtime:
         *,
         lease_seconds: float = 30.0,
         vault: Vault | None = None,
+        stopping: Callable[[], bool] | None = None,
     ) -> None:
         self.store = store
         self.vault = vault
         self.templates = templates
         self.dispatcher = dispatcher
         self.lease = timedelta(seconds=lease_seconds)
+        #: True once this process is shutting down (a worker's warm shutdown): it
+        #: finishes what it holds and takes nothing new (``claim``, ``record``).
+        self.stopping: Callable[[], bool] = stopping or _never
         #: Opened secrets of runs this process has seen (sealed in the store).
         self._secrets: dict[str, dict[str, str]] = {}
         self._plans: OrderedDict[str, ExecutionPlan] = OrderedDict()
@@ -85,11 +89,14 @@ class Runtime:
             plan = self._plans.get(run_id)
         if plan is None:
             plan = ExecutionPlan.model_validate(self.store.get_plan(run_id))
-            with self._lock:
-                self._plans[run_id] = plan
-                while len(self._plans) > 512:
-                    self._plans.popitem(last=False)
+            self._remember(run_id, plan)
         return plan
+
+    def _remember(self, run_id: str, plan: ExecutionPlan) -> None:
+        with self._lock:
+            self._plans[run_id] = plan
+            while len(self._plans) > 512:
+                self._plans.popitem(last=False)
 
     # -- starting ----------------------------------------------------------------------
 
@@ -111,23 +118,42 @@ class Runtime:
         """
         deadline = utcnow() + timedelta(seconds=plan.timeout) if plan.timeout else None
         sealed = self._seal(secrets) if secrets else None
-        run = self.store.create_run(
-            NewRun(
-                pipeline=plan.pipeline,
-                source=source,
-                plan=plan.model_dump(mode="json", by_alias=True),
-                params=dict(params),
-                steps=[StepSeed(s.key, s.type, s.queue) for s in plan.steps],
-                submitted_by=submitted_by,
-                idempotency_key=idempotency_key,
-                deadline=deadline,
-                definition_id=definition_id,
-                sealed_secrets=sealed,
+        started: list[RunTransaction] = []
+
+        def start(tx: RunTransaction) -> None:
+            # Nothing of the run is visible outside this transaction yet: what advancing
+            # it reads (plan, secrets) is what this process was given.
+            self._remember(tx.run.id, plan)
+            self._secrets[tx.run.id] = dict(secrets or {})
+            started.append(tx)
+            self.advance_in(tx)
+
+        try:
+            run = self.store.create_run(
+                NewRun(
+                    pipeline=plan.pipeline,
+                    source=source,
+                    plan=plan.model_dump(mode="json", by_alias=True),
+                    params=dict(params),
+                    steps=[StepSeed(s.key, s.type, s.queue) for s in plan.steps],
+                    submitted_by=submitted_by,
+                    idempotency_key=idempotency_key,
+                    deadline=deadline,
+                    definition_id=definition_id,
+                    sealed_secrets=sealed,
+                ),
+                start=start,
             )
-        )
-        if secrets:
-            self._secrets[run.id] = dict(secrets)
-        self.advance(run.id)
+        except BaseException:
+            for tx in started:  # rolled back: there is no such run
+                self._secrets.pop(tx.run.id, None)
+            raise
+        if not started:  # an earlier run with this idempotency key: move it on if it must
+            if not run.status.terminal:
+                self.advance(run.id)
+            return run
+        self._dispatch(started[0], ended=started[0].run.status.terminal)
+        self._conditions(run.id)  # the first steps' `if:`, evaluated outside the lock
         return run
 
     def _seal(self, secrets: Mapping[str, str]) -> str:
@@ -155,13 +181,26 @@ class Runtime:
     # -- one attempt -------------------------------------------------------------------
 
     def claim(self, ref: StepRef, owner: str) -> Attempt | None:
-        """Take ``ref`` for this owner, or None if it is not (or no longer) queued."""
+        """Take ``ref`` for this owner, or None if it is not (or no longer) queued.
+
+        A process that is shutting down takes nothing: the message is sent again (its
+        delivery is acknowledged once this returns), for a worker that stays.
+        """
+        if self.stopping():
+            if self.dispatcher is not None:
+                self.dispatcher.dispatch(ref, None)
+            return None
 
         def work(tx: RunTransaction) -> Claim | None:
+            plan = self.plan(tx.run)
             claim = claim_in(tx, ref, owner, self.lease)
             if claim is None:
-                return None
-            return with_brief_siblings(tx, self.plan(tx.run), claim, owner, self.lease)
+                # Read as queued, yet taken by the time the lock was granted: Postgres
+                # reads the step before it waits for the run's row, and gives that
+                # older version of it back. The message is stale after all, and for a
+                # brief step it still stands for the batch it was sent for.
+                return brief_batch(tx, plan, ref, owner, self.lease)
+            return with_brief_siblings(tx, plan, claim, owner, self.lease)
 
         try:
             claimed = self.write(ref.run_id, work, ref.step_key, claim_attempt=ref.attempt)
@@ -170,12 +209,8 @@ class Runtime:
         return self._attempt(claimed) if claimed is not None else None
 
     def _claim_brief(self, ref: StepRef, owner: str) -> Claim | None:
-        """For a stale message of a brief step: the run's queued brief steps on its queue.
-
-        Such a message stands for up to ``BRIEF_BATCH`` brief steps (``claims.coalesced``),
-        and another worker's batch may have taken the one it names: it takes the
-        others, so none is left without a message.
-        """
+        """For a stale message of a brief step: the run's queued brief steps on its queue
+        (``claims.brief_batch``), so none is left without a message."""
         try:
             plan = self.plan_of(ref.run_id)
         except NotFound:
@@ -185,9 +220,7 @@ class Runtime:
             return None
 
         def work(tx: RunTransaction) -> Claim | None:
-            found = queued_brief(tx, plan, ref.queue, BRIEF_BATCH)
-            taken = claim_all(tx, found, owner, self.lease)
-            return taken[0]._replace(batch=tuple(taken[1:])) if taken else None
+            return brief_batch(tx, plan, ref, owner, self.lease)
 
         try:
             return self.write(ref.run_id, work)
@@ -227,14 +260,18 @@ class Runtime:
         (when it was cancelled, or the run is over) cancels it. With ``continue_as``, one
         step the results made ready (on one of ``queues``, or any when None) is claimed
         for that owner in the same transaction and returned: the caller runs it next,
-        sparing a dispatch, a thread hop and a transaction per step of a chain.
+        sparing a dispatch, a thread hop and a transaction per step of a chain. Not
+        once this process is shutting down (``stopping``): then every step the results
+        made ready goes out as a message, for a worker that stays.
         """
         if not finished:
             return Recorded()
 
         def work(tx: RunTransaction) -> tuple[Claim | None, bool]:
             self._record_in(tx, finished)
-            claim = self._continue(tx, continue_as, queues) if continue_as else None
+            claim = None
+            if continue_as and not self.stopping():
+                claim = self._continue(tx, continue_as, queues)
             return claim, tx.run.status.terminal
 
         claim, over = self.write(finished[0].ref.run_id, work, finished[0].ref.step_key)
@@ -348,11 +385,38 @@ class Runtime:
         The steps it queued (``RunTransaction.sends``) are dispatched after the commit.
         ``step_key``: the step ``work`` reads first, read with the run's lock; with
         ``claim_attempt``, only while it is queued at that attempt (NothingToClaim).
+        Conditions (``if:``) the transaction left for later are then evaluated with no
+        lock held and applied in a transaction of their own (``Advance.decide``).
         """
+        result = self._write(run_id, work, step_key, claim_attempt)
+        self._conditions(run_id)
+        return result
+
+    def _conditions(self, run_id: str) -> None:
+        """Evaluate, outside any transaction, the conditions a pass left pending, and
+        apply them in a transaction of their own (see ``engine/advance.py``)."""
+        for _ in range(CONDITION_ROUNDS):  # again only when the run moved meanwhile
+            if not self._advance.noted(run_id):
+                return
+            verdicts = self._advance.decide(run_id, self.store)
+            self._write(run_id, lambda tx: self._advance(tx, verdicts=verdicts))
+
+    def _write(
+        self,
+        run_id: str,
+        work: Callable[[RunTransaction], T],
+        step_key: str | None = None,
+        claim_attempt: int | None = None,
+    ) -> T:
         with self.store.transaction(run_id, step_key, claim_attempt) as tx:
             was_terminal = tx.run.status.terminal
             result = work(tx)
             ended = tx.run.status.terminal and not was_terminal
+        self._dispatch(tx, ended=ended)
+        return result
+
+    def _dispatch(self, tx: RunTransaction, *, ended: bool) -> None:
+        """After ``tx`` committed: send what it queued (its outbox), coalesced."""
         if self.dispatcher is not None and tx.sends:
             sends = tx.sends
             if len(sends) > 1:
@@ -360,8 +424,11 @@ class Runtime:
             for ref, eta in sends:
                 self.dispatcher.dispatch(ref, eta)
         if ended:
-            self._secrets.pop(run_id, None)  # sealed in the store still, for a retry
-        return result
+            self._secrets.pop(tx.run.id, None)  # sealed in the store still, for a retry
+
+
+def _never() -> bool:
+    return False
 
 
 def _should_retry(plan_step: PlanStep, step: StepRecord, outcome: Outcome) -> bool:

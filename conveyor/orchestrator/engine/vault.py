@@ -4,6 +4,10 @@ A run's secrets are encrypted (Fernet: AES-128-CBC with an HMAC) with the key of
 ``CONVEYOR_SECRET_KEY`` and kept beside the run, so a worker on another host can open
 them and nothing in the database reads as the secret itself. The embedded shape makes
 itself a key file under the data directory the first time it needs one.
+
+A secret shorter than ``MIN_SECRET_LENGTH`` characters (not counting surrounding
+whitespace) is refused before anything is stored: logs mask a secret's value, and a
+value that short would either go unmasked or turn every log into asterisks.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken
 
-from conveyor.orchestrator.errors import SecretsUnavailable
+from conveyor.orchestrator.errors import SecretRefused, SecretsUnavailable
+from conveyor.orchestrator.pipeline.templatetaint import MIN_SECRET_LENGTH
 from conveyor.orchestrator.settings import Settings
 
 KEY_FILE = "secret.key"
@@ -35,7 +40,8 @@ class Vault:
             ) from None
 
     def seal(self, secrets: Mapping[str, str]) -> str:
-        """The secrets as one encrypted token."""
+        """The secrets as one encrypted token (SecretRefused for one too short to mask)."""
+        check_secrets(secrets)
         return self._fernet.encrypt(json.dumps(dict(secrets)).encode()).decode()
 
     def open(self, sealed: str) -> dict[str, str]:
@@ -47,6 +53,17 @@ class Vault:
                 "this run's secrets were sealed with another CONVEYOR_SECRET_KEY"
             ) from None
         return values
+
+
+def check_secrets(secrets: Mapping[str, str]) -> None:
+    """Refuse secrets too short to be masked in logs, naming them (never their values)."""
+    short = sorted(name for name, value in secrets.items() if len(value.strip()) < MIN_SECRET_LENGTH)
+    if short:
+        names = ", ".join(repr(name) for name in short)
+        raise SecretRefused(
+            f"secret {names} is shorter than {MIN_SECRET_LENGTH} characters: logs could not "
+            "mask it; use a longer value"
+        )
 
 
 def make_vault(settings: Settings, embedded: bool) -> Vault | None:

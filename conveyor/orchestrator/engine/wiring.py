@@ -36,7 +36,11 @@ def open_store(settings: Settings, *, worker: bool = False) -> SqlStore:
     so a pooled connection a Postgres restart killed costs one retry instead of a round
     trip on every transaction.
     """
-    store = SqlStore(settings.resolved_database_url, pre_ping=not worker)
+    store = SqlStore(
+        settings.resolved_database_url,
+        pre_ping=not worker,
+        log_max_bytes=settings.log_max_bytes,
+    )
     try:
         if store.is_sqlite and not worker:
             if db.current_revision(store.engine) != db.head_revision():
@@ -84,12 +88,15 @@ def wire(
     owner: str | None = None,
     queues: Collection[str] | None = None,
     compiler: Compiler | None = None,
+    stopping: Callable[[], bool] | None = None,
 ) -> Core:
     """Build the core on ``store``; ``dispatcher`` sends the steps that become ready.
 
     With ``run_steps``, an executor runs steps in this process, as ``owner`` (default:
     host and pid), going on only with steps of ``queues`` (default: any). ``compiler``:
     the process's compiler when it has one already (``step_types`` are then its).
+    ``stopping``: True once the process is shutting down; it then takes no new step
+    (see ``Runtime``).
     """
     if compiler is None:  # else the process compiled with it already: it keeps the one
         types = StepTypes() if step_types is None else step_types
@@ -100,6 +107,7 @@ def wire(
         dispatcher,
         lease_seconds=settings.lease_seconds,
         vault=make_vault(settings, embedded=store.is_sqlite),
+        stopping=stopping,
     )
     raw = functools.cache(lambda: load_artifact_store(settings))
     # What steps see: a miss says when and why a run's artifacts went.

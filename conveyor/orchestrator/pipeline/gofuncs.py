@@ -7,6 +7,8 @@ Argument order is Go's: the piped value comes last (``.x | default "n/a"``).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime
 import functools
 import json
@@ -27,7 +29,7 @@ ITEMS, PAIRS = "_go_items", "_go_pairs"
 FUNCTION_NAMES = frozenset(
     {"uuidv4", "now", "lower", "upper", "default", "json", "index", "trim", "replace"}
     | {"contains", "hasPrefix", "hasSuffix", "eq", "ne", "lt", "le", "gt", "ge", "len"}
-    | {"printf", "print"}
+    | {"printf", "print", "b64enc", "b64dec"}
 )
 
 _MISSING = object()
@@ -128,6 +130,19 @@ def _replace(old: Any, new: Any, value: Any, *, limit: int) -> str:
     return text.replace(str(old), str(new))
 
 
+def _b64enc(value: Any) -> str:
+    """Sprig's ``b64enc``: the UTF-8 text of ``value`` in standard base64."""
+    return base64.b64encode(to_text(value).encode()).decode()
+
+
+def _b64dec(value: Any) -> str:
+    """Sprig's ``b64dec``: base64 back to text (an error when it is not base64 of text)."""
+    try:
+        return base64.b64decode(to_text(value), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError) as exc:
+        raise ValueError(f"b64dec: not base64 of text: {exc}") from None
+
+
 def _eq(first: Any, *others: Any) -> bool:
     if not others:
         raise TypeError("eq needs at least two arguments")
@@ -181,6 +196,8 @@ def functions(limit: int) -> dict[str, Callable[..., Any]]:
         "len": len,
         "printf": _printf,
         "print": _print,
+        "b64enc": _b64enc,
+        "b64dec": _b64dec,
     }
 
 

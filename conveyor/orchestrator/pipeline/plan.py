@@ -152,7 +152,12 @@ class Compiler:
             max_steps=settings.max_steps,
             max_matrix=settings.max_matrix,
         )
-        return cls(step_types, TemplateEngine(max_output=settings.max_template_output), limits)
+        templates = TemplateEngine(
+            max_output=settings.max_template_output,
+            max_operations=settings.template_max_operations,
+            max_seconds=settings.template_max_seconds,
+        )
+        return cls(step_types, templates, limits)
 
     def compile(self, text: str | bytes) -> Compiled:
         """Compile every pipeline of a file; raise SpecError listing every problem."""

@@ -4,7 +4,11 @@ Every string in a pipeline may hold a template. :class:`TemplateEngine` translat
 seed's Go-template actions (:mod:`conveyor.orchestrator.pipeline.gotemplate`) to Jinja2, compiles
 them once in an immutable sandbox and renders them against the run's context. Undefined
 values are errors that name what is missing, and results are bounded: a template cannot
-build a string, number or list larger than ``max_output``.
+build a string, number or list larger than ``max_output``, and cannot work longer than its
+budget (:mod:`conveyor.orchestrator.pipeline.templatework`): every loop iteration, call,
+filter and lookup counts, and the clock is read as it goes. Inside :meth:`TemplateEngine.scope`
+what a template derives from a secret is tracked
+(:mod:`conveyor.orchestrator.pipeline.templatetaint`), so that it can be masked too.
 
 Text headed for a shell is rendered with :meth:`TemplateEngine.render_shell`: values never
 enter the command text; each becomes an environment variable that the text quotes.
@@ -45,6 +49,17 @@ from conveyor.orchestrator.pipeline.templatelimits import (
     guard_filters,
     refuse_internals,
 )
+from conveyor.orchestrator.pipeline.templatetaint import MIN_SECRET_LENGTH, Taint, tracking
+from conveyor.orchestrator.pipeline.templatetaint import current as current_taint
+from conveyor.orchestrator.pipeline.templatetaint import follow
+from conveyor.orchestrator.pipeline.templatework import (
+    WorkLimits,
+    bounded,
+    count_loops,
+    counted,
+    ticking,
+)
+from conveyor.orchestrator.pipeline.templatework import tick as _tick
 
 __all__ = ["TemplateEngine", "has_template", "translate"]
 
@@ -84,6 +99,24 @@ class _CodeGenerator(CodeGenerator):
             self.write(", ")
         self.write("))")
 
+    def visit_Getitem(self, node: nodes.Getitem, frame: Frame) -> None:
+        """``x[a:b]`` through ``environment.getitem`` too (Jinja slices inline), so that
+        a slice counts and a piece of a secret is known to come from it."""
+        if not isinstance(node.arg, nodes.Slice):
+            super().visit_Getitem(node, frame)
+            return
+        self.write("environment.getitem(")
+        self.visit(node.node, frame)
+        self.write(", slice(")
+        for part in (node.arg.start, node.arg.stop, node.arg.step):
+            if part is None:
+                self.write("None")
+            else:
+                self.visit(part, frame)
+            self.write(", ")
+        self.write("))")
+
+
 
 class _Environment(ImmutableSandboxedEnvironment):
     """The immutable sandbox, with bounded operators and Go's map-first lookups."""
@@ -105,35 +138,58 @@ class _Environment(ImmutableSandboxedEnvironment):
         self.globals.update(helpers())
         self.filters["json"] = to_json
         guard_filters(self.filters, max_output)
+        # Every filter and test counts against the budget; a filter's result is derived
+        # from a secret when what it was given was.
+        self.filters = {name: _following(ticking(f)) for name, f in self.filters.items()}
+        self.tests = {name: ticking(t) for name, t in self.tests.items()}
+
+    # The hooks the rewritten loops call (see templatework.count_loops).
+    tick = staticmethod(_tick)
+
+    def counted(self, iterable: Any) -> Iterator[Any]:
+        """A loop's items, each counted; the items of a secret are derived from it."""
+        taint = current_taint()
+        if taint is None or not taint.holds(iterable):
+            return counted(iterable)
+        return (taint.derive(item, fragment=True) for item in counted(iterable))
 
     def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
         """Refuse ``'a' * 10**9``, ``9**9**9`` and the like before computing them."""
+        _tick()
         check_binop(operator, left, right, self.max_output)
-        return super().call_binop(context, operator, left, right)
+        return follow(super().call_binop(context, operator, left, right), left, right)
 
     def call(self, context: Context, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
         """Refuse str methods that would build too much (``s.center(10**9)``)."""
+        _tick()
         owner = getattr(getattr(obj, "__wrapped__", obj), "__self__", None)
         if isinstance(owner, str):
             name = getattr(obj, "__name__", "")
             args = check_str_call(owner, name, args, kwargs, self.max_output)
-        return super().call(context, obj, *args, **kwargs)
+        result = super().call(context, obj, *args, **kwargs)
+        return follow(result, owner, *args, *kwargs.values())
 
     def concat_checked(self, parts: Sequence[Any]) -> str:
         """``a ~ b ~ c``, refused when the result is too long."""
+        _tick()
         texts = [to_text(part) for part in parts]
         check_size(sum(map(len, texts)), self.max_output)
-        return "".join(texts)
+        return follow("".join(texts), *texts)
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         """``x.name``: a mapping's key first, as Go reads it (``steps.x.items``)."""
+        _tick()
         if isinstance(obj, Mapping) and attribute in obj:
             return self._found(obj, attribute, obj[attribute])
         return self._found(obj, attribute, super().getattr(obj, attribute))
 
     def getitem(self, obj: Any, argument: Any) -> Any:
         """``x[key]`` and ``index x key``."""
-        return self._found(obj, argument, super().getitem(obj, argument))
+        _tick()
+        value = self._found(obj, argument, super().getitem(obj, argument))
+        if isinstance(argument, slice):  # a part of a secret is derived from it
+            follow(value, obj)
+        return value
 
     def _found(self, obj: Any, key: Any, value: Any) -> Any:
         paths = _PATHS.get()
@@ -146,6 +202,25 @@ class _Environment(ImmutableSandboxedEnvironment):
             if owner is not None:
                 paths.setdefault(id(value), f"{owner}.{key}" if owner else str(key))
         return value
+
+
+def _following(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``func`` (a filter), its result derived from a secret when its arguments were."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return follow(func(*args, **kwargs), *args, *kwargs.values())
+
+    functools.update_wrapper(wrapper, func)  # keeps jinja_pass_arg: Jinja still passes it
+    return wrapper
+
+
+def _printed(value: Any) -> str:
+    """The text of a printed value; derived (and noted as printed) when ``value`` was."""
+    text = to_text(value)
+    taint = current_taint()
+    if taint is not None and taint.printed(value, text):
+        taint.derive(text)
+    return text
 
 
 def _missing(obj: Any, key: Any, paths: dict[int, str] | None) -> str:
@@ -180,7 +255,7 @@ def _shell_finalize(context: Context, value: Any) -> str:
     call = _SHELL.get()
     if call is None:
         raise RuntimeError("shell templates render only through render_shell")
-    text = _MARKER.sub(call.unmark, to_text(value))  # built from values printed before
+    text = _MARKER.sub(call.unmark, _printed(value))  # built from values printed before
     number = len(call.values) + 1
     while f"CONVEYOR_VALUE_{number}" in call.values:
         number += 1
@@ -287,12 +362,36 @@ def _one_line(exc: BaseException) -> str:
 class TemplateEngine:
     """Checks, renders and evaluates pipeline templates; compiled templates are cached."""
 
-    def __init__(self, *, max_output: int = 1_048_576) -> None:
+    def __init__(
+        self,
+        *,
+        max_output: int = 1_048_576,
+        max_operations: int = 1_000_000,
+        max_seconds: float = 2.0,
+    ) -> None:
         self.max_output = max_output
-        self._env = _Environment(max_output, to_text)
+        self.work = WorkLimits(max_operations, max_seconds)
+        self._env = _Environment(max_output, _printed)
         self._shell_env = _Environment(max_output, _shell_finalize)
         self._template = functools.lru_cache(maxsize=4096)(self._compile)
         self._expression = functools.lru_cache(maxsize=4096)(self._compile_expression)
+
+    @contextlib.contextmanager
+    def scope(
+        self,
+        *,
+        secrets: Iterable[str] = (),
+        deadline: float | None = None,
+        stop: Callable[[], bool] | None = None,
+    ) -> Iterator[Taint]:
+        """Renders inside share one work budget, stopped also at ``deadline``
+        (``time.monotonic``) or once ``stop()`` is true; what they derive from
+        ``secrets`` is collected in the ``Taint`` this yields (``derived``)."""
+        with (
+            bounded(self.work, deadline=deadline, stop=stop),
+            tracking(secrets, MIN_SECRET_LENGTH) as taint,
+        ):
+            yield taint
 
     def check(self, text: str) -> None:
         """Compile ``text`` without rendering it; raise TemplateError if it is invalid."""
@@ -325,7 +424,7 @@ class TemplateEngine:
         if has_template(condition):
             return self.render(condition, context).strip().lower() not in _FALSY
         expression = self._expression(condition)
-        with _errors(condition), _scope(context) as variables:
+        with bounded(self.work), _errors(condition), _scope(context) as variables:
             return bool(expression(variables))
 
     def render_value(
@@ -354,13 +453,14 @@ class TemplateEngine:
 
     def _compile(self, shell: bool, text: str) -> jinja2.Template:
         env = self._shell_env if shell else self._env
-        with _errors(text):
+        with bounded(self.work), _errors(text):  # constant folding runs filters
             tree = env.parse(translate(text))
             refuse_internals(tree)
+            count_loops(tree)
             return env.from_string(tree)
 
     def _compile_expression(self, condition: str) -> Callable[..., Any]:
-        with _errors(condition):
+        with bounded(self.work), _errors(condition):
             source = translate_expression(condition)
             expression = self._env.compile_expression(source, undefined_to_none=False)
             refuse_internals(Parser(self._env, source, state="variable").parse_expression())
@@ -368,8 +468,13 @@ class TemplateEngine:
 
     def _render(self, shell: bool, text: str, context: Mapping[str, Any]) -> str:
         template = self._template(shell, text)
-        with _errors(text), _scope(context) as variables:
-            return self._collect(template.generate(variables))
+        taint = current_taint()
+        printed = taint.printed_count if taint is not None else 0
+        with bounded(self.work), _errors(text), _scope(context) as variables:
+            rendered = self._collect(template.generate(variables))
+        if taint is not None and taint.printed_count > printed and not shell:
+            taint.derive(rendered)  # printed what a secret gave, piece by piece perhaps
+        return rendered
 
     def _collect(self, chunks: Iterable[str]) -> str:
         out, length = [], 0

@@ -18,6 +18,7 @@ from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from conveyor.orchestrator.errors import Problem, SpecError
+from conveyor.orchestrator.values import scalar_problem, text_problem, where
 
 # libyaml when it is there: several times faster than the pure-Python parser.
 _Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -133,6 +134,11 @@ def _short(tag: str) -> str:
     return tag.replace("tag:yaml.org,2002:", "!!")
 
 
+def _where(path: Path) -> str:
+    """``pipelines.ci.steps[0]: `` (nothing at the top of the file)."""
+    return f"{where('', path)}: " if path else ""
+
+
 def _line(mark: Any) -> int | None:
     return mark.line + 1 if mark is not None else None
 
@@ -202,7 +208,7 @@ class _Builder:
         if isinstance(node, MappingNode):
             return self.mapping(node, path)
         try:
-            return self.constructor.construct_object(node)
+            value = self.constructor.construct_object(node)
         except yaml.MarkedYAMLError as exc:
             unknown = (exc.problem or "").startswith("could not determine a constructor")
             message = f"the tag {_short(node.tag)} is not supported" if unknown else exc.problem
@@ -210,12 +216,19 @@ class _Builder:
         except (ValueError, TypeError, AttributeError, KeyError):  # `!!int abc` and the like
             message = f"{node.value!r} is not a valid {_short(node.tag)}"
             raise self.fail(message, _line(node.start_mark)) from None
+        # A value that parses but cannot be stored ("\0", .nan, 2**64) stops here, before
+        # a run or a registered pipeline holds it.
+        if isinstance(value, str | int | float) and (why := scalar_problem(value)) is not None:
+            raise self.fail(f"{_where(path)}{why}", _line(node.start_mark))
+        return value
 
     def mapping(self, node: MappingNode, path: Path) -> dict[str, Any]:
         result: dict[str, Any] = {}
         for key_node, value_node in node.value:
             # Keys as written: `on:` stays "on" rather than becoming True (YAML 1.1).
             key = str(key_node.value)
+            if (why := text_problem(key)) is not None:
+                raise self.fail(f"{_where(path)}a key {why}", _line(key_node.start_mark))
             self.lines[(*path, key)] = key_node.start_mark.line + 1  # where the key is
             result[key] = self.build(value_node, (*path, key))
         return result

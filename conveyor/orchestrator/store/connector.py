@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 import sqlalchemy as sa
 
-from conveyor.orchestrator.errors import Conflict, StoreUnavailable
+from conveyor.orchestrator.errors import Conflict, StoreUnavailable, UnstorableValue
 from conveyor.orchestrator.store import db
 
 
@@ -26,6 +26,18 @@ def translate_errors() -> Iterator[None]:
         raise Conflict(f"conflicting write: {exc.orig}") from exc
     except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
         raise StoreUnavailable(f"database unavailable: {exc.orig}") from exc
+    except sa.exc.DataError as exc:  # a value the database cannot hold or compare
+        raise UnstorableValue(f"the database refused a value: {_first_line(exc.orig)}") from exc
+    except sa.exc.StatementError as exc:  # raised while binding: the check of JSONValue
+        if isinstance(exc.orig, UnstorableValue):
+            raise exc.orig from exc
+        if isinstance(exc.orig, OverflowError):  # SQLite: an integer past 64 bits
+            raise UnstorableValue("an integer out of range (past 64 bits)") from exc
+        raise
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 class Connector:

@@ -78,7 +78,7 @@ class Definitions:
     def mentioning(self, word: str) -> list[str]:
         """Ids of the versions whose text holds ``word`` anywhere (found without parsing)."""
         text = sa.cast(definitions.c.definition, sa.Text)
-        query = sa.select(definitions.c.id).where(text.like(f"%{word}%"))
+        query = sa.select(definitions.c.id).where(text.contains(word, autoescape=True))
         return [row["id"] for row in self.store.rows(query)]
 
     def by_ids(self, ids: Collection[str]) -> list[Definition]:

@@ -13,6 +13,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 
+from conveyor.orchestrator import values
+
 metadata = sa.MetaData(
     naming_convention={
         "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -43,7 +45,27 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-JSONType = sa.JSON().with_variant(JSONB(), "postgresql")
+class JSONValue(sa.TypeDecorator[Any]):
+    """JSON (``jsonb`` on Postgres) that refuses, before writing, what could not be read.
+
+    Every JSON value the store writes passes ``values.check``: no NUL, lone surrogate,
+    NaN, integer past 64 bits or nesting past ``STORED_DEPTH`` reaches a row, whatever
+    path it came by (UnstorableValue, a 400 over the API).
+    """
+
+    impl = sa.JSON
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
+        return dialect.type_descriptor(JSONB() if dialect.name == "postgresql" else sa.JSON())
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if value is not None:
+            values.check(value, "value")
+        return value
+
+
+JSONType = JSONValue()
 
 definitions = sa.Table(
     "workflow_definitions",
@@ -143,17 +165,70 @@ events = sa.Table(
     sa.UniqueConstraint("instance_id", "seq"),
 )
 
-step_logs = sa.Table(
-    "step_logs",
+#: A step's log, many lines per row (``logchunks.py``): up to 64 KiB of one attempt's
+#: lines each, numbered ``first_line``..``last_line`` in the attempt's output. A row with
+#: ``dropped_bytes`` is the marker of what the cap dropped (lines, then, is empty).
+step_log_chunks = sa.Table(
+    "step_log_chunks",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("instance_id", sa.String(36), sa.ForeignKey(runs.c.id), nullable=False),
     sa.Column("step_key", sa.String(200), nullable=False),
     sa.Column("attempt", sa.Integer, nullable=False),
-    sa.Column("stream", sa.String(10), nullable=False),
-    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("first_line", sa.Integer, nullable=False),
+    sa.Column("last_line", sa.Integer, nullable=False),
+    sa.Column("bytes", sa.Integer, nullable=False),
+    #: Bytes the attempt kept up to and including this chunk: what the cap compares.
+    sa.Column("total_bytes", sa.BigInteger, nullable=False),
+    sa.Column("dropped_bytes", sa.BigInteger),
+    sa.Column("lines", sa.Text, nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
-    sa.Index("ix_step_logs_instance_id_step_key_id", "instance_id", "step_key", "id"),
+    sa.Index("ix_step_log_chunks_instance_id_step_key_id", "instance_id", "step_key", "id"),
+    sa.Index(
+        "ix_step_log_chunks_instance_id_step_key_attempt_id",
+        "instance_id",
+        "step_key",
+        "attempt",
+        "id",
+    ),
+)
+
+#: The key of a metric's count: what it counts (``run``, ``step``, ``duration``), and
+#: its labels; ``le`` is the bucket a duration fell in ("" for the others).
+_METRIC_KEY = ("kind", "status", "type", "queue", "le")
+
+
+def _metric_key() -> list[sa.Column[str]]:
+    return [
+        sa.Column("kind", sa.String(10), nullable=False),
+        sa.Column("status", sa.String(20), nullable=False, server_default=""),
+        sa.Column("type", sa.String(100), nullable=False, server_default=""),
+        sa.Column("queue", sa.String(50), nullable=False, server_default=""),
+        sa.Column("le", sa.String(20), nullable=False, server_default=""),
+    ]
+
+
+#: Counts behind ``/metrics`` (runs and steps by status, step durations), so a scrape
+#: reads a few rows however long the history. Transitions never update these rows (that
+#: would make every transaction of every run wait on the same row): they insert their
+#: changes into ``metric_changes``, which a scrape folds in here.
+metric_counts = sa.Table(
+    "metric_counts",
+    metadata,
+    *_metric_key(),
+    sa.Column("n", sa.BigInteger, nullable=False),
+    sa.Column("seconds", sa.Float, nullable=False, server_default="0"),
+    sa.PrimaryKeyConstraint(*_METRIC_KEY),
+)
+
+#: Changes to ``metric_counts`` written by transitions in their own transaction.
+metric_changes = sa.Table(
+    "metric_changes",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    *_metric_key(),
+    sa.Column("n", sa.BigInteger, nullable=False),
+    sa.Column("seconds", sa.Float, nullable=False, server_default="0"),
 )
 
 api_tokens = sa.Table(

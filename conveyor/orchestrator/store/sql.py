@@ -8,7 +8,8 @@ locked run row and is bumped in the same transaction as the events it numbers.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import itertools
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -18,6 +19,7 @@ import sqlalchemy as sa
 from conveyor.orchestrator.clock import new_id, utcnow
 from conveyor.orchestrator.errors import Conflict, NotFound
 from conveyor.orchestrator.status import RunStatus, StepStatus
+from conveyor.orchestrator.store import logs
 from conveyor.orchestrator.store.connector import Connector, translate_errors
 from conveyor.orchestrator.store.findings import StoreLedger
 from conveyor.orchestrator.store.records import (
@@ -36,14 +38,21 @@ from conveyor.orchestrator.store.schema import (
     events,
     run_secrets,
     runs,
-    step_logs,
     steps,
 )
-from conveyor.orchestrator.store.transaction import RunTx, log_rows, version_definition
+from conveyor.orchestrator.store.stats import seeded_changes
+from conveyor.orchestrator.store.transaction import RunTx, version_definition
 
 
 class SqlStore(Connector):
     """Reads and writes of the execution log, through the engines of its ``Connector``."""
+
+    def __init__(
+        self, url: str, *, pre_ping: bool = True, log_max_bytes: int = logs.DEFAULT_MAX_BYTES
+    ) -> None:
+        super().__init__(url, pre_ping=pre_ping)
+        #: Log kept per step attempt; past it, lines are dropped and counted by a marker.
+        self.log_max_bytes = log_max_bytes
 
     @contextmanager
     def transaction(
@@ -56,13 +65,19 @@ class SqlStore(Connector):
         """
         with translate_errors(), self.engine.begin() as conn:
             tx = RunTx(conn, run_id, utcnow(), step_key, claim_attempt)
+            tx.log_max_bytes = self.log_max_bytes
             yield tx
             tx.flush_events()
 
     # -- creating runs -----------------------------------------------------------------
 
-    def create_run(self, new: NewRun) -> RunRecord:
-        """Write the definition version, the run, its steps and first event at once."""
+    def create_run(self, new: NewRun, start: Callable[[RunTx], object] | None = None) -> RunRecord:
+        """Write the definition version, the run, its steps and first event at once.
+
+        ``start`` goes on in the same transaction, the new run's row locked (queueing its
+        first steps): the run is stored with them or not at all. A run with the
+        idempotency key of an earlier one is that run, and ``start`` is not called.
+        """
         with translate_errors(), self.engine.begin() as conn:
             if new.idempotency_key:
                 existing = (
@@ -82,7 +97,11 @@ class SqlStore(Connector):
                 row = {"instance_id": run_id, "sealed": new.sealed_secrets, "created_at": now}
                 conn.execute(run_secrets.insert().values(**row))
             tx = RunTx(conn, run_id, now)
+            tx.changes = seeded_changes((s.type, s.queue) for s in new.steps)
             tx.event("run.created", pipeline=new.pipeline, version=version, steps=len(new.steps))
+            if start is not None:
+                tx.log_max_bytes = self.log_max_bytes
+                start(tx)
             tx.flush_events()
         return self.get_run(run_id)
 
@@ -104,7 +123,9 @@ class SqlStore(Connector):
         """One run by its id or a unique prefix of it (at least 4 characters)."""
         rows = self.rows(sa.select(*RUN_COLUMNS).where(runs.c.id == ref))
         if not rows and len(ref) >= 4:
-            rows = self.rows(sa.select(*RUN_COLUMNS).where(runs.c.id.startswith(ref)).limit(5))
+            # autoescape: `_` and `%` in ``ref`` are characters of an id, not wildcards.
+            prefixed = runs.c.id.startswith(ref, autoescape=True)
+            rows = self.rows(sa.select(*RUN_COLUMNS).where(prefixed).limit(5))
         if not rows:
             raise NotFound(f"no run {ref}")
         if len(rows) > 1:
@@ -227,31 +248,25 @@ class SqlStore(Connector):
         limit: int = 100_000,
     ) -> list[LogRecord]:
         """Log lines of a run (or one step) in the order they were written."""
-        query = (
-            sa.select(step_logs)
-            .where(step_logs.c.instance_id == run_id, step_logs.c.id > after_id)
-            .order_by(step_logs.c.id)
-            .limit(limit)
-        )
-        if step_key is not None:
-            query = query.where(step_logs.c.step_key == step_key)
-        if attempt is not None:
-            query = query.where(step_logs.c.attempt == attempt)
-        return [_log_record(r) for r in self.rows(query)]
+        found = self.iter_logs(run_id, step_key, after_id=after_id, attempt=attempt)
+        return list(itertools.islice(found, max(limit, 0)))
+
+    def iter_logs(
+        self,
+        run_id: str,
+        step_key: str | None = None,
+        *,
+        after_id: int = 0,
+        attempt: int | None = None,
+    ) -> Iterator[LogRecord]:
+        """Log lines in order, read a page of chunks at a time as they are consumed."""
+        return logs.lines_after(self, run_id, step_key, after_id=after_id, attempt=attempt)
 
     def tail_logs(
         self, run_id: str, step_key: str, lines: int = 3, attempt: int | None = None
     ) -> list[LogRecord]:
         """The last ``lines`` lines of a step's log (of one attempt), oldest first."""
-        query = (
-            sa.select(step_logs)
-            .where(step_logs.c.instance_id == run_id, step_logs.c.step_key == step_key)
-            .order_by(step_logs.c.id.desc())
-            .limit(lines)
-        )
-        if attempt is not None:
-            query = query.where(step_logs.c.attempt == attempt)
-        return [_log_record(r) for r in reversed(self.rows(query))]
+        return logs.last_lines(self, run_id, step_key, lines, attempt)
 
     # -- what the reconciler looks for --------------------------------------------------
 
@@ -273,6 +288,19 @@ class SqlStore(Connector):
         )
         return [(r["instance_id"], r["step_key"]) for r in self.rows(query)]
 
+    def stalled_runs(self, before: datetime, limit: int = 500) -> list[str]:
+        """Runs going, unchanged since before ``before``, with no step queued, running or
+        blocked: nothing will move them on but an advance (see ``Reconciler``)."""
+        moving = (StepStatus.QUEUED.value, StepStatus.RUNNING.value, StepStatus.BLOCKED.value)
+        busy = sa.exists().where(steps.c.instance_id == runs.c.id, steps.c.status.in_(moving))
+        query = (
+            sa.select(runs.c.id)
+            .where(runs.c.status == RunStatus.RUNNING.value, runs.c.updated_at < before, ~busy)
+            .order_by(runs.c.updated_at)
+            .limit(limit)
+        )
+        return [r["id"] for r in self.rows(query)]
+
     def stale_queued(self, before: datetime, limit: int = 500) -> list[tuple[str, str]]:
         """(run, step) of steps queued (and due) since before ``before``."""
         query = (
@@ -291,12 +319,11 @@ class SqlStore(Connector):
     def append_logs(
         self, run_id: str, step_key: str, attempt: int, lines: Sequence[tuple[str, str]]
     ) -> None:
-        """Append (stream, text) lines to a step's log."""
+        """Append (stream, text) lines to a step's log, within the attempt's cap."""
         if not lines:
             return
-        rows = log_rows(run_id, step_key, attempt, lines, utcnow())
         with self.writing() as conn:
-            conn.execute(step_logs.insert(), rows)
+            logs.append(conn, run_id, [(step_key, attempt, lines)], utcnow(), self.log_max_bytes)
 
     def renew_leases(self, step_ids: Sequence[str], owner: str, until: datetime) -> dict[str, str]:
         """Extend the leases of running steps this owner holds.
@@ -375,16 +402,5 @@ def _event_record(row: sa.RowMapping) -> EventRecord:
         step_key=row["step_key"],
         type=row["type"],
         payload=row["payload"] or {},
-        created_at=row["created_at"],
-    )
-
-
-def _log_record(row: sa.RowMapping) -> LogRecord:
-    return LogRecord(
-        id=row["id"],
-        step_key=row["step_key"],
-        attempt=row["attempt"],
-        stream=row["stream"],
-        text=row["text"],
         created_at=row["created_at"],
     )

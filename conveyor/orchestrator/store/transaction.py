@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from conveyor.orchestrator.contracts import Move
 from conveyor.orchestrator.errors import NotFound, NothingToClaim, StepsMoved
 from conveyor.orchestrator.status import RunStatus, StepStatus, check_run_move, check_step_move
+from conveyor.orchestrator.store import logs
 from conveyor.orchestrator.store.records import RunRecord, StepRecord, run_from_row, step_from_row
 from conveyor.orchestrator.store.schema import (
     RUN_COLUMNS,
@@ -27,9 +28,9 @@ from conveyor.orchestrator.store.schema import (
     definitions,
     events,
     runs,
-    step_logs,
     steps,
 )
+from conveyor.orchestrator.store.stats import Changes
 from conveyor.orchestrator.store.transitions import Transitions
 
 _RUN: sa.BindParameter[str] = sa.bindparam("b_run")
@@ -107,7 +108,6 @@ _MOVE_STEP = steps.update().where(
 )
 _UPDATE_STEP = steps.update().where(steps.c.id == sa.bindparam("b_id"))
 _INSERT_EVENTS = events.insert()
-_INSERT_LOGS = step_logs.insert()
 _EVENT_COLUMNS = ("instance_id", "step_key", "type", "payload", "created_at", "seq")
 
 
@@ -130,23 +130,6 @@ def _insert_events_bumping_seq(count: int) -> sa.TextClause:
     for i in range(count):
         types |= {f"{name}_{i}": events.c[name].type for name in _EVENT_COLUMNS}
     return sa.text(sql).bindparams(*(sa.bindparam(k, type_=t) for k, t in types.items()))
-
-
-def log_rows(
-    run_id: str, step_key: str, attempt: int, lines: Sequence[tuple[str, str]], now: datetime
-) -> list[dict[str, Any]]:
-    """Rows of step_logs for (stream, text) lines."""
-    return [
-        {
-            "instance_id": run_id,
-            "step_key": step_key,
-            "attempt": attempt,
-            "stream": stream,
-            "text": text,
-            "created_at": now,
-        }
-        for stream, text in lines
-    ]
 
 
 def version_definition(conn: sa.Connection, name: str, source: str) -> tuple[str, int, bool]:
@@ -205,6 +188,10 @@ class RunTx(Transitions):
         super().__init__()
         self.conn = conn
         self.now = now
+        #: What this transaction did to the counts of ``/metrics``, written with it.
+        self.changes = Changes()
+        #: Log kept per step attempt (``SqlStore`` sets its own).
+        self.log_max_bytes = logs.DEFAULT_MAX_BYTES
         self._pending: list[dict[str, Any]] = []
         self._ids = {"b_run": run_id}
         #: The step read with the lock (``step_key``), handed out once by ``step``.
@@ -284,6 +271,7 @@ class RunTx(Transitions):
         completed = self.now if status.terminal else None
         values = {"status": status.value, "updated_at": self.now, "completed_at": completed}
         self.conn.execute(_UPDATE_RUN, {**self._ids, **values, "error": error})
+        self.changes.run_moved(self.run.status, status)
         self.run = replace(self.run, status=status, error=error, completed_at=completed)
         self.event(f"run.{status.value}", **({"error": error} if error else {}), **payload)
 
@@ -325,6 +313,7 @@ class RunTx(Transitions):
         moved = self.conn.execute(_MOVE_STEP, params).rowcount
         if moved == len(moves):
             for step, fields, event in moves:
+                self.changes.step_moved(step, new, self.now)
                 payload = {"attempt": fields.get("attempts", step.attempts), **(event or {})}
                 self.event(f"step.{new.value}", step.key, **payload)
         return moved
@@ -342,13 +331,7 @@ class RunTx(Transitions):
 
     def append_logs(self, batches: Sequence[tuple[str, int, Sequence[tuple[str, str]]]]) -> None:
         """Write steps' last log lines, (key, attempt, lines) each, with their results."""
-        rows = [
-            row
-            for step_key, attempt, lines in batches
-            for row in log_rows(self.run.id, step_key, attempt, lines, self.now)
-        ]
-        if rows:
-            self.conn.execute(_INSERT_LOGS, rows)
+        logs.append(self.conn, self.run.id, batches, self.now, self.log_max_bytes)
 
     def event(self, type_: str, step_key: str | None = None, **payload: Any) -> None:
         """Append an event; it is numbered and written when the transaction commits."""
@@ -363,7 +346,11 @@ class RunTx(Transitions):
         )
 
     def flush_events(self) -> None:
-        """Number the pending events after the run's last one and write them."""
+        """Number the pending events after the run's last one and write them.
+
+        The changes to the counts of ``/metrics`` are written here too, with the moves.
+        """
+        self.changes.write(self.conn)
         if not self._pending:
             return
         base = self.run.event_seq

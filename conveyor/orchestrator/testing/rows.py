@@ -14,6 +14,7 @@ from typing import Any
 
 from conveyor.orchestrator.clock import new_id
 from conveyor.orchestrator.status import RunStatus, StepStatus
+from conveyor.orchestrator.store.logchunks import Chunk
 from conveyor.orchestrator.store.records import (
     EventRecord,
     LogRecord,
@@ -56,6 +57,8 @@ class RunRows:
     sealed: str | None = None
     events: list[EventRecord] = field(default_factory=list)
     logs: list[LogRecord] = field(default_factory=list)
+    #: The last chunk of each (step key, attempt)'s log, with its id: where appends go on.
+    last_chunks: dict[tuple[str, int], tuple[int, Chunk]] = field(default_factory=dict)
     #: Held by the transaction on this run: the twin of the run row's lock.
     lock: threading.Lock = field(default_factory=threading.Lock)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
@@ -20,6 +20,8 @@ from conveyor.orchestrator.clock import new_id, utcnow
 from conveyor.orchestrator.errors import Conflict, NotFound, NothingToClaim, StoreUnavailable
 from conveyor.orchestrator.scanning.history import MemoryLedger
 from conveyor.orchestrator.status import RunStatus, StepStatus
+from conveyor.orchestrator.store.logchunks import Kept, line_id, pack
+from conveyor.orchestrator.store.logs import DEFAULT_MAX_BYTES
 from conveyor.orchestrator.store.records import (
     EventRecord,
     LogRecord,
@@ -58,7 +60,9 @@ class MemoryStore:
         self._newest: dict[str, str] = {}
         #: Creating runs and numbering log lines; never held while waiting for a run.
         self._lock = threading.Lock()
-        self._log_ids = itertools.count(1)
+        self._chunk_ids = itertools.count(1)
+        #: Log kept per step attempt, as ``SqlStore.log_max_bytes``.
+        self.log_max_bytes = DEFAULT_MAX_BYTES
         #: The findings ledgers steps recorded into, by (run id, step key).
         self.ledgers: dict[tuple[str, str], MemoryLedger] = {}
 
@@ -118,8 +122,11 @@ class MemoryStore:
 
     # -- creating runs ------------------------------------------------------------------
 
-    def create_run(self, new: NewRun) -> RunRecord:
-        """Write the definition version, the run, its steps and first event at once."""
+    def create_run(
+        self, new: NewRun, start: Callable[[MemoryRunTx], object] | None = None
+    ) -> RunRecord:
+        """Write the definition version, the run, its steps and first event at once;
+        ``start`` goes on in the same transaction (see ``SqlStore.create_run``)."""
         if len({s.key for s in new.steps}) != len(new.steps):
             raise Conflict("conflicting write: two steps of the run have one key")
         with self._lock:
@@ -130,6 +137,8 @@ class MemoryStore:
             rows = new_rows(new, definition_id, utcnow())
             tx = MemoryRunTx(rows, rows.run.created_at)
             tx.event("run.created", pipeline=new.pipeline, version=version, steps=len(new.steps))
+            if start is not None:
+                start(tx)
             tx.commit()
             self._runs[rows.run.id] = rows
             self._step_runs |= {s.id: rows.run.id for s in rows.steps.values()}
@@ -291,6 +300,17 @@ class MemoryStore:
         """Log lines of a run (or one step) in the order they were written."""
         return log_lines(self._runs.get(run_id), step_key, attempt, after_id)[: max(limit, 0)]
 
+    def iter_logs(
+        self,
+        run_id: str,
+        step_key: str | None = None,
+        *,
+        after_id: int = 0,
+        attempt: int | None = None,
+    ) -> Iterator[LogRecord]:
+        """Log lines in order, as they are consumed."""
+        return iter(log_lines(self._runs.get(run_id), step_key, attempt, after_id))
+
     def tail_logs(
         self, run_id: str, step_key: str, lines: int = 3, attempt: int | None = None
     ) -> list[LogRecord]:
@@ -314,6 +334,20 @@ class MemoryStore:
             if s.status == StepStatus.RUNNING and s.lease_expires_at and s.lease_expires_at < now
         ]
         return found[:limit]
+
+    def stalled_runs(self, before: datetime, limit: int = 500) -> list[str]:
+        """Runs going, unchanged since before ``before``, with no step queued, running or
+        blocked: nothing will move them on but an advance."""
+        moving = {StepStatus.QUEUED, StepStatus.RUNNING, StepStatus.BLOCKED}
+        found = [
+            rows.run
+            for rows in self._all()
+            if rows.run.status == RunStatus.RUNNING
+            and rows.run.updated_at < before
+            and not any(s.status in moving for s in rows.steps.values())
+        ]
+        found.sort(key=lambda r: r.updated_at)
+        return [r.id for r in found[:limit]]
 
     def stale_queued(self, before: datetime, limit: int = 500) -> list[tuple[str, str]]:
         """(run, step) of steps queued (and due) since before ``before``, oldest first."""
@@ -341,11 +375,39 @@ class MemoryStore:
         self._number(rows, [(step_key, attempt, stream, text, now) for stream, text in lines])
 
     def _number(self, rows: RunRows, lines: Sequence[PendingLine]) -> None:
-        """Give log lines their ids, in order, and keep them."""
+        """Pack log lines into chunks under the attempt's cap, as SQL does, and keep them."""
         if not lines:
             return
         with self._lock:
-            rows.logs += [LogRecord(next(self._log_ids), *line) for line in lines]
+            for (key, attempt), group in itertools.groupby(lines, key=lambda x: (x[0], x[1])):
+                written = list(group)
+                self._keep(
+                    rows, key, attempt, [(s, t) for _, _, s, t, _ in written], written[-1][4]
+                )
+
+    def _keep(
+        self, rows: RunRows, key: str, attempt: int, lines: list[tuple[str, str]], now: datetime
+    ) -> None:
+        found = rows.last_chunks.get((key, attempt))
+        appended = pack(found[1].state if found else Kept(), lines, self.log_max_bytes)
+        if appended.marker is not None and found is not None:
+            chunk_id, marker = found
+            grown = replace(
+                marker,
+                last_line=appended.marker.last_line,
+                dropped_bytes=appended.marker.dropped_bytes,
+            )
+            rows.last_chunks[key, attempt] = (chunk_id, grown)
+            at = next(i for i, x in enumerate(rows.logs) if x.id == line_id(chunk_id, 0))
+            stream, text = grown.texts()[0]
+            rows.logs[at] = replace(rows.logs[at], stream=stream, text=text)
+        for chunk in appended.chunks:
+            chunk_id = next(self._chunk_ids)
+            rows.last_chunks[key, attempt] = (chunk_id, chunk)
+            rows.logs += [
+                LogRecord(line_id(chunk_id, place), key, attempt, stream, text, now)
+                for place, (stream, text) in enumerate(chunk.texts())
+            ]
 
     def renew_leases(self, step_ids: Sequence[str], owner: str, until: datetime) -> dict[str, str]:
         """Extend the leases of running steps this owner holds; the status of each step."""

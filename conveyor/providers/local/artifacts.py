@@ -2,7 +2,14 @@
 
 Each artifact is written to a temporary file beside its place, checksummed while it
 streams, then renamed into place with its metadata: a crash leaves the old version or
-nothing, never half a file. Metadata lives in a sidecar ``<key>.meta.json``.
+nothing, never half a file.
+
+Metadata (size, checksum, kind) lives in a tree of its own, ``<run_id>/.meta/<key>``,
+where no key can reach: every part of a key starts with a letter or digit, so no key
+names ``.meta`` (nor the ``.upload-`` and ``.tmp-`` files being written). Stores written
+before kept it in a sidecar ``<key>.meta.json`` beside the file, a name another key
+could overwrite; such a sidecar is still read, and moved into the tree, unless that name
+is itself an artifact's (then it is an artifact, never metadata).
 """
 
 from __future__ import annotations
@@ -25,7 +32,9 @@ from conveyor.orchestrator.artifacts import (
 from conveyor.orchestrator.errors import ArtifactError, ArtifactNotFound, ChecksumMismatch
 from conveyor.orchestrator.settings import Settings
 
-META = ".meta.json"
+META_DIR = ".meta"
+#: The sidecar of stores written before the metadata tree (read, then migrated).
+LEGACY = ".meta.json"
 
 
 class LocalArtifactStore:
@@ -37,6 +46,9 @@ class LocalArtifactStore:
     def put(self, run_id: str, key: str, src: Path, kind: str = "file") -> Artifact:
         """Store ``src`` under ``key``, replacing any artifact of that key at once."""
         target = self._path(run_id, key)
+        if key.endswith(LEGACY):  # the file may be an older artifact's sidecar: keep it
+            with contextlib.suppress(ArtifactError):
+                self._load(run_id, key[: -len(LEGACY)])
         target.parent.mkdir(parents=True, exist_ok=True)
         handle, name = tempfile.mkstemp(dir=target.parent, prefix=".upload-")
         try:
@@ -44,7 +56,7 @@ class LocalArtifactStore:
                 # On disk before the rename: a crash leaves the old artifact or none.
                 checksum, size = copy_hashed(source, out, sync=True)
             artifact = Artifact(key, size, checksum, datetime.now(UTC), kind)
-            _write_meta(target, artifact)
+            _write_meta(self._meta(run_id, key), artifact)
             os.replace(name, target)
         except OSError as exc:
             raise ArtifactError(f"could not store {key}: {exc.strerror or exc}") from exc
@@ -70,10 +82,10 @@ class LocalArtifactStore:
     def open(self, run_id: str, key: str) -> tuple[Artifact, BinaryIO]:
         """The artifact's metadata and its content as a stream."""
         target = self._path(run_id, key)
-        artifact = _read_meta(target, key)
+        artifact = self._load(run_id, key)
         try:
             return artifact, open(target, "rb")  # the caller closes it
-        except FileNotFoundError:
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise ArtifactNotFound(f"run {run_id} has no artifact {key}") from None
 
     def list(self, run_id: str) -> list[Artifact]:
@@ -81,20 +93,31 @@ class LocalArtifactStore:
         base = self.root / validate_run_id(run_id)
         if not base.is_dir():
             return []
-        found = []
-        for meta in base.rglob("*" + META):
-            key = str(meta.relative_to(base))[: -len(META)]
-            with contextlib.suppress(ArtifactError):  # one being written right now
-                found.append(_read_meta(base / key, key))
-        return sorted(found, key=lambda a: a.key)
+        found: dict[str, Artifact] = {}
+        tree = base / META_DIR
+        for meta in tree.rglob("*"):
+            key = meta.relative_to(tree).as_posix()
+            if meta.is_file() and not meta.name.startswith("."):
+                with contextlib.suppress(ArtifactError):  # one being written right now
+                    found[key] = self._load(run_id, key)
+        for sidecar in base.rglob("*" + LEGACY):  # stores written before the tree
+            key = sidecar.relative_to(base).as_posix()[: -len(LEGACY)]
+            if key not in found and not key.startswith(META_DIR + "/"):
+                with contextlib.suppress(ArtifactError):
+                    if (base / validate_key(key)).is_file():
+                        found[key] = self._load(run_id, key)
+        return sorted(found.values(), key=lambda a: a.key)
 
     def delete(self, run_id: str, key: str) -> None:
         """Remove one artifact."""
         target = self._path(run_id, key)
-        if not target.exists():
+        if not target.is_file():
             raise ArtifactNotFound(f"run {run_id} has no artifact {key}")
+        legacy = self._legacy(run_id, key)
         target.unlink()
-        target.with_name(target.name + META).unlink(missing_ok=True)
+        self._meta(run_id, key).unlink(missing_ok=True)
+        if legacy is not None:
+            legacy.unlink(missing_ok=True)
 
     def delete_run(self, run_id: str) -> int:
         """Remove every artifact of a run."""
@@ -105,27 +128,62 @@ class LocalArtifactStore:
     def _path(self, run_id: str, key: str) -> Path:
         return self.root / validate_run_id(run_id) / validate_key(key)
 
+    def _meta(self, run_id: str, key: str) -> Path:
+        """Where the metadata of ``key`` lives: a tree no key can name."""
+        return self.root / validate_run_id(run_id) / META_DIR / validate_key(key)
 
-def _write_meta(target: Path, artifact: Artifact) -> None:
-    meta = target.with_name(target.name + META)
+    def _legacy(self, run_id: str, key: str) -> Path | None:
+        """The old-layout sidecar of ``key``, unless that path is an artifact itself."""
+        sidecar = self._path(run_id, key).with_name(self._path(run_id, key).name + LEGACY)
+        try:
+            as_key = validate_key(key + LEGACY)
+        except ArtifactError:  # no key can have that name: it can only be a sidecar
+            return sidecar
+        return None if self._meta(run_id, as_key).exists() else sidecar
+
+    def _load(self, run_id: str, key: str) -> Artifact:
+        """The metadata of ``key``: from the tree, or (once, then moved) an old sidecar."""
+        meta = self._meta(run_id, key)
+        try:
+            return _read_meta(meta, key)
+        except ArtifactNotFound:
+            legacy = self._legacy(run_id, key)
+            if legacy is None:
+                raise
+        artifact = _read_meta(legacy, key)
+        with contextlib.suppress(OSError):  # a read-only store still reads
+            _write_meta(meta, artifact)
+        return artifact
+
+
+def _write_meta(meta: Path, artifact: Artifact) -> None:
     data = {
         "size": artifact.size,
         "checksum": artifact.checksum,
         "created_at": artifact.created_at.isoformat(),
         "kind": artifact.kind,
     }
-    tmp = meta.with_name(meta.name + ".tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, meta)
-
-
-def _read_meta(target: Path, key: str) -> Artifact:
+    meta.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=meta.parent, prefix=".tmp-")
     try:
-        data = json.loads(target.with_name(target.name + META).read_text())
-    except FileNotFoundError:
+        with os.fdopen(handle, "w") as out:
+            out.write(json.dumps(data))
+        os.replace(tmp, meta)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _read_meta(meta: Path, key: str) -> Artifact:
+    try:
+        data = json.loads(meta.read_text())
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         raise ArtifactNotFound(f"no artifact {key}") from None
     except (OSError, ValueError) as exc:
         raise ArtifactError(f"artifact {key} has unreadable metadata: {exc}") from exc
-    created = datetime.fromisoformat(data["created_at"])
-    kind = str(data.get("kind", "file"))
-    return Artifact(key, int(data["size"]), str(data["checksum"]), created, kind)
+    try:
+        created = datetime.fromisoformat(data["created_at"])
+        kind = str(data.get("kind", "file"))
+        return Artifact(key, int(data["size"]), str(data["checksum"]), created, kind)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ArtifactError(f"artifact {key} has unreadable metadata: {exc!r}") from exc

@@ -1,9 +1,15 @@
 """The local sandbox: steps run as host processes inside the run's workspace directory.
 
 It isolates little: a scrubbed environment, a working directory kept inside the
-workspace, an optional per-process address-space limit, and a process group that is
+workspace, an optional per-process address-space limit, and a process tree that is
 killed on timeout, cancel or close. Images, mounts, networks and CPU limits need the
 Docker sandbox; asking the local one for them is an error, not a silent no-op.
+
+Every command runs under a guard (``guard.py``): a subreaper that keeps every process
+the command starts as its descendant, however it detaches (``setsid``, a double fork),
+and kills that whole tree on cancel, on timeout, when the shell exits, and when the
+worker that started it dies, even by SIGKILL (a parent-death signal and a lifeline
+pipe). So no step's process outlives its attempt.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import selectors
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -38,6 +45,9 @@ from ..sandbox_common import (
 HOST_ENV_KEYS = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER")
 TERM_GRACE = 2.0  # seconds between SIGTERM and SIGKILL
 DRAIN_AFTER_KILL = 0.5  # how long to wait for EOF once the group is dead
+#: How long ``finish`` waits for the guard to have killed the tree and exited.
+GUARD_PATIENCE = 10.0
+GUARD = str(Path(__file__).with_name("guard.py"))
 
 # `ulimit -v` sets RLIMIT_AS like setrlimit would, without a preexec_fn, which is
 # unsafe in the threaded workers that call exec.
@@ -139,7 +149,7 @@ class LocalSandbox:
         with self._lock:
             self._closed = True
             for command in self._running:
-                command.signal(signal.SIGKILL)
+                command.kill_tree()
 
     def _relative(self, path: str) -> str:
         if not os.path.isabs(path):
@@ -190,11 +200,12 @@ class LocalSandbox:
 
 
 class _Command:
-    """One script running in its own process group: output pump, limits and kill.
+    """One script running under its guard, in its own session: output pump, limits, kill.
 
     One thread does it all: a selector waits on the output pipe and on a pidfd of the
-    shell (readable once it exits, without reaping it), and wakes at least every POLL
-    seconds to check the deadline and the cancel flag.
+    guard (readable once it exits, without reaping it), and wakes at least every POLL
+    seconds to check the deadline and the cancel flag. The guard exits only once the
+    command's whole tree is gone; the process group is only a fallback.
     """
 
     def __init__(
@@ -229,7 +240,7 @@ class _Command:
                     elif not self._read_chunk(out):
                         pipe_open = False
                         selector.unregister(out)
-                if self._exited and pipe_open:  # children (`sleep 100 &`) hold the pipe
+                if self._exited and pipe_open:  # the guard is gone; an escapee holds the pipe
                     self.signal(signal.SIGTERM)
                     self._drain_leftovers(selector)
                     pipe_open = False
@@ -237,17 +248,31 @@ class _Command:
         self.lines.flush()
 
     def finish(self) -> int:
-        """Kill what is left, reap the shell; return its exit code."""
-        # The shell is not reaped yet, so its pid cannot name another process group.
+        """Kill what is left, reap the guard; return the shell's exit code."""
+        self.kill_tree()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(GUARD_PATIENCE)
+        # The guard is not reaped yet, so its pid cannot name another process group.
         self.signal(signal.SIGKILL)
-        assert self.proc.stdout is not None
+        assert self.proc.stdout is not None and self.proc.stdin is not None
         self.proc.stdout.close()
+        self.proc.stdin.close()  # the lifeline: a guard still alive kills its tree now
         code = self.proc.wait()
         os.close(self._pidfd)
         return 128 - code if code < 0 else code  # killed by a signal: the shell's way
 
+    def kill_tree(self) -> None:
+        """Have the guard kill the command's whole tree now (it exits once it is gone)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):  # guard gone already
+            os.kill(self.proc.pid, signal.SIGUSR1)
+
+    def terminate_tree(self) -> None:
+        """Have the guard send SIGTERM to the whole tree, and SIGKILL a grace period later."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(self.proc.pid, signal.SIGTERM)
+
     def signal(self, signum: int) -> None:
-        """Send ``signum`` to the whole process group."""
+        """Send ``signum`` to the whole process group (what did not leave it)."""
         with contextlib.suppress(ProcessLookupError, PermissionError):  # group gone already
             os.killpg(self.proc.pid, signum)
 
@@ -258,10 +283,10 @@ class _Command:
         if self.reason is None:
             self.reason = limit_reached(self._cancel, self._deadline)
             if self.reason is not None:
-                self.signal(signal.SIGTERM)
+                self.terminate_tree()
                 self._term_sent = time.monotonic()
         elif self._term_sent is not None and time.monotonic() - self._term_sent >= TERM_GRACE:
-            self.signal(signal.SIGKILL)
+            self.kill_tree()
             self._term_sent = None
 
     def _read_chunk(self, fd: int) -> bool:
@@ -307,12 +332,19 @@ def _refuse_unsupported(config: SandboxConfig) -> None:
 
 
 def _spawn(argv: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Start ``argv`` under its guard (``guard.py``), in a session of its own.
+
+    The guard's standard input is its lifeline: only this process holds the other end
+    (a pipe is not inherited by other children), so it reads end-of-file once this
+    process is gone, however it died. The command itself reads /dev/null.
+    """
+    guarded = [sys.executable, "-I", "-S", GUARD, str(os.getpid()), str(TERM_GRACE), "--", *argv]
     try:
         return subprocess.Popen(
-            argv,
+            guarded,
             cwd=cwd,
             env=env,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group, so kills reach every child

@@ -24,7 +24,12 @@ from conveyor.orchestrator.artifacts import (
     validate_key,
     validate_run_id,
 )
-from conveyor.orchestrator.errors import ArtifactError, ArtifactNotFound, ChecksumMismatch
+from conveyor.orchestrator.errors import (
+    ArtifactError,
+    ArtifactNotFound,
+    ArtifactStoreUnavailable,
+    ChecksumMismatch,
+)
 from conveyor.orchestrator.settings import Settings
 
 MIB = 1024 * 1024
@@ -136,7 +141,7 @@ def _errors(what: str) -> Iterator[None]:
         if code in MISSING:
             raise ArtifactNotFound(f"no artifact {what}") from None
         raise ArtifactError(f"S3 refused {what}: {code} {exc}") from None
-    except BotoCoreError as exc:
-        raise ArtifactError(f"S3 request for {what} failed: {exc}") from None
+    except BotoCoreError as exc:  # no answer: the endpoint is down or unreachable
+        raise ArtifactStoreUnavailable(f"S3 request for {what} failed: {exc}") from None
     except OSError as exc:  # the local side: the file to upload, the place to write
         raise ArtifactError(f"could not read or write {what}: {exc.strerror or exc}") from None

@@ -139,3 +139,52 @@ def test_a_follower_that_reconnects_resumes_after_the_last_line_it_saw(
 
     texts = [json.loads(d)["text"] for e, d in events(answer.data) if e == "log"]
     assert texts == ["b", "c"]
+
+
+def test_a_large_log_is_read_in_bounded_pages_that_go_on_from_the_last_id(
+    client: FlaskClient, operator: Headers, services: Services, recorder: MemoryDispatcher
+) -> None:
+    # Given a step whose log is 6 MB: 60,000 lines of 100 bytes
+    run = submit(client, operator)
+    ref, _ = recorder.sent.pop()
+    assert services.runtime.claim(ref, "test-worker") is not None
+    printed = [f"{i:08d}".ljust(99, "-") for i in range(60_000)]
+    for start in range(0, len(printed), 500):
+        batch = [("stdout", text) for text in printed[start : start + 500]]
+        services.store.append_logs(ref.run_id, ref.step_key, ref.attempt, batch)
+    url = f"{RUNS}/{run['id']}/steps/only/logs"
+
+    # When it is read without saying how much, and then with a byte bound
+    first = client.get(url, headers=operator)
+    small = client.get(f"{url}?max_bytes=20000&limit=10000", headers=operator)
+
+    # Then each answer is a bounded page that says the log goes on
+    assert first.status_code == 200 and len(first.data) < 1_000 * 250
+    page = body(first)
+    assert [x["text"] for x in page["items"]] == printed[:1000]
+    assert page["more"] is True and page["last_id"] == page["items"][-1]["id"]
+    assert len(small.data) < 20_000 * 2 and body(small)["more"] is True
+    assert len(body(small)["items"]) == 200
+
+    # And the pages, read on from each last_id, give the whole log once, then stop
+    seen, after, pages = [], 0, 0
+    while True:
+        answer = body(client.get(f"{url}?after={after}&max_bytes=8388608", headers=operator))
+        seen += [x["text"] for x in answer["items"]]
+        after, pages = answer["last_id"], pages + 1
+        if not answer["more"]:
+            break
+    assert seen == printed and pages == 60  # 1000 lines a page: limit bounds it first
+
+
+def test_the_tail_is_bounded_by_bytes_too(
+    client: FlaskClient, operator: Headers, services: Services, recorder: MemoryDispatcher
+) -> None:
+    run = submit(client, operator)
+    work(services, recorder, logs={"only": ["z" * 10_000] * 50})
+
+    answer = body(
+        client.get(f"{RUNS}/{run['id']}/steps/only/logs?tail=50&max_bytes=30000", headers=operator)
+    )
+
+    assert len(answer["items"]) == 2 and answer["more"] is True

@@ -1,0 +1,195 @@
+"""A step's log in SQL: chunks appended under the cap, and read a page at a time.
+
+What a chunk is, and the cap, are in ``logchunks.py``; this is only how they reach the
+database and come back. Reads never hold more than a page of chunks (``PAGE`` rows of at
+most 64 KiB each): a reader of a huge log walks it, it does not load it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from conveyor.orchestrator.settings import Settings
+from conveyor.orchestrator.store.connector import Connector
+from conveyor.orchestrator.store.logchunks import (
+    Chunk,
+    Kept,
+    chunk_of,
+    decode,
+    encode,
+    line_id,
+    pack,
+)
+from conveyor.orchestrator.store.records import LogRecord
+from conveyor.orchestrator.store.schema import step_log_chunks as chunks
+
+#: Log kept per step attempt unless the store is told otherwise (``CONVEYOR_LOG_MAX_BYTES``).
+DEFAULT_MAX_BYTES: int = Settings.model_fields["log_max_bytes"].default
+#: Chunks read per query: at most about a MiB of text.
+PAGE = 16
+#: The last chunk of each (step, attempt) among some steps of a run: where appends go on.
+_LAST = sa.select(
+    chunks.c.id,
+    chunks.c.step_key,
+    chunks.c.attempt,
+    chunks.c.last_line,
+    chunks.c.total_bytes,
+    chunks.c.dropped_bytes,
+).where(
+    chunks.c.id.in_(
+        sa.select(sa.func.max(chunks.c.id))
+        .where(
+            chunks.c.instance_id == sa.bindparam("b_run"),
+            chunks.c.step_key.in_(sa.bindparam("b_keys", expanding=True)),
+        )
+        .group_by(chunks.c.step_key, chunks.c.attempt)
+        .scalar_subquery()
+    )
+)
+_INSERT = chunks.insert()
+_GROW_MARKER = (
+    chunks.update()
+    .where(chunks.c.id == sa.bindparam("b_id"))
+    .values(last_line=sa.bindparam("b_last_line"), dropped_bytes=sa.bindparam("b_dropped_bytes"))
+)
+
+#: (step key, attempt, (stream, text) lines) of one append.
+Batch = tuple[str, int, Sequence[tuple[str, str]]]
+
+
+def append(
+    conn: sa.Connection, run_id: str, batches: Sequence[Batch], now: datetime, max_bytes: int
+) -> None:
+    """Append lines to steps' logs in ``conn``'s transaction, each attempt capped."""
+    merged: dict[tuple[str, int], list[tuple[str, str]]] = {}
+    for key, attempt, lines in batches:
+        merged.setdefault((key, attempt), []).extend(lines)
+    merged = {k: v for k, v in merged.items() if v}
+    if not merged:
+        return
+    keys = sorted({key for key, _ in merged})
+    last = {
+        (r.step_key, r.attempt): r for r in conn.execute(_LAST, {"b_run": run_id, "b_keys": keys})
+    }
+    rows: list[dict[str, Any]] = []
+    grown: list[dict[str, Any]] = []
+    for (key, attempt), lines in merged.items():
+        found = last.get((key, attempt))
+        before = Kept(found.last_line, found.total_bytes, found.dropped_bytes) if found else Kept()
+        appended = pack(before, lines, max_bytes)
+        if appended.marker is not None and found is not None:
+            marker = appended.marker
+            grown.append(
+                {
+                    "b_id": found.id,
+                    "b_last_line": marker.last_line,
+                    "b_dropped_bytes": marker.dropped_bytes,
+                }
+            )
+        rows += [_row(run_id, key, attempt, chunk, now) for chunk in appended.chunks]
+    if grown:
+        conn.execute(_GROW_MARKER, grown)
+    if rows:
+        conn.execute(_INSERT, rows)
+
+
+def _row(run_id: str, key: str, attempt: int, chunk: Chunk, now: datetime) -> dict[str, Any]:
+    return {
+        "instance_id": run_id,
+        "step_key": key,
+        "attempt": attempt,
+        "first_line": chunk.first_line,
+        "last_line": chunk.last_line,
+        "bytes": chunk.bytes,
+        "total_bytes": chunk.total_bytes,
+        "dropped_bytes": chunk.dropped_bytes,
+        "lines": encode(chunk.lines),
+        "created_at": now,
+    }
+
+
+def _chunk(row: sa.RowMapping) -> Chunk:
+    return Chunk(
+        first_line=row["first_line"],
+        last_line=row["last_line"],
+        bytes=row["bytes"],
+        total_bytes=row["total_bytes"],
+        lines=tuple(decode(row["lines"])),
+        dropped_bytes=row["dropped_bytes"],
+    )
+
+
+def _records(row: sa.RowMapping) -> list[LogRecord]:
+    return [
+        LogRecord(
+            id=line_id(row["id"], place),
+            step_key=row["step_key"],
+            attempt=row["attempt"],
+            stream=stream,
+            text=text,
+            created_at=row["created_at"],
+        )
+        for place, (stream, text) in enumerate(_chunk(row).texts())
+    ]
+
+
+def _where(run_id: str, step_key: str | None, attempt: int | None) -> list[Any]:
+    found: list[Any] = [chunks.c.instance_id == run_id]
+    if step_key is not None:
+        found.append(chunks.c.step_key == step_key)
+    if attempt is not None:
+        found.append(chunks.c.attempt == attempt)
+    return found
+
+
+def lines_after(
+    store: Connector,
+    run_id: str,
+    step_key: str | None = None,
+    *,
+    after_id: int = 0,
+    attempt: int | None = None,
+) -> Iterator[LogRecord]:
+    """Every line after ``after_id``, in order, read a page of chunks at a time."""
+    where = _where(run_id, step_key, attempt)
+    start, _ = chunk_of(after_id)
+    while True:
+        query = (
+            sa.select(chunks).where(*where, chunks.c.id >= start).order_by(chunks.c.id).limit(PAGE)
+        )
+        page = store.rows(query)
+        for row in page:
+            for line in _records(row):
+                if line.id > after_id:
+                    yield line
+        if len(page) < PAGE:
+            return
+        start = page[-1]["id"] + 1
+
+
+def last_lines(
+    store: Connector, run_id: str, step_key: str, count: int, attempt: int | None = None
+) -> list[LogRecord]:
+    """The last ``count`` lines of a step's log (of one attempt), oldest first."""
+    if count <= 0:
+        return []
+    where = _where(run_id, step_key, attempt)
+    found: list[LogRecord] = []
+    before: int | None = None
+    while len(found) < count:
+        query = sa.select(chunks).where(*where).order_by(chunks.c.id.desc()).limit(PAGE)
+        if before is not None:
+            query = query.where(chunks.c.id < before)
+        page = store.rows(query)
+        for row in page:
+            found[:0] = _records(row)[-(count - len(found)) :]
+            if len(found) >= count:
+                break
+        if len(page) < PAGE:
+            break
+        before = page[-1]["id"]
+    return found

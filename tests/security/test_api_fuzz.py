@@ -1,0 +1,85 @@
+"""Property-based fuzzing of every operation of the OpenAPI document (schemathesis).
+
+For each operation, requests generated from the document itself, valid ones and
+invalid ones, go to the real API on a real store. No answer may be a 5xx, and every
+answer must fit the document: a status it lists, its media type, its schema, its
+headers. Bounded and derandomised: the same requests on every run, a few minutes at
+most on SQLite and Postgres together.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import schemathesis
+from flask import Flask
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from conveyor.api.openapi import document
+from conveyor.api.routes import ROUTES
+from conveyor.orchestrator.store.sql import SqlStore
+from tests.security.api_kit import ONE_STEP, PIPELINES, RUNS, Headers, api, admin  # noqa: F401
+
+#: Requests per operation and mode: enough to reach every parameter's edge cases.
+EXAMPLES = 25
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    response_headers_conformance,
+]
+OPERATIONS = [
+    pytest.param(route.method, route.path, id=f"{route.method} {route.path}") for route in ROUTES
+]
+
+
+def _seeded(api: Flask, admin: Headers) -> None:
+    """A registered pipeline and a run, so lists and reads answer with items."""
+    client = api.test_client()
+    assert client.post(PIPELINES, json={"definition": ONE_STEP}, headers=admin).status_code == 201
+    run = client.post(RUNS, json={"definition": ONE_STEP, "params": {"n": 1}}, headers=admin)
+    assert run.status_code == 201
+
+
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
+@pytest.mark.parametrize(("method", "path"), OPERATIONS)
+def test_no_request_gets_a_5xx_or_an_answer_off_the_document(
+    api: Flask,  # noqa: F811
+    admin: Headers,  # noqa: F811
+    db_store: SqlStore,
+    method: str,
+    path: str,
+    mode: GenerationMode,
+) -> None:
+    _seeded(api, admin)
+    schema = schemathesis.openapi.from_dict(document(ROUTES))
+    operation = schema[f"/api/v1{path}"][method]
+    cases = operation.as_strategy(generation_mode=mode)
+
+    @settings(
+        max_examples=EXAMPLES,
+        derandomize=True,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=cases, with_token=st.booleans())
+    def answers_within_the_document(case: Any, with_token: bool) -> None:
+        headers = dict(case.headers or {})
+        if with_token:
+            headers.update(admin)
+        response = case.call(app=api, headers=headers)
+        case.validate_response(response, checks=CHECKS)
+
+    answers_within_the_document()
