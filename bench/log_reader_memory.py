@@ -7,7 +7,7 @@ an old log moved over by the migration may be), then reads each whole through th
 reading: the peak is printed for each size, with the ratio large / small (flat is 1x)
 and how it compares to the log itself.
 
-    python bench/log_reader_memory.py [--small 16] [--large 128] [--database-url URL]
+    python bench/log_reader_memory.py [--small 16] [--large 64] [--database-url URL]
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def fill(store: SqlStore, run_id: str, attempt: int, mib: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--small", type=int, default=16, help="MiB of the small log")
-    parser.add_argument("--large", type=int, default=128, help="MiB of the large log")
+    parser.add_argument("--large", type=int, default=64, help="MiB of the large log")
     parser.add_argument("--database-url", help="an empty database (default: a SQLite file)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -71,7 +71,7 @@ def main() -> None:
             tracemalloc.stop()
             peaks[mib] = peak
             print(
-                f"{mib:>5} MiB log ({lines} lines, {pages} pages of up to 8 MiB): "
+                f"{mib:>5} MiB log ({lines} lines, {pages} pages): "
                 f"reader peak {peak / MiB:6.1f} MiB, {seconds:5.1f} s"
             )
         ratio = peaks[args.large] / peaks[args.small]

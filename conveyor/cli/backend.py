@@ -7,10 +7,12 @@ modules that bring them in are imported here, inside the functions that use them
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING
 
+from conveyor.orchestrator.errors import ConveyorError
 from conveyor.orchestrator.pipeline import Compiler
-from conveyor.orchestrator.plugins import StepTypes
+from conveyor.orchestrator.plugins import Sandboxes, StepTypes
 from conveyor.orchestrator.settings import Settings
 
 if TYPE_CHECKING:
@@ -24,10 +26,19 @@ def compiler(settings: Settings) -> Compiler:
 
 
 def open_store(settings: Settings) -> SqlStore:
-    """The settings' store, migrated (SQLite) or checked to be current (others)."""
-    from conveyor.orchestrator.engine import open_store  # noqa: PLC0415  (see above)
+    """The settings' store, migrated (SQLite) or checked to be current (others).
 
-    return open_store(settings)
+    Runs whose ``conveyor run`` process died are failed as lost first, so that what
+    ``runs``, ``show`` and ``logs`` print is true (``engine.embedded.recover_abandoned``).
+    """
+    from conveyor.orchestrator.engine import open_store  # noqa: PLC0415  (see above)
+    from conveyor.orchestrator.engine.embedded import recover_abandoned  # noqa: PLC0415
+
+    store = open_store(settings)
+    with contextlib.suppress(ConveyorError):  # reading must work even when this cannot
+        local = Sandboxes(settings).get("local")
+        recover_abandoned(store, settings.data_dir, local.cleanup_run)
+    return store
 
 
 def bare_store(settings: Settings) -> SqlStore:

@@ -19,6 +19,7 @@ from tests.integration.clirun import wait_for_file
 from tests.integration.conftest import broker_url, cluster, submitter  # noqa: F401
 from tests.integration.test_workers_routing import pipeline, shell
 from tests.integration.workers_kit import (
+    Proc,
     Stack,
     Submitter,
     assert_gap_free,
@@ -40,7 +41,7 @@ LEASE, RECONCILE, STALE = 1.5, 0.5, 1.0
 SLACK = 6.0
 
 
-def start(cluster: Stack) -> dict[str, object]:
+def start(cluster: Stack) -> dict[str, Proc]:  # noqa: F811
     cluster.overrides.update(SMALL)
     procs = {name: cluster.worker(name, "sandbox,control") for name in ("one", "two")}
     cluster.wait_ready(*procs.values(), cluster.beat())
@@ -63,12 +64,12 @@ def test_a_killed_workers_step_runs_again_within_seconds(
     first = runners(pg_store.list_events(run.id), "slow")
 
     # When that worker is killed with SIGKILL
-    procs[first[0]].kill()  # type: ignore[attr-defined]
+    procs[first[0]].kill()
     killed = time.monotonic()
 
     # Then the other one runs the step again within the lease and a pass or two
     wait_until(lambda: len(lines(marker)) == 2, LEASE + 2 * RECONCILE + SLACK, "re-run", cluster)
-    print(f"re-run {time.monotonic() - killed:.2f}s after the kill")  # noqa: T201
+    print(f"re-run {time.monotonic() - killed:.2f}s after the kill")
     assert submitter.wait(run.id, 30, cluster).status == "succeeded"
     events = pg_store.list_events(run.id)
     # And the live worker kept its lease (renewed in time): two attempts, not more
@@ -99,11 +100,14 @@ def test_a_retry_whose_timer_died_with_its_worker_runs_within_seconds(
 
     # When the worker holding the retry's timer is killed before it is due
     holder = runners(pg_store.list_events(run.id), "flaky")[0]
-    procs[holder].kill()  # type: ignore[attr-defined]
+    procs[holder].kill()
     killed = time.monotonic()
 
     # Then the retry runs on the other worker, soon after it was due
     wait_until(lambda: len(lines(marker)) == 2, 2 + STALE + 2 * RECONCILE + SLACK, "retry", cluster)
-    print(f"retry ran {time.monotonic() - killed:.2f}s after the kill (due at 2 s)")  # noqa: T201
+    print(f"retry ran {time.monotonic() - killed:.2f}s after the kill (due at 2 s)")
     assert submitter.wait(run.id, 30, cluster).status == "succeeded"
-    assert runners(pg_store.list_events(run.id), "flaky") == [holder, ({"one", "two"} - {holder}).pop()]
+    assert runners(pg_store.list_events(run.id), "flaky") == [
+        holder,
+        ({"one", "two"} - {holder}).pop(),
+    ]

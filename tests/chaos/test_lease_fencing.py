@@ -38,9 +38,7 @@ class OutageStore(SqlStore):
         self.down = threading.Event()
         self.renewed = 0
 
-    def renew_leases(
-        self, step_ids: Sequence[str], owner: str, until: datetime
-    ) -> dict[str, str]:
+    def renew_leases(self, step_ids: Sequence[str], owner: str, until: datetime) -> dict[str, str]:
         if self.down.is_set():
             raise StoreUnavailable("the database is unavailable (injected)")
         self.renewed += 1

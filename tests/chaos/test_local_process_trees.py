@@ -27,7 +27,9 @@ from tests.chaos.process_kit import alive, detached, read_pid, reap, wait_gone
 pytestmark = pytest.mark.timeout(120)
 
 
-def _request(cancel: threading.Event | None = None, deadline: float | None = None) -> SandboxRequest:
+def _request(
+    cancel: threading.Event | None = None, deadline: float | None = None
+) -> SandboxRequest:
     return SandboxRequest("run-1", "build", SandboxConfig(), cancel or threading.Event(), deadline)
 
 

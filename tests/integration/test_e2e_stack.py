@@ -165,7 +165,7 @@ def test_secrets_posted_with_a_run_reach_the_workers_and_nothing_else(
                 "workflow_instances",
                 "workflow_events",
                 "workflow_steps",
-                "step_logs",
+                "step_log_chunks",
                 "run_secrets",
             )
             for row in conn.execute(f"SELECT * FROM {table}")

@@ -9,6 +9,7 @@ most on SQLite and Postgres together.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -39,21 +40,49 @@ CHECKS = [
     response_schema_conformance,
     response_headers_conformance,
 ]
+POSITIVE, NEGATIVE = GenerationMode.POSITIVE, GenerationMode.NEGATIVE
+#: Every operation with valid requests; those that take a body or a query with invalid
+#: ones too (any string is a valid path parameter or header, so nothing else can be).
 OPERATIONS = [
-    pytest.param(route.method, route.path, id=f"{route.method} {route.path}") for route in ROUTES
+    pytest.param(route.method, route.path, mode, id=f"{route.method} {route.path} {mode.value}")
+    for route in ROUTES
+    for mode in ((POSITIVE, NEGATIVE) if route.body or route.query else (POSITIVE,))
 ]
 
 
-def _seeded(api: Flask, admin: Headers) -> None:
-    """A registered pipeline and a run, so lists and reads answer with items."""
+def _seeded(api: Flask, admin: Headers) -> str:
+    """A registered pipeline and a run, so lists and reads answer with items: the run's id."""
     client = api.test_client()
     assert client.post(PIPELINES, json={"definition": ONE_STEP}, headers=admin).status_code == 201
     run = client.post(RUNS, json={"definition": ONE_STEP, "params": {"n": 1}}, headers=admin)
     assert run.status_code == 201
+    run_id: str = run.json["id"]
+    return run_id
 
 
-@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
-@pytest.mark.parametrize(("method", "path"), OPERATIONS)
+def _aimed(case: Any, data: st.DataObject, run_id: str) -> None:
+    """Point a generated request, half the time, at what exists, so it reaches past the
+    first lookup: the seeded run (or a prefix of its id), its step, the registered
+    pipeline, and a valid pipeline file whose message is the generated text.
+    """
+    if not data.draw(st.booleans(), label="aimed"):
+        return
+    path = case.path_parameters or {}
+    known = {"run_id": run_id, "name": "tiny", "step": "only", "version": "1"}
+    for name in path:
+        if name in known:
+            value = known[name]
+            if name == "run_id":
+                value = value[: data.draw(st.sampled_from([4, 8, len(value)]), label="prefix")]
+            path[name] = value
+    if isinstance(case.body, dict) and "definition" in case.body:
+        message = data.draw(st.text(max_size=20), label="message")
+        case.body["definition"] = ONE_STEP.replace("message: hi", f"message: {json.dumps(message)}")
+        if case.operation.path.endswith("/runs"):
+            case.body.pop("version", None)
+
+
+@pytest.mark.parametrize(("method", "path", "mode"), OPERATIONS)
 def test_no_request_gets_a_5xx_or_an_answer_off_the_document(
     api: Flask,  # noqa: F811
     admin: Headers,  # noqa: F811
@@ -62,7 +91,7 @@ def test_no_request_gets_a_5xx_or_an_answer_off_the_document(
     path: str,
     mode: GenerationMode,
 ) -> None:
-    _seeded(api, admin)
+    run_id = _seeded(api, admin)
     schema = schemathesis.openapi.from_dict(document(ROUTES))
     operation = schema[f"/api/v1{path}"][method]
     cases = operation.as_strategy(generation_mode=mode)
@@ -74,8 +103,9 @@ def test_no_request_gets_a_5xx_or_an_answer_off_the_document(
         database=None,
         suppress_health_check=list(HealthCheck),
     )
-    @given(case=cases, with_token=st.booleans())
-    def answers_within_the_document(case: Any, with_token: bool) -> None:
+    @given(case=cases, with_token=st.booleans(), data=st.data())
+    def answers_within_the_document(case: Any, with_token: bool, data: st.DataObject) -> None:
+        _aimed(case, data, run_id)
         headers = dict(case.headers or {})
         if with_token:
             headers.update(admin)

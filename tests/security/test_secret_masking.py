@@ -157,8 +157,8 @@ def test_the_mask_knows_the_common_encodings(form: str) -> None:
 def test_a_failing_template_does_not_quote_a_derived_secret(engine: EmbeddedEngine) -> None:
     # Given a condition and a config whose errors would quote the upper-cased secret
     text = pipeline("""
-        - {name: cond, type: step.log, needs: [], if: "{{ steps[secrets.TOKEN | upper] }}", config: {message: x}}
-        - {name: conf, type: step.log, needs: [], config: {message: "{{ steps[.secrets.TOKEN | upper] }}"}}
+        - {name: cond, type: step.log, needs: [], on_error: continue, if: "{{ steps[secrets.TOKEN | upper] }}", config: {message: x}}
+        - {name: conf, type: step.log, needs: [], on_error: continue, config: {message: "{{ steps[.secrets.TOKEN | upper] }}"}}
     """)
 
     # When it runs

@@ -20,7 +20,7 @@ def test_a_heartbeat_too_slow_for_the_lease_is_refused(monkeypatch: pytest.Monke
     monkeypatch.setenv("CONVEYOR_LEASE_SECONDS", "3")
     monkeypatch.setenv("CONVEYOR_HEARTBEAT_SECONDS", "2")
 
-    with pytest.raises(ValidationError, match="heartbeat_seconds .* at most half of lease"):
+    with pytest.raises(ValidationError, match=r"heartbeat_seconds .* at most half of lease"):
         Settings()
 
 

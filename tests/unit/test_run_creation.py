@@ -12,7 +12,7 @@ import pytest
 from conveyor.orchestrator.clock import utcnow
 from conveyor.orchestrator.contracts import RunTransaction
 from conveyor.orchestrator.engine.recovery import Reconciler
-from conveyor.orchestrator.pipeline.plan import Compiler
+from conveyor.orchestrator.pipeline.plan import Compiler, ExecutionPlan
 from conveyor.orchestrator.store.records import NewRun, StepSeed
 from tests.unit.runtime_kit import A, B, Brief, Harness, Noop, pipeline
 
@@ -23,7 +23,7 @@ class Died(BaseException):
     """The process went away here (a kill between two statements)."""
 
 
-def compiled(h: Harness, text: str) -> tuple[object, str]:
+def compiled(h: Harness, text: str) -> tuple[ExecutionPlan, str]:
     result = Compiler({"noop": Noop(), "brief": Brief()}, h.runtime.templates).compile(text)
     return result.select(None), result.source
 
@@ -40,7 +40,7 @@ def test_a_submit_that_dies_before_its_first_steps_are_queued_stores_no_run(
     # Given a submitting process that dies after storing the run, before its steps are queued
     monkeypatch.setattr(h.runtime, "advance_in", dies)
     with pytest.raises(Died):
-        h.runtime.submit(plan, source, {}, idempotency_key="k1")  # type: ignore[arg-type]
+        h.runtime.submit(plan, source, {}, idempotency_key="k1")
 
     # Then no run was stored: there is none to find, none stuck
     assert h.store.list_runs() == []
@@ -48,7 +48,7 @@ def test_a_submit_that_dies_before_its_first_steps_are_queued_stores_no_run(
 
     # And the client's retry with the same key starts a run that goes
     monkeypatch.setattr(h.runtime, "advance_in", real)
-    run = h.runtime.submit(plan, source, {}, idempotency_key="k1")  # type: ignore[arg-type]
+    run = h.runtime.submit(plan, source, {}, idempotency_key="k1")
     assert h.statuses(run.id) == {"a": "queued", "b": "pending", "c": "queued"}
     assert sorted(ref.step_key for ref, _ in h.recorder.sent) == ["a", "c"]
 
@@ -69,11 +69,11 @@ def test_the_reconciler_resumes_a_run_left_with_nothing_queued_or_running(h: Har
     plan, source = compiled(h, TWO)
     run = h.store.create_run(
         NewRun(
-            pipeline=plan.pipeline,  # type: ignore[attr-defined]
+            pipeline=plan.pipeline,
             source=source,
-            plan=plan.model_dump(mode="json", by_alias=True),  # type: ignore[attr-defined]
+            plan=plan.model_dump(mode="json", by_alias=True),
             params={},
-            steps=[StepSeed(s.key, s.type, s.queue) for s in plan.steps],  # type: ignore[attr-defined]
+            steps=[StepSeed(s.key, s.type, s.queue) for s in plan.steps],
         )
     )
     assert set(h.statuses(run.id).values()) == {"pending"}

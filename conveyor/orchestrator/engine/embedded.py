@@ -1,12 +1,26 @@
-"""Conveyor in one process: SQLite (or any database), a thread pool, no services."""
+"""Conveyor in one process: SQLite (or any database), a thread pool, no services.
+
+No reconciler runs here, and no other process runs a run's steps: a run this process
+started is driven by this process alone. So each one is held by a lock file in
+``data_dir/owners`` (an ``flock`` the kernel releases however the process ends), named
+for the run's idempotency key. On the next start of an engine, or of any command that
+opens the local store (``recover_abandoned``), a lock file nobody holds is a run whose
+process died: its running steps fail as lost (the reconciler's words: ``lost its
+worker``), what waited is cancelled, the run fails, and its workspace is removed. Its
+step processes died with their process already (the local sandbox's guard).
+"""
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
+import socket
 import threading
-from collections.abc import Mapping
+import uuid
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from conveyor.orchestrator.clock import utcnow
 from conveyor.orchestrator.contracts import StepRef, StepType
@@ -17,10 +31,151 @@ from conveyor.orchestrator.errors import ConveyorError
 from conveyor.orchestrator.pipeline.plan import Compiled, Compiler, ExecutionPlan
 from conveyor.orchestrator.plugins import Sandboxes
 from conveyor.orchestrator.settings import Settings
+from conveyor.orchestrator.status import RunStatus, StepStatus
 from conveyor.orchestrator.store.records import RunRecord
 from conveyor.orchestrator.store.sql import SqlStore
 
+if TYPE_CHECKING:
+    from conveyor.orchestrator.contracts import RunTransaction, Store
+
 log = logging.getLogger("conveyor.embedded")
+S = StepStatus
+#: Where the lock files of the runs embedded processes drive live, under data_dir.
+OWNERS_DIR = "owners"
+_WAITING = (S.PENDING, S.QUEUED, S.BLOCKED)
+
+
+class RunLocks:
+    """The lock files of the runs this process drives: held while it lives.
+
+    A file is made under a temporary name, locked, then renamed into place, so that
+    whoever finds ``<key>.lock`` unlocked knows its process is gone (not starting).
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.root = data_dir / OWNERS_DIR
+        self._held: dict[str, int] = {}  # key -> locked file descriptor
+        self._runs: dict[str, str] = {}  # run id -> key
+        self._lock = threading.Lock()
+
+    def new(self) -> str:
+        """A new key, its lock file held by this process; name the run with it."""
+        key = f"embedded-{uuid.uuid4().hex}"
+        self.root.mkdir(parents=True, exist_ok=True)
+        temporary = self.root / f".{key}.tmp"
+        fd = os.open(temporary, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            os.write(fd, f"{owner_name()}\n".encode())
+            os.rename(temporary, self.root / f"{key}.lock")
+        except BaseException:
+            os.close(fd)
+            temporary.unlink(missing_ok=True)
+            raise
+        with self._lock:
+            self._held[key] = fd
+        return key
+
+    def bind(self, key: str, run_id: str) -> None:
+        """The run ``key`` names is ``run_id``."""
+        with self._lock:
+            self._runs[run_id] = key
+
+    def release(self, run_id: str) -> None:
+        """The run is over: its lock file goes."""
+        with self._lock:
+            key = self._runs.pop(run_id, None)
+        if key is not None:
+            self.drop(key)
+
+    def drop(self, key: str) -> None:
+        """Remove a lock file and let go of it."""
+        with self._lock:
+            fd = self._held.pop(key, None)
+        (self.root / f"{key}.lock").unlink(missing_ok=True)
+        if fd is not None:
+            os.close(fd)
+
+    def close(self) -> None:
+        """Let go of every lock: runs not over by now are found by the next start."""
+        with self._lock:
+            held, self._held, self._runs = self._held, {}, {}
+        for fd in held.values():
+            os.close(fd)
+
+
+def owner_name() -> str:
+    """How this process names itself as a step's owner (``host:pid``)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _abandoned(root: Path) -> Iterator[tuple[str, str]]:
+    """(key, owner) of every lock file no live process holds; removed once handled."""
+    if not root.is_dir():
+        return
+    for path in sorted(root.iterdir()):
+        leftover = path.name.startswith(".") and path.name.endswith(".tmp")
+        if not (path.suffix == ".lock" or leftover):
+            continue
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except OSError:
+            continue  # another process handled it just now
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # its process is alive and drives the run
+            owner = os.read(fd, 400).decode(errors="replace").strip() or "unknown"
+            if path.suffix == ".lock":
+                yield path.stem, owner
+            path.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
+
+
+def recover_abandoned(
+    store: Store, data_dir: Path, cleanup: Callable[[str], None] | None = None
+) -> list[str]:
+    """Fail the runs whose embedded process died; the ids of the runs it failed.
+
+    Their running steps fail as lost, as the reconciler fails a step whose worker is
+    gone for good; steps that waited are cancelled and the run fails, since no process
+    is left to run them. ``cleanup(run_id)`` then removes what the run left (its
+    workspace), for every abandoned run.
+    """
+    failed: list[str] = []
+    for key, owner in _abandoned(data_dir / OWNERS_DIR):
+        run = store.run_by_idempotency_key(key)
+        if run is None:  # it died before the run was stored
+            continue
+        if not run.status.terminal and _fail_lost(store, run.id, owner):
+            failed.append(run.id)
+        if cleanup is not None:
+            try:
+                cleanup(run.id)
+            except ConveyorError as exc:
+                log.warning("could not clean up after run %s: %s", run.id, exc.message)
+    return failed
+
+
+def _fail_lost(store: Store, run_id: str, owner: str) -> bool:
+    reason = f"lost: the conveyor process {owner} that ran it ended before the run did"
+
+    def work(tx: RunTransaction) -> bool:
+        if tx.run.status.terminal:
+            return False
+        for step in tx.steps():
+            if step.status == S.RUNNING:
+                lost = f"lost its worker {step.lease_owner or owner}"
+                tx.fail(step, lost, event={"error": lost})
+            elif step.status in _WAITING:
+                tx.cancel(step, reason)
+        tx.move_run(RunStatus.FAILED, error=reason)
+        return True
+
+    with store.transaction(run_id) as tx:
+        return work(tx)
 
 
 class EmbeddedEngine:
@@ -57,6 +212,9 @@ class EmbeddedEngine:
         )
         self.executor = self.core.running()
         self.sandboxes = self.executor.sandboxes
+        self.locks = RunLocks(settings.data_dir)
+        #: Runs found abandoned by a process that died, failed when this engine started.
+        self.recovered = self._recover()
         self.dispatcher.bind(self._execute)
         self._finished: dict[str, threading.Event] = {}
         #: No reconciler runs here: the first run an engine starts sweeps expired artifacts.
@@ -82,21 +240,62 @@ class EmbeddedEngine:
         step is dispatched; if the copy fails the run is cancelled with the reason.
         """
         self._sweep_artifacts()
-        if self.workspace_source is None:
-            return self.runtime.submit(
-                plan, source, params or {}, secrets=secrets, submitted_by=submitted_by
+        key = self.locks.new()
+        try:
+            run = self._submit(plan, source, params, secrets, submitted_by, key)
+        except BaseException:
+            self.locks.drop(key)
+            raise
+        if self.workspace_source is not None:
+            self._seed(run.id, self.workspace_source)
+        return run
+
+    def _submit(
+        self,
+        plan: ExecutionPlan,
+        source: str,
+        params: Mapping[str, Any] | None,
+        secrets: Mapping[str, str] | None,
+        submitted_by: str | None,
+        key: str,
+    ) -> RunRecord:
+        """Create the run named ``key`` (held back while its workspace is seeded)."""
+
+        def submit() -> RunRecord:
+            run = self.runtime.submit(
+                plan,
+                source,
+                params or {},
+                secrets=secrets,
+                submitted_by=submitted_by,
+                idempotency_key=key,
             )
+            self.locks.bind(key, run.id)
+            return run
+
+        if self.workspace_source is None:
+            return submit()
         with self._seeding:
             self.held.hold()
             run: RunRecord | None = None
             try:
-                run = self.runtime.submit(
-                    plan, source, params or {}, secrets=secrets, submitted_by=submitted_by
-                )
+                run = submit()
             finally:
                 self.held.keep(run.id if run else None)
-        self._seed(run.id, self.workspace_source)
         return run
+
+    def _recover(self) -> list[str]:
+        """Fail the runs of embedded processes that died (see the module's docstring)."""
+        try:
+            return recover_abandoned(self.store, self.settings.data_dir, self._cleanup)
+        except ConveyorError as exc:
+            log.warning("abandoned runs not recovered: %s", exc.message)
+            return []
+
+    def _cleanup(self, run_id: str) -> None:
+        # The local sandbox kind owns the workspace directory.
+        self.sandboxes.get("local")
+        self.sandboxes.cleanup_run(run_id)
 
     def _seed(self, run_id: str, directory: Path) -> None:
         """Copy ``directory`` into the run's workspace, then let its steps go."""
@@ -137,6 +336,7 @@ class EmbeddedEngine:
                 # Ended elsewhere (`conveyor cancel` in another terminal, say): stop what
                 # still runs here now rather than at the next heartbeat.
                 self.executor.signal_cancel(run_id)
+                self.locks.release(run_id)
                 return run
             if timeout is not None and waited >= timeout:
                 return run
@@ -157,6 +357,7 @@ class EmbeddedEngine:
         """Wait for running steps, then release threads and connections."""
         self.dispatcher.close(wait=True)
         self.executor.stop()
+        self.locks.close()
         self.store.close()
 
     def _sweep_artifacts(self) -> None:
@@ -177,6 +378,7 @@ class EmbeddedEngine:
     def _over(self, run_id: str) -> None:
         # The executor removes the run's workspace (once no step of it runs here).
         self.executor.run_over(run_id)
+        self.locks.release(run_id)
         event = self._finished.get(run_id)
         if event is not None:
             event.set()

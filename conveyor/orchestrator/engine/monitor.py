@@ -80,9 +80,7 @@ class Monitor:
             self._fenced.pop(key, None)
             if not self._threads:
                 for name, target in (("watch", self._watch), ("lease", self._keep)):
-                    thread = threading.Thread(
-                        target=target, name=f"conveyor-{name}", daemon=True
-                    )
+                    thread = threading.Thread(target=target, name=f"conveyor-{name}", daemon=True)
                     thread.start()
                     self._threads.append(thread)
 
@@ -183,7 +181,11 @@ class Monitor:
             self._fenced[key] = why
         ref = running.ref
         log.warning(
-            "stopping step %s (attempt %d) of run %s: %s", ref.step_key, ref.attempt, ref.run_id, why
+            "stopping step %s (attempt %d) of run %s: %s",
+            ref.step_key,
+            ref.attempt,
+            ref.run_id,
+            why,
         )
         running.ctx.cancel.set()
         # Closing its sandboxes kills their process trees at once, even while the step's

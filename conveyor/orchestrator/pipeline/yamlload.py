@@ -23,6 +23,7 @@ from conveyor.orchestrator.values import scalar_problem, text_problem, where
 # libyaml when it is there: several times faster than the pure-Python parser.
 _Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _MAX_DEPTH = 200  # libyaml's composer recurses in C: far deeper nesting would crash it
+_TOO_DEEP = f"YAML is nested more than {_MAX_DEPTH} levels deep"
 _COLLECTION_TAGS = frozenset({"tag:yaml.org,2002:seq", "tag:yaml.org,2002:map"})
 
 Path = tuple[str | int, ...]
@@ -59,17 +60,22 @@ def load_yaml(
         _check_events(yaml.parse(text, Loader=_Loader), fail)
         root = yaml.compose(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:
-        raise fail(_yaml_message(exc), _line(exc.problem_mark or exc.context_mark)) from None
+        # The library may stop deep nesting itself, in its own words: whichever layer
+        # notices first, deep nesting is reported as Conveyor's limit, at its line.
+        mark = exc.problem_mark or exc.context_mark
+        _check_nesting_before(text, mark, fail)
+        raise fail(_yaml_message(exc), _line(mark)) from None
     except yaml.reader.ReaderError as exc:  # characters YAML does not allow
         line = text.count("\n", 0, exc.position) + 1
         code = exc.character if isinstance(exc.character, int) else ord(exc.character)
         raise fail(f"{exc.reason}: U+{code:04X}", line) from None
     if root is None:
         return Loaded(None, {})
+    builder = _Builder(fail, max_nodes)
     try:
-        return _Builder(fail, max_nodes).load(root)
-    except RecursionError:
-        raise fail("YAML aliases nest too deeply") from None
+        return builder.load(root)
+    except RecursionError:  # a last guard: the depth checks above should come first
+        raise fail(_TOO_DEEP, builder.line) from None
 
 
 class _Fail:
@@ -79,7 +85,8 @@ class _Fail:
         self.prefix = "" if source == "<string>" else f"{source}: "
 
     def __call__(self, message: str, line: int | None = None) -> SpecError:
-        return SpecError(Problem("", self.prefix + message, line))
+        # One line, whatever a library's message looks like.
+        return SpecError(Problem("", " ".join((self.prefix + message).split()), line))
 
 
 def _decoded(text: str | bytes, max_bytes: int, fail: _Fail) -> str:
@@ -109,8 +116,7 @@ def _check_events(events: Iterator[yaml.Event], fail: _Fail) -> None:
         if isinstance(event, yaml.CollectionStartEvent):
             depth += 1
             if depth > _MAX_DEPTH:
-                message = f"YAML is nested more than {_MAX_DEPTH} levels deep"
-                raise fail(message, _line(event.start_mark))
+                raise fail(_TOO_DEEP, _line(event.start_mark))
         elif isinstance(event, yaml.CollectionEndEvent):
             depth -= 1
         elif isinstance(event, yaml.DocumentStartEvent):
@@ -121,12 +127,31 @@ def _check_events(events: Iterator[yaml.Event], fail: _Fail) -> None:
                 )
 
 
+def _check_nesting_before(text: str, mark: Any, fail: _Fail) -> None:
+    """Raise Conveyor's nesting error if ``text`` nests too deep before ``mark``.
+
+    Run when the parser stopped on an error, with the pure-Python parser (which has no
+    limit of its own) over the text up to that point only: cheap, and independent of
+    which parser, or which version of it, noticed first.
+    """
+    end = len(text) if mark is None or mark.index is None else min(len(text), mark.index + 1)
+    depth = 0
+    try:
+        for event in yaml.parse(text[:end], Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > _MAX_DEPTH:
+                    raise fail(_TOO_DEEP, _line(event.start_mark))
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+    except yaml.YAMLError:
+        return  # a problem of another kind, or the end of the text: the original stands
+
+
 def _yaml_message(exc: yaml.MarkedYAMLError) -> str:
     mark = exc.problem_mark or exc.context_mark
     column = f" at column {mark.column + 1}" if mark is not None else ""
     problem = exc.problem or exc.context or "malformed YAML"
-    if "nesting depth" in problem:  # newer PyYAML's scanner stops deep nesting itself
-        return f"YAML is nested more than {_MAX_DEPTH} levels deep"
     return f"invalid YAML{column}: {problem}"
 
 
@@ -152,6 +177,8 @@ class _Builder:
         self.sizes: dict[int, int] = {}  # node id -> nodes under it, aliases expanded
         self.open: set[int] = set()  # nodes being counted: meeting one again is a cycle
         self.lines: dict[Path, int] = {}
+        self.heights: dict[int, int] = {}  # node id -> levels under it, aliases expanded
+        self.line: int | None = None  # of the node being looked at (for a last-guard error)
 
     def load(self, root: Node) -> Loaded:
         if self.count(root) > self.max_nodes:
@@ -163,20 +190,29 @@ class _Builder:
             f"YAML expands to more than {self.max_nodes} nodes (aliases used as a bomb?)"
         )
 
-    def count(self, node: Node) -> int:
-        """Nodes under ``node`` with aliases expanded; memoised, so each is visited once."""
+    def count(self, node: Node, depth: int = 1) -> int:
+        """Nodes under ``node`` with aliases expanded; memoised, so each is visited once.
+
+        ``depth`` is how deep ``node`` sits, aliases expanded: aliases of aliases nest
+        data as deep as brackets do, and meet the same limit.
+        """
+        self.line = _line(node.start_mark)
+        if depth + self.heights.get(id(node), 1) - 1 > _MAX_DEPTH:
+            raise self.fail(_TOO_DEEP, self.line)
         if id(node) in self.sizes:
             return self.sizes[id(node)]
         if id(node) in self.open:
-            raise self.fail(
-                "recursive alias: it refers to a node that contains it", _line(node.start_mark)
-            )
+            raise self.fail("recursive alias: it refers to a node that contains it", self.line)
         self.open.add(id(node))
-        total = 1 + sum(self.count(child) for child in self.children(node))
+        total, height = 1, 1
+        for child in self.children(node):
+            total += self.count(child, depth + 1)
+            height = max(height, 1 + self.heights[id(child)])
         if total > self.max_nodes:
             raise self.too_many()
         self.open.discard(id(node))
         self.sizes[id(node)] = total
+        self.heights[id(node)] = height
         return total
 
     def children(self, node: Node) -> list[Node]:
@@ -202,7 +238,8 @@ class _Builder:
             seen.add(key_node.value)
 
     def build(self, node: Node, path: Path) -> Any:
-        self.lines.setdefault(path, node.start_mark.line + 1)
+        self.line = node.start_mark.line + 1
+        self.lines.setdefault(path, self.line)
         if isinstance(node, SequenceNode):
             return [self.build(child, (*path, k)) for k, child in enumerate(node.value)]
         if isinstance(node, MappingNode):

@@ -19,6 +19,10 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from conveyor.orchestrator.settings import Settings
+
+#: Log kept per step attempt unless the store is told otherwise (``CONVEYOR_LOG_MAX_BYTES``).
+DEFAULT_MAX_BYTES: int = Settings.model_fields["log_max_bytes"].default
 #: Bytes of text in one chunk (a single longer line gets a chunk of its own).
 CHUNK_BYTES = 64 * 1024
 #: Lines in one chunk; with LINE_BITS, bounds the place of a line in its chunk.

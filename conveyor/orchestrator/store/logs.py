@@ -13,9 +13,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from conveyor.orchestrator.settings import Settings
 from conveyor.orchestrator.store.connector import Connector
 from conveyor.orchestrator.store.logchunks import (
+    DEFAULT_MAX_BYTES,
     Chunk,
     Kept,
     chunk_of,
@@ -27,8 +27,8 @@ from conveyor.orchestrator.store.logchunks import (
 from conveyor.orchestrator.store.records import LogRecord
 from conveyor.orchestrator.store.schema import step_log_chunks as chunks
 
-#: Log kept per step attempt unless the store is told otherwise (``CONVEYOR_LOG_MAX_BYTES``).
-DEFAULT_MAX_BYTES: int = Settings.model_fields["log_max_bytes"].default
+__all__ = ["DEFAULT_MAX_BYTES", "append", "last_lines", "lines_after"]
+
 #: Chunks read per query: at most about a MiB of text.
 PAGE = 16
 #: The last chunk of each (step, attempt) among some steps of a run: where appends go on.
@@ -49,6 +49,17 @@ _LAST = sa.select(
         .group_by(chunks.c.step_key, chunks.c.attempt)
         .scalar_subquery()
     )
+)
+#: The same for one attempt: a walk down the index from its newest chunk.
+_LAST_OF_ONE = (
+    sa.select(*_LAST.selected_columns)
+    .where(
+        chunks.c.instance_id == sa.bindparam("b_run"),
+        chunks.c.step_key == sa.bindparam("b_key"),
+        chunks.c.attempt == sa.bindparam("b_attempt"),
+    )
+    .order_by(chunks.c.id.desc())
+    .limit(1)
 )
 _INSERT = chunks.insert()
 _GROW_MARKER = (
@@ -71,10 +82,14 @@ def append(
     merged = {k: v for k, v in merged.items() if v}
     if not merged:
         return
-    keys = sorted({key for key, _ in merged})
-    last = {
-        (r.step_key, r.attempt): r for r in conn.execute(_LAST, {"b_run": run_id, "b_keys": keys})
-    }
+    if len(merged) == 1:  # a flush of one attempt: the usual case
+        ((key, attempt),) = merged
+        params = {"b_run": run_id, "b_key": key, "b_attempt": attempt}
+        found = conn.execute(_LAST_OF_ONE, params).all()
+    else:
+        keys = sorted({key for key, _ in merged})
+        found = conn.execute(_LAST, {"b_run": run_id, "b_keys": keys}).all()
+    last = {(r.step_key, r.attempt): r for r in found}
     rows: list[dict[str, Any]] = []
     grown: list[dict[str, Any]] = []
     for (key, attempt), lines in merged.items():

@@ -20,8 +20,7 @@ from conveyor.orchestrator.clock import new_id, utcnow
 from conveyor.orchestrator.errors import Conflict, NotFound, NothingToClaim, StoreUnavailable
 from conveyor.orchestrator.scanning.history import MemoryLedger
 from conveyor.orchestrator.status import RunStatus, StepStatus
-from conveyor.orchestrator.store.logchunks import Kept, line_id, pack
-from conveyor.orchestrator.store.logs import DEFAULT_MAX_BYTES
+from conveyor.orchestrator.store.logchunks import DEFAULT_MAX_BYTES, Kept, line_id, pack
 from conveyor.orchestrator.store.records import (
     EventRecord,
     LogRecord,

@@ -11,6 +11,12 @@ Consequence: the engine must see the worker's filesystem at the same path. A loc
 engine does; a worker in a container needs a Docker-in-Docker sidecar (or the host's
 engine) with the data directory mounted at the same path in both.
 
+No step's container outlives its attempt: each has a watchdog process (``watchdog.py``)
+that removes it when the worker that started it dies, however it died (removing a
+container kills every process in it, detached ones included), and a new attempt of a
+step first removes any container an earlier attempt of that step left (labels name the
+run and the step).
+
 Containers start with no network, no capabilities, no new privileges and a pids limit;
 host networking and bind mounts need the operator's settings to allow them. A closed
 step's container is removed in the background (the next step need not wait for it);
@@ -22,14 +28,17 @@ may not delete files a container created as root.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import posixpath
 import shutil
 import stat
+import subprocess
+import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -62,8 +71,11 @@ from .client import (
 )
 from .containers import Removals, Watcher, remove_container, wipe_directory
 from .policy import container_options, container_path
+from .watchdog import DONE
 
+log = logging.getLogger("conveyor.docker")
 IDLE_COMMAND = ["sleep", "2147483647"]
+WATCHDOG = str(Path(__file__).with_name("watchdog.py"))
 OOM_EXIT = 137
 OUTPUTS_DIR = ".conveyor/outputs"
 # The kernel's count of OOM kills in the container's cgroup: v2's file, then v1's.
@@ -89,6 +101,8 @@ class DockerSandboxFactory:
         self._volumes: set[str] = set()  # volumes known to exist, bound to their directory
         self._images: dict[str, str] = {}  # an image each run used: it can wipe the run
         self._removals = Removals()
+        self._live: set[str] = set()  # containers of sandboxes open in this process
+        self._lock = threading.Lock()
 
     def client(self) -> docker.DockerClient:
         """A client of an engine that answers; SandboxError with the reason otherwise."""
@@ -106,8 +120,34 @@ class DockerSandboxFactory:
         self._images[request.run_id] = image
         mounts = [Mount(CONTAINER_WORKSPACE, volume, no_copy=True), *options.pop("mounts")]
         labels = {RUN_LABEL: request.run_id, STEP_LABEL: request.step_key}
+        self._remove_stale(client, labels)
         container_id = _start(client, image, labels, mounts, options, host)
-        return DockerSandbox(client, container_id, request, host, self._removals)
+        try:
+            watchdog = _watchdog(container_id)
+        except BaseException:
+            remove_container(client.api, container_id)
+            raise
+        with self._lock:
+            self._live.add(container_id)
+        return DockerSandbox(
+            client, container_id, request, host, self._removals, watchdog, self._closed
+        )
+
+    def _closed(self, container_id: str) -> None:
+        with self._lock:
+            self._live.discard(container_id)
+
+    def _remove_stale(self, client: docker.DockerClient, labels: dict[str, str]) -> None:
+        """Remove the containers earlier attempts of this step left (a worker that died
+        with its watchdog, say): whatever still runs in them stops."""
+        wanted = [f"{name}={value}" for name, value in labels.items()]
+        with engine_errors():
+            found = client.api.containers(all=True, filters={"label": wanted})
+        with self._lock:
+            stale = [c["Id"] for c in found if c["Id"] not in self._live]
+        for container_id in stale:
+            log.warning("removing container %s left by an earlier attempt", container_id[:12])
+            remove_container(client.api, container_id)
 
     def cleanup_run(self, run_id: str) -> None:
         """Remove the run's containers, volume and directory; nothing happens when gone."""
@@ -190,6 +230,19 @@ def _start(
     return container_id
 
 
+def _watchdog(container_id: str) -> subprocess.Popen[bytes]:
+    """Start the container's watchdog; its standard input is the lifeline (``watchdog.py``)."""
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-I", WATCHDOG, container_id],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,  # a kill of the worker's process group spares it
+        )
+    except OSError as exc:
+        raise SandboxError(f"could not start the container's watchdog: {exc}") from exc
+
+
 class DockerSandbox:
     """One step's container: exec, copy in/out, limits, and removal on close."""
 
@@ -202,9 +255,13 @@ class DockerSandbox:
         request: SandboxRequest,
         host: Path,
         removals: Removals,
+        watchdog: subprocess.Popen[bytes] | None = None,
+        on_close: Callable[[str], None] | None = None,
     ) -> None:
         self._client = client
         self._id = container_id
+        self._watchdog = watchdog
+        self._on_close = on_close
         self._request = request
         self._host = host
         self._removals = removals
@@ -276,6 +333,15 @@ class DockerSandbox:
                 return
             self._closed = True
         self._removals.start(self._request.run_id, self._client.api, self._id)
+        if self._watchdog is not None and self._watchdog.stdin is not None:
+            # The removal is under way: the watchdog may go (it removes nothing then).
+            with contextlib.suppress(OSError):
+                self._watchdog.stdin.write(DONE)
+                self._watchdog.stdin.flush()
+            with contextlib.suppress(OSError):
+                self._watchdog.stdin.close()
+        if self._on_close is not None:
+            self._on_close(self._id)
 
     def kill(self) -> None:
         """Kill the container: every command in it stops at once."""

@@ -49,8 +49,11 @@ class LocalArtifactStore:
         if key.endswith(LEGACY):  # the file may be an older artifact's sidecar: keep it
             with contextlib.suppress(ArtifactError):
                 self._load(run_id, key[: -len(LEGACY)])
-        target.parent.mkdir(parents=True, exist_ok=True)
-        handle, name = tempfile.mkstemp(dir=target.parent, prefix=".upload-")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            handle, name = tempfile.mkstemp(dir=target.parent, prefix=".upload-")
+        except OSError as exc:  # a part of the key is a file already (`a` for `a/b`)
+            raise ArtifactError(f"could not store {key}: {exc.strerror or exc}") from None
         try:
             with open(src, "rb") as source, os.fdopen(handle, "wb") as out:
                 # On disk before the rename: a crash leaves the old artifact or none.
@@ -139,7 +142,9 @@ class LocalArtifactStore:
             as_key = validate_key(key + LEGACY)
         except ArtifactError:  # no key can have that name: it can only be a sidecar
             return sidecar
-        return None if self._meta(run_id, as_key).exists() else sidecar
+        if self._meta(run_id, as_key).exists() or sidecar.with_name(sidecar.name + LEGACY).exists():
+            return None  # stored as an artifact (now, or by the old layout with a sidecar)
+        return sidecar
 
     def _load(self, run_id: str, key: str) -> Artifact:
         """The metadata of ``key``: from the tree, or (once, then moved) an old sidecar."""

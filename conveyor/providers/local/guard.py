@@ -24,6 +24,7 @@ Usage: ``guard.py PARENT_PID GRACE_SECONDS -- ARGV...``
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -165,10 +166,8 @@ class Guard:
 
 
 def _send(pid: int, signum: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # gone already
         os.kill(pid, signum)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _prctl(option: int, value: int) -> None:

@@ -1,6 +1,8 @@
 """Artifacts in S3 or anything that speaks its API (MinIO, DigitalOcean Spaces, R2).
 
-Objects live at ``<prefix>/<run_id>/<key>`` with their SHA-256 in the object metadata.
+Objects live at ``<prefix>/<run_id>/<key>`` with their SHA-256 in the object metadata:
+metadata travels with its object, so no other key (``<key>.meta.json`` included) can
+reach it.
 An upload becomes visible only when it is complete (S3's own guarantee for single and
 multipart uploads), so readers never see half an artifact.
 """
