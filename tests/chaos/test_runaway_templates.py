@@ -92,4 +92,4 @@ def test_a_runaway_condition_leaves_other_runs_and_steps_alone(
 def _timeline(store: SqlStore, run_ids: list[str]) -> str:
     """The runs' events in time order, for a failure message."""
     events = [(e.created_at, run_id[-6:], e.step_key, e.type, e.payload.get("owner", "")) for run_id in run_ids for e in store.list_events(run_id)]
-    return "\n".join(" ".join(map(str, e)) for e in sorted(events))
+    return "\n".join(" ".join(map(str, e)) for e in sorted(events, key=lambda e: e[0]))

@@ -270,7 +270,9 @@ class Runtime:
         def work(tx: RunTransaction) -> tuple[Claim | None, bool]:
             self._record_in(tx, finished)
             claim = None
-            if continue_as and not self.stopping():
+            # Not when this worker is to evaluate conditions next: its next step would
+            # wait for them (and its lease with it); the step goes out as a message.
+            if continue_as and not self.stopping() and not self._advance.noted(tx.run.id):
                 claim = self._continue(tx, continue_as, queues)
             return claim, tx.run.status.terminal
 

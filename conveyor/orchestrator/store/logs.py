@@ -85,11 +85,11 @@ def append(
     if len(merged) == 1:  # a flush of one attempt: the usual case
         ((key, attempt),) = merged
         params = {"b_run": run_id, "b_key": key, "b_attempt": attempt}
-        found = conn.execute(_LAST_OF_ONE, params).all()
+        ends = conn.execute(_LAST_OF_ONE, params).all()
     else:
         keys = sorted({key for key, _ in merged})
-        found = conn.execute(_LAST, {"b_run": run_id, "b_keys": keys}).all()
-    last = {(r.step_key, r.attempt): r for r in found}
+        ends = conn.execute(_LAST, {"b_run": run_id, "b_keys": keys}).all()
+    last = {(r.step_key, r.attempt): r for r in ends}
     rows: list[dict[str, Any]] = []
     grown: list[dict[str, Any]] = []
     for (key, attempt), lines in merged.items():
