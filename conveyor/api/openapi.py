@@ -129,9 +129,16 @@ def _responses(route: Route, refs: dict[Key, Any]) -> dict[str, Any]:
         responses[str(status)] = _success(route, refs, status)
     auth = AUTH_ERRORS if route.role else ()
     error = {"application/json": {"schema": refs[(ErrorBody, "serialization")]}}
-    for status in sorted({*route.errors, *auth, *COMMON_ERRORS}):
+    for status in sorted({*route.errors, *auth, *_input_errors(route), *COMMON_ERRORS}):
         responses.setdefault(str(status), _described(status, error))
     return responses
+
+
+def _input_errors(route: Route) -> tuple[int, ...]:
+    """400 for any operation that reads input (a value that cannot be stored or compared
+    is refused, wherever it is); 413 for a body past the size limit."""
+    reads = route.path_params or route.query or route.body or route.headers
+    return (400,) + ((413,) if route.body else ()) if reads else ()
 
 
 def _success(route: Route, refs: dict[Key, Any], status: int) -> dict[str, Any]:

@@ -282,9 +282,11 @@ def logs(ctx: click.Context, run_id: str, step: str | None, attempt: int | None)
             run = store.find_run(run_id)
             steps = {s.key: s for s in store.list_steps(run.id)}
             _check_step(run, steps, step)
-            lines = store.list_logs(run.id, step, attempt=attempt)
+            # Read as printed: a log of any length is never held whole.
+            _print_logs(store.iter_logs(run.id, step, attempt=attempt), steps, step, attempt)
         finally:
             store.close()
+        return
     _print_logs(lines, steps, step, attempt)
 
 

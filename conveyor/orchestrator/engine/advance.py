@@ -48,9 +48,20 @@ class Verdict:
 Verdicts = Mapping[str, Verdict]
 
 
-def seen(outputs: Mapping[str, Any], failing: str | None) -> str:
-    """What a condition's answer depends on besides the run itself (which never changes)."""
-    text = json.dumps([outputs, failing], sort_keys=True, default=str)
+def seen(
+    plan: ExecutionPlan, key: str, outputs: Mapping[str, Any], failing: str | None
+) -> str:
+    """What step ``key``'s condition depends on besides the run itself (which never
+    changes): the outputs of the steps it comes after, which are final, and the failing
+    step. Other steps' outputs may or may not be there yet, as before."""
+    before, todo = set(), list(plan.step(key).needs)
+    while todo:
+        need = todo.pop()
+        if need not in before:
+            before.add(need)
+            todo.extend(plan.step(need).needs)
+    mine = {k: v for k, v in outputs.items() if k in before}
+    text = json.dumps([mine, failing], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -130,7 +141,7 @@ class Advance:
             return False
         if plan_step.if_ is None and plan_step.skip_if is None:
             return True
-        verdict = look.verdict(step.key, state.failing)
+        verdict = look.verdict(state.plan, step.key, state.failing)
         if verdict is None:  # evaluated after this transaction, outside the lock
             self._note(tx.run.id, step.key)
             return False
@@ -182,12 +193,11 @@ class Advance:
         steps = {s.key: s for s in store.list_steps(run_id)}
         state = RunState(plan, steps, Counter(s.status for s in steps.values()))
         outputs = store.step_outputs(run_id)
-        fingerprint = seen(outputs, state.failing)
         verdicts = {}
         for key in sorted(keys):
             if key in steps and steps[key].status == S.PENDING:
-                plan_step = plan.step(key)
-                verdicts[key] = self._evaluate(run, state, plan_step, outputs, fingerprint)
+                fingerprint = seen(plan, key, outputs, state.failing)
+                verdicts[key] = self._evaluate(run, state, plan.step(key), outputs, fingerprint)
         return verdicts
 
     def _evaluate(
@@ -248,12 +258,12 @@ class _Look:
 
     def __init__(self, tx: RunTransaction, verdicts: Verdicts) -> None:
         self.tx, self.verdicts = tx, verdicts
-        self._seen: dict[str | None, str] = {}
+        self._outputs: dict[str, dict[str, Any]] | None = None
 
-    def verdict(self, key: str, failing: str | None) -> Verdict | None:
+    def verdict(self, plan: ExecutionPlan, key: str, failing: str | None) -> Verdict | None:
         found = self.verdicts.get(key)
         if found is None:
             return None
-        if failing not in self._seen:  # read once per pass, under the lock
-            self._seen[failing] = seen(self.tx.outputs(), failing)
-        return found if found.seen == self._seen[failing] else None
+        if self._outputs is None:  # read once per pass, under the lock
+            self._outputs = self.tx.outputs()
+        return found if found.seen == seen(plan, key, self._outputs, failing) else None
