@@ -111,8 +111,8 @@ def make_view(route: Route, services: Services) -> Callable[..., Response]:
         for name, value in path.items():
             check_text(value, name, max_length=MAX_PARAMETER)
         for name in route.headers:
-            if (value := request.headers.get(name)) is not None:
-                check_text(value, f"{name} header", max_length=MAX_PARAMETER)
+            if (header := request.headers.get(name)) is not None:
+                check_text(header, f"{name} header", max_length=MAX_PARAMETER)
         body = parse_body(route.body, services.settings.max_json_depth) if route.body else None
         query = parse_query(route.query) if route.query else None
         call: Call[Any, Any] = Call(services, token, body, query, request.headers)

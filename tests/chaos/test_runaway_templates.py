@@ -4,7 +4,7 @@ The condition is evaluated by the worker that finished the step it needs. It use
 be evaluated inside that step's result transaction, holding the run's row lock for as
 long as the template ran (forever): the run's other steps, and soon every worker slot,
 waited on that lock. Now conditions are evaluated outside any transaction and within
-the template budget (here a generous 60 s, so that the test can watch the rest of the
+the template budget (here a generous 40 s, so that the test can watch the rest of the
 world go on while it runs).
 """
 
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.postgres
 
 RUNAWAY = "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}true"
 LIMITS = {
-    "CONVEYOR_TEMPLATE_MAX_SECONDS": "60",
+    "CONVEYOR_TEMPLATE_MAX_SECONDS": "40",
     "CONVEYOR_TEMPLATE_MAX_OPERATIONS": "1000000000000",
 }
 #: Generous bounds for a loaded two-core machine.
@@ -53,7 +53,7 @@ def test_a_runaway_condition_leaves_other_runs_and_steps_alone(
     submitter: Submitter,  # noqa: F811
     pg_store: SqlStore,
 ) -> None:
-    # Given three workers whose templates may run for 60 s
+    # Given three workers whose templates may run for 40 s
     cluster.overrides.update(LIMITS)
     workers = [cluster.worker(f"w{i}", "control,sandbox", 1) for i in range(3)]
     cluster.wait_ready(*workers)
@@ -79,7 +79,9 @@ def test_a_runaway_condition_leaves_other_runs_and_steps_alone(
     for other in others:
         assert submitter.wait(other.id, BOUND, cluster).status.value == "succeeded"
     stuck = pg_store.get_step(runaway.id, "stuck")
-    assert stuck.status == StepStatus.PENDING, _timeline(pg_store, [runaway.id, *(o.id for o in others)])
+    assert stuck.status == StepStatus.PENDING, _timeline(
+        pg_store, [runaway.id, *(o.id for o in others)]
+    )
 
     # ...and the runaway condition ends as a failed step, naming the limit
     run = submitter.wait(runaway.id, BOUND, cluster)
@@ -91,5 +93,9 @@ def test_a_runaway_condition_leaves_other_runs_and_steps_alone(
 
 def _timeline(store: SqlStore, run_ids: list[str]) -> str:
     """The runs' events in time order, for a failure message."""
-    events = [(e.created_at, run_id[-6:], e.step_key, e.type, e.payload.get("owner", "")) for run_id in run_ids for e in store.list_events(run_id)]
+    events = [
+        (e.created_at, run_id[-6:], e.step_key, e.type, e.payload.get("owner", ""))
+        for run_id in run_ids
+        for e in store.list_events(run_id)
+    ]
     return "\n".join(" ".join(map(str, e)) for e in sorted(events, key=lambda e: e[0]))

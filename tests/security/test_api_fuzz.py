@@ -29,7 +29,7 @@ from schemathesis.specs.openapi.checks import (
 from conveyor.api.openapi import document
 from conveyor.api.routes import ROUTES
 from conveyor.orchestrator.store.sql import SqlStore
-from tests.security.api_kit import ONE_STEP, PIPELINES, RUNS, Headers, api, admin  # noqa: F401
+from tests.security.api_kit import ONE_STEP, PIPELINES, RUNS, Headers
 
 #: Requests per operation and mode: enough to reach every parameter's edge cases.
 EXAMPLES = 25
@@ -84,8 +84,8 @@ def _aimed(case: Any, data: st.DataObject, run_id: str) -> None:
 
 @pytest.mark.parametrize(("method", "path", "mode"), OPERATIONS)
 def test_no_request_gets_a_5xx_or_an_answer_off_the_document(
-    api: Flask,  # noqa: F811
-    admin: Headers,  # noqa: F811
+    api: Flask,
+    admin: Headers,
     db_store: SqlStore,
     method: str,
     path: str,

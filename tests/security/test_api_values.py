@@ -15,17 +15,7 @@ from flask.testing import FlaskClient
 from conveyor.orchestrator.errors import UnstorableValue
 from conveyor.orchestrator.settings import Settings
 from conveyor.orchestrator.store.sql import SqlStore
-from tests.security.api_kit import (  # noqa: F401
-    ONE_STEP,
-    PIPELINES,
-    RUNS,
-    Headers,
-    admin,
-    api,
-    client,
-    json_of,
-    raw_post,
-)
+from tests.security.api_kit import ONE_STEP, PIPELINES, RUNS, Headers, json_of, raw_post
 
 
 def _nested(depth: int) -> str:
@@ -256,7 +246,7 @@ def test_a_key_with_a_nul_in_a_pipeline_file_is_refused(
 def test_the_store_refuses_what_it_could_not_read_back(
     client: FlaskClient, admin: Headers, db_store: SqlStore, params: dict[str, object]
 ) -> None:
-    from conveyor.api.services import Services  # noqa: PLC0415
+    from conveyor.api.services import Services
 
     services: Services = client.application.extensions["conveyor"]
     plan = services.compiler.compile(ONE_STEP).select(None)

@@ -45,9 +45,7 @@ RUNAWAY_LOOPS = {
     "jinja macro recursion that doubles": (
         "{% macro f(n) %}{% if n %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}{% endmacro %}{{ f(60) }}"
     ),
-    "jinja filters in a loop": (
-        "{% for a in range(100000) %}{% set s = big | sum %}{% endfor %}"
-    ),
+    "jinja filters in a loop": ("{% for a in range(100000) %}{% set s = big | sum %}{% endfor %}"),
     # Go forms
     "go nested ranges over a number": "{{ range 100000 }}{{ range 100000 }}{{ end }}{{ end }}",
     "go nested ranges over a list variable": (
@@ -57,7 +55,7 @@ RUNAWAY_LOOPS = {
         "{{ range $i, $a := .big }}{{ range $j, $b := $.big }}{{ end }}{{ end }}"
     ),
     "go if inside nested ranges": (
-        '{{ range $a := .big }}{{ range $b := $.big }}{{ if eq $a -1 }}x{{ end }}{{ end }}{{ end }}'
+        "{{ range $a := .big }}{{ range $b := $.big }}{{ if eq $a -1 }}x{{ end }}{{ end }}{{ end }}"
     ),
 }
 

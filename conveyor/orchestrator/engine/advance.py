@@ -48,9 +48,7 @@ class Verdict:
 Verdicts = Mapping[str, Verdict]
 
 
-def seen(
-    plan: ExecutionPlan, key: str, outputs: Mapping[str, Any], failing: str | None
-) -> str:
+def seen(plan: ExecutionPlan, key: str, outputs: Mapping[str, Any], failing: str | None) -> str:
     """What step ``key``'s condition depends on besides the run itself (which never
     changes): the outputs of the steps it comes after, which are final, and the failing
     step. Other steps' outputs may or may not be there yet, as before."""

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from pydantic import ValidationError
 
+from conveyor.orchestrator import values
 from conveyor.orchestrator.contracts import ArtifactStore, StepRef, StepType
 from conveyor.orchestrator.engine.attempt import Attempt, Finished, Outcome, Recorded
 from conveyor.orchestrator.engine.context import Context, LazyOutputs, StoreLogger
@@ -190,7 +191,7 @@ class Executor:
         )
 
     def _run(self, attempt: Attempt, ctx: Context) -> Mapping[str, Any]:
-        plan, plan_step = attempt.plan, attempt.plan_step
+        plan_step = attempt.plan_step
         step_type = self.step_types.get(plan_step.type)
         if step_type is None:  # the run was planned where a plugin is that is missing here
             raise StepFailed(f"step type {plan_step.type!r} is not installed here")
@@ -381,6 +382,9 @@ def _checked_outputs(outputs: Mapping[str, Any] | None, limit: int) -> dict[str,
     if size > limit:
         raise StepFailed(f"outputs are {size} bytes of JSON; the limit is {limit} bytes")
     result: dict[str, Any] = json.loads(text)
+    if (found := values.problem(result)) is not None:  # a NUL, too deep: the store refuses it
+        path, why = found
+        raise StepFailed(f"outputs cannot be stored: {values.where('', path)}: {why}")
     return result
 
 

@@ -9,6 +9,7 @@ claim and does nothing.
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 from collections import OrderedDict
@@ -401,7 +402,7 @@ class Runtime:
             if not self._advance.noted(run_id):
                 return
             verdicts = self._advance.decide(run_id, self.store)
-            self._write(run_id, lambda tx: self._advance(tx, verdicts=verdicts))
+            self._write(run_id, functools.partial(self._advance, verdicts=verdicts))
 
     def _write(
         self,

@@ -57,7 +57,9 @@ class Vault:
 
 def check_secrets(secrets: Mapping[str, str]) -> None:
     """Refuse secrets too short to be masked in logs, naming them (never their values)."""
-    short = sorted(name for name, value in secrets.items() if len(value.strip()) < MIN_SECRET_LENGTH)
+    short = sorted(
+        name for name, value in secrets.items() if len(value.strip()) < MIN_SECRET_LENGTH
+    )
     if short:
         names = ", ".join(repr(name) for name in short)
         raise SecretRefused(

@@ -49,9 +49,8 @@ from conveyor.orchestrator.pipeline.templatelimits import (
     guard_filters,
     refuse_internals,
 )
-from conveyor.orchestrator.pipeline.templatetaint import MIN_SECRET_LENGTH, Taint, tracking
+from conveyor.orchestrator.pipeline.templatetaint import MIN_SECRET_LENGTH, Taint, follow, tracking
 from conveyor.orchestrator.pipeline.templatetaint import current as current_taint
-from conveyor.orchestrator.pipeline.templatetaint import follow
 from conveyor.orchestrator.pipeline.templatework import (
     WorkLimits,
     bounded,
@@ -117,7 +116,6 @@ class _CodeGenerator(CodeGenerator):
         self.write("))")
 
 
-
 class _Environment(ImmutableSandboxedEnvironment):
     """The immutable sandbox, with bounded operators and Go's map-first lookups."""
 
@@ -141,7 +139,7 @@ class _Environment(ImmutableSandboxedEnvironment):
         # Every filter and test counts against the budget; a filter's result is derived
         # from a secret when what it was given was.
         self.filters = {name: _following(ticking(f)) for name, f in self.filters.items()}
-        self.tests = {name: ticking(t) for name, t in self.tests.items()}
+        self.tests = {name: ticking(t) for name, t in self.tests.items()}  # type: ignore[arg-type]
 
     # The hooks the rewritten loops call (see templatework.count_loops).
     tick = staticmethod(_tick)
@@ -174,7 +172,9 @@ class _Environment(ImmutableSandboxedEnvironment):
         _tick()
         texts = [to_text(part) for part in parts]
         check_size(sum(map(len, texts)), self.max_output)
-        return follow("".join(texts), *texts)
+        joined = "".join(texts)
+        follow(joined, *texts)
+        return joined
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         """``x.name``: a mapping's key first, as Go reads it (``steps.x.items``)."""

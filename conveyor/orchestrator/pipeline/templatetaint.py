@@ -63,18 +63,11 @@ class Taint:
         """True when ``value`` (or something inside it) holds a secret or a derived value."""
         if id(value) in self._objects and self._objects[id(value)] is value:
             return True
+        if isinstance(value, bytes | bytearray):
+            value = bytes(value).decode("utf-8", "replace")
         if isinstance(value, str):
             return any(s in value for s in self.seeds) or any(d in value for d in self.derived)
-        if isinstance(value, bytes | bytearray):
-            return self.holds(bytes(value).decode("utf-8", "replace"), depth)
-        if depth <= 0:
-            return False
-        if isinstance(value, Mapping):
-            items = itertools.islice(value.items(), _ITEMS)
-            return any(self.holds(k, depth - 1) or self.holds(v, depth - 1) for k, v in items)
-        if isinstance(value, list | tuple | set | frozenset):
-            return any(self.holds(v, depth - 1) for v in itertools.islice(value, _ITEMS))
-        return False
+        return depth > 0 and any(self.holds(v, depth - 1) for v in _inside(value))
 
     def any_holds(self, *values: Any) -> bool:
         """True when any of ``values`` holds a secret or a derived value."""
@@ -91,26 +84,22 @@ class Taint:
         if isinstance(result, bytes | bytearray):
             result = bytes(result).decode("utf-8", "replace")
         if isinstance(result, str):
-            if len(result) < self.min_length:
-                if fragment and result.strip() and len(self.fragments) < MAX_DERIVED:
-                    self.fragments.add(result)
-            elif len(result) <= MAX_DERIVED_LENGTH and len(self.derived) < MAX_DERIVED:
-                if result not in self.seeds:
-                    self.derived.add(result)
+            self._keep(result, fragment)
             return
         if result is None or isinstance(result, bool | int | float):
             return
         if len(self._objects) < MAX_DERIVED:
             self._objects[id(result)] = result
-        if depth <= 0:
-            return
-        if isinstance(result, Mapping):
-            for key, value in itertools.islice(result.items(), _ITEMS):
-                self._derive(key, fragment, depth - 1)
-                self._derive(value, fragment, depth - 1)
-        elif isinstance(result, list | tuple | set | frozenset):
-            for value in itertools.islice(result, _ITEMS):
-                self._derive(value, True, depth - 1)
+        if depth > 0 and isinstance(result, Mapping | list | tuple | set | frozenset):
+            for item in _inside(result):  # never an iterator: that would use it up
+                self._derive(item, fragment or not isinstance(result, Mapping), depth - 1)
+
+    def _keep(self, text: str, fragment: bool) -> None:
+        if len(text) < self.min_length:
+            if fragment and text.strip() and len(self.fragments) < MAX_DERIVED:
+                self.fragments.add(text)
+        elif len(text) <= MAX_DERIVED_LENGTH and len(self.derived) < MAX_DERIVED:
+            self.derived.add(text)
 
     def follow(self, result: Any, *inputs: Any) -> Any:
         """``result`` of an operation on ``inputs``: derived when an input was."""
@@ -120,6 +109,17 @@ class Taint:
 
     def _piece(self, value: Any) -> bool:
         return isinstance(value, str) and value in self.fragments
+
+
+def _inside(value: Any) -> Iterator[Any]:
+    """The keys and values of a mapping, the items of a list, tuple or set (a bounded
+    number of them); nothing for anything else."""
+    if isinstance(value, Mapping):
+        for key, item in itertools.islice(value.items(), _ITEMS):
+            yield key
+            yield item
+    elif isinstance(value, list | tuple | set | frozenset):
+        yield from itertools.islice(value, _ITEMS)
 
 
 _TAINT: ContextVar[Taint | None] = ContextVar("conveyor_template_taint", default=None)

@@ -149,9 +149,10 @@ def ticking(func: Callable[..., Any]) -> Callable[..., Any]:
 # --- the loop rewrite --------------------------------------------------------------
 
 
-def _environment_call(name: str, *args: nodes.Expr, lineno: int) -> nodes.Call:
+def _environment_call(name: str, *args: nodes.Node, lineno: int) -> nodes.Call:
     """``environment.<name>(*args)`` as a node (Jinja allows no node types of our own)."""
-    return nodes.Call(nodes.EnvironmentAttribute(name), list(args), [], None, None, lineno=lineno)
+    call = nodes.EnvironmentAttribute(name)
+    return nodes.Call(call, list(args), [], None, None, lineno=lineno)
 
 
 def count_loops(tree: nodes.Node) -> None:

@@ -36,7 +36,7 @@ def translate_errors() -> Iterator[None]:
         raise
 
 
-def _first_line(error: BaseException) -> str:
+def _first_line(error: BaseException | None) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 

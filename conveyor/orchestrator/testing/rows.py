@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
+from conveyor.orchestrator import values
 from conveyor.orchestrator.clock import new_id
 from conveyor.orchestrator.status import RunStatus, StepStatus
 from conveyor.orchestrator.store.logchunks import Chunk
@@ -42,7 +43,11 @@ PendingLine = tuple[str, int, str, str, datetime]
 
 
 def as_json(value: Any) -> Any:
-    """``value`` as it comes back from a JSON column: a fresh copy, or TypeError."""
+    """``value`` as it comes back from a JSON column: a fresh copy, or TypeError.
+
+    What SQL's JSON columns refuse (``values.check``), the twin refuses too.
+    """
+    values.check(value, "value")
     return json.loads(json.dumps(value))
 
 

@@ -70,7 +70,7 @@ def test_a_token_with_a_weaker_role_is_refused_with_403(
 def test_health_readiness_and_the_document_need_no_token(client: FlaskClient, route: Route) -> None:
     status, _ = call(client, route)
 
-    assert status == 200
+    assert status == (404 if route.path_params else 200)  # no file of the docs is named `x`
 
 
 def test_the_roles_are_as_documented() -> None:
