@@ -150,7 +150,8 @@ def parse_body(model: type[BaseModel], depth: int) -> BaseModel:
         raise UnstorableValue(f"the request body nests more than {depth} levels deep") from None
     except ValueError as exc:  # not JSON, not UTF-8, or an integer of thousands of digits
         reason = (str(exc).splitlines() or [""])[0]
-        raise BadRequest(f"the request body is not valid JSON: {reason}") from None
+        message = f"the request body must be a JSON object; it is not JSON: {reason}"
+        raise BadRequest(message) from None
     if not isinstance(data, dict):
         raise BadRequest("the request body must be a JSON object")
     check(data, "", depth=depth)

@@ -25,6 +25,8 @@ Action = Literal[
     "non_json",
     "not_mapping",
     "huge",
+    "nul_output",
+    "deep_output",
     "ignore_cancel",
     "cooperative",
     "leak_secret",
@@ -64,6 +66,13 @@ class Probe:
             return _chatter(ctx, config.size)
         if config.action == "huge":
             return {"blob": "x" * config.size}
+        if config.action == "nul_output":
+            return {"text": "a\x00b"}
+        if config.action == "deep_output":
+            deep: dict[str, Any] = {}
+            for _ in range(config.size):
+                deep = {"a": deep}
+            return {"deep": deep}
         if config.action == "leak_secret":
             token = ctx.secrets["TOKEN"]
             ctx.log.line(f"the token is {token}")

@@ -74,6 +74,19 @@ def test_an_exception_in_a_step_fails_it_with_its_traceback_logged(
             "outputs are 2000012 bytes of JSON; the limit is 1048576 bytes",
             id="too-big",
         ),
+        pytest.param(
+            "nul_output",
+            {},
+            "outputs cannot be stored: text: contains a NUL character (U+0000)",
+            id="nul",
+        ),
+        pytest.param(
+            "deep_output",
+            {"size": 300},
+            "outputs cannot be stored: deep.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a"
+            ".a.a....: nests more than 240 levels deep",
+            id="too-deep",
+        ),
     ],
 )
 def test_outputs_that_cannot_be_stored_fail_the_step_clearly(

@@ -469,11 +469,13 @@ class TemplateEngine:
     def _render(self, shell: bool, text: str, context: Mapping[str, Any]) -> str:
         template = self._template(shell, text)
         taint = current_taint()
-        printed = taint.printed_count if taint is not None else 0
+        pieces = taint.pieces_printed if taint is not None else 0
         with bounded(self.work), _errors(text), _scope(context) as variables:
             rendered = self._collect(template.generate(variables))
-        if taint is not None and taint.printed_count > printed and not shell:
-            taint.derive(rendered)  # printed what a secret gave, piece by piece perhaps
+        # A printed value long enough to mask is masked wherever it appears; a render that
+        # printed pieces too short for that (a secret character by character) is masked whole.
+        if taint is not None and taint.pieces_printed > pieces and not shell:
+            taint.derive(rendered)
         return rendered
 
     def _collect(self, chunks: Iterable[str]) -> str:

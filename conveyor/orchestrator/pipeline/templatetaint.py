@@ -44,6 +44,8 @@ class Taint:
         self.fragments: set[str] = set()
         #: How many printed values held a secret or something derived.
         self.printed_count = 0
+        #: How many of them were too short to mask on their own (a piece of a secret).
+        self.pieces_printed = 0
         #: Lists, mappings and iterators derived from a secret, by id (kept alive, so
         #: that no other object takes the id): ``secret | list`` holds only characters.
         self._objects: dict[int, Any] = {}
@@ -57,6 +59,7 @@ class Taint:
         """True (and counted) when a printed value holds a secret or derived piece."""
         held = text in self.fragments or self.holds(value) or self.holds(text)
         self.printed_count += held
+        self.pieces_printed += held and len(text.strip()) < self.min_length
         return held
 
     def holds(self, value: Any, depth: int = _DEPTH) -> bool:
