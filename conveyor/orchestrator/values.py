@@ -60,15 +60,19 @@ def scalar_problem(value: Any) -> str | None:
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, int):
-        if INT_MIN <= value <= INT_MAX:
-            return None
-        digits = len(str(abs(value))) if value.bit_length() < 20_000 else "thousands of"
-        return f"an integer of {digits} digits is out of range (it must fit in 64 bits)"
+        return _int_problem(value)
     if isinstance(value, float):
         if math.isfinite(value):
             return None
         return f"{_NAMES.get(repr(value), repr(value))} is not a finite number"
     return f"is a {type(value).__name__}, not a JSON value"
+
+
+def _int_problem(value: int) -> str | None:
+    if INT_MIN <= value <= INT_MAX:
+        return None
+    digits = len(str(abs(value))) if value.bit_length() < 14_000 else "thousands of"
+    return f"an integer of {digits} digits is out of range (it must fit in 64 bits)"
 
 
 def problem(value: Any, depth: int = STORED_DEPTH) -> tuple[tuple[str | int, ...], str] | None:
