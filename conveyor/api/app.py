@@ -65,7 +65,8 @@ def json_errors(response: Response) -> Response:
     without them (a routing redirect, say), so a client never parses an HTML page.
     """
     status = response.status_code
-    if status < 300 or response.is_json or not request.path.startswith(PREFIX):
+    # 304 Not Modified is no error and has no body: it keeps its ETag and Cache-Control.
+    if status < 300 or status == 304 or response.is_json or not request.path.startswith(PREFIX):
         return response
     try:
         phrase = HTTPStatus(status).phrase

@@ -28,6 +28,7 @@ from conveyor.orchestrator.errors import (
     SchemaOutdated,
     SecretRefused,
     SecretsUnavailable,
+    SourceRefused,
     SpecError,
     StoreUnavailable,
     TemplateError,
@@ -52,6 +53,7 @@ STATUSES: Mapping[type[ConveyorError], int] = {
     TemplateError: 422,
     SecretsUnavailable: 422,
     SecretRefused: 422,
+    SourceRefused: 422,
     # A bad key or an oversized artifact is the client's to fix; a stored artifact that
     # no longer matches its checksum is the server's fault.
     ArtifactError: 422,
@@ -131,6 +133,7 @@ def _conveyor_error(exc: ConveyorError) -> Response:
 
 def _http_error(exc: HTTPException) -> Response:
     status = exc.code or 500
-    headers: dict[str, Any] = {k: v for k, v in exc.get_headers() if k.lower() == "allow"}
+    kept = ("allow", "content-range")  # a 405 lists the methods, a 416 the length
+    headers: dict[str, Any] = {k: v for k, v in exc.get_headers() if k.lower() in kept}
     body = ErrorBody(error=error_code(exc.name), detail=exc.description or exc.name)
     return json_response(body, status, headers)

@@ -20,7 +20,7 @@ from conveyor.orchestrator.status import StepStatus
 from conveyor.orchestrator.store import LogRecord, SqlStore
 
 from .errors import error_code
-from .models import LOG_PAGE_BYTES, ErrorBody, LogLine, LogList, LogQuery
+from .models import LOG_PAGE_BYTES, MAX_LINE_ID, ErrorBody, LogLine, LogList, LogQuery
 from .routing import Call
 
 #: Lines sent per read while following: a long backlog is sent in slices.
@@ -97,9 +97,16 @@ def _last_within(lines: list[LogRecord], max_bytes: int) -> list[LogRecord]:
 
 
 def _resume_point(call: Call[None, LogQuery], after: int) -> int:
-    """A reconnecting EventSource sends the id of the last line it saw."""
+    """A reconnecting EventSource sends the id of the last line it saw.
+
+    Anything else there (not ASCII digits, or past any line id) is not a line id, and
+    is ignored rather than read.
+    """
     last_event = call.headers.get("Last-Event-ID", "")
-    return max(after, int(last_event)) if last_event.isdigit() else after
+    if not (last_event.isascii() and last_event.isdigit()) or len(last_event) > 16:
+        return after
+    seen = int(last_event)
+    return max(after, seen) if seen <= MAX_LINE_ID else after
 
 
 def stream(events: Iterator[str]) -> Response:

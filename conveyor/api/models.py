@@ -82,7 +82,11 @@ class PipelineList(BaseModel):
 
 
 class SubmitRun(Request):
-    """Start a run of a registered pipeline, or of a pipeline file given inline."""
+    """Start a run of a registered pipeline, or of a pipeline file given inline.
+
+    Sent as multipart/form-data, this is the `run` part, and a `source` part may bring
+    the run's source: a gzipped tar unpacked into the run's workspace before its steps.
+    """
 
     pipeline: str | None = Field(
         default=None, description="A registered pipeline, or which pipeline of `definition`."

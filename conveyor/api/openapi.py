@@ -6,7 +6,7 @@ models' schemas go into ``components.schemas`` as they are.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
 
@@ -17,6 +17,7 @@ from conveyor import __version__
 
 from .models import ErrorBody
 from .routing import Route
+from .uploads import BODY_PART
 
 PREFIX = "/api/v1"
 REF = "#/components/schemas/{model}"
@@ -86,9 +87,32 @@ def _operation(route: Route, refs: dict[Key, Any], schemas: dict[str, Any]) -> d
         description += f"\n\nNeeds a token with role `{route.role.value}` or above."
     operation["description"] = description.strip()
     if route.body:
-        content = {"application/json": {"schema": refs[(route.body, "validation")]}}
+        body = refs[(route.body, "validation")]
+        content = {"application/json": {"schema": body}}
+        if route.uploads:
+            content["multipart/form-data"] = _multipart(body, route.uploads)
         operation["requestBody"] = {"required": True, "content": content}
     return operation
+
+
+def _multipart(body: dict[str, Any], uploads: Mapping[str, str]) -> dict[str, Any]:
+    """The body as multipart/form-data: the JSON in its part, each file in its own."""
+    files = {
+        name: {"type": "string", "format": "binary", "description": text}
+        for name, text in uploads.items()
+    }
+    return {
+        "schema": {
+            "type": "object",
+            "properties": {BODY_PART: body, **files},
+            "required": [BODY_PART],
+            "additionalProperties": False,
+        },
+        "encoding": {
+            BODY_PART: {"contentType": "application/json"},
+            **{name: {"contentType": "application/gzip"} for name in uploads},
+        },
+    }
 
 
 def _parameters(route: Route, refs: dict[Key, Any], schemas: dict[str, Any]) -> list[Any]:

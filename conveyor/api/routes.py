@@ -45,6 +45,11 @@ ASSET = {
     "text/javascript": {"type": "string"},
     "image/png": {"type": "string", "format": "binary"},
 }
+SOURCE = {
+    runs.SOURCE_PART: "The run's source: a gzipped tar (`conveyor submit --source DIR` packs "
+    "one), unpacked into the run's workspace on each worker host before the run's first step "
+    "there; at most CONVEYOR_MAX_SOURCE_BYTES (413 past it)."
+}
 IDEMPOTENCY = {
     runs.IDEMPOTENCY_HEADER: "A key of your choosing: a request repeating it gets the run the "
     "first one made (200, `Idempotent-Replayed: true`) instead of a new run (201)."
@@ -80,7 +85,7 @@ ROUTES: tuple[Route, ...] = (
           response=PipelineVersion, errors=(404,)),
     # -- runs --------------------------------------------------------------------------
     Route("POST", "/runs", runs.submit_run,
-          "Start a run", "runs", role=RUN, body=SubmitRun, headers=IDEMPOTENCY,
+          "Start a run", "runs", role=RUN, body=SubmitRun, headers=IDEMPOTENCY, uploads=SOURCE,
           response=RunDetail, status=201, also=(200,), errors=(400, 404, 409, 422)),
     Route("GET", "/runs", runs.list_runs,
           "List runs, newest first", "runs", role=READ, query=RunQuery,

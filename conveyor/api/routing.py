@@ -10,6 +10,7 @@ import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from flask import Response, request
@@ -22,6 +23,7 @@ from conveyor.orchestrator.store import Role, Token
 from conveyor.orchestrator.values import check, check_text, scalar_problem
 
 from .services import Services
+from .uploads import Uploads
 
 B = TypeVar("B")
 Q = TypeVar("Q")
@@ -40,6 +42,8 @@ class Call(Generic[B, Q]):
     body: B
     query: Q
     headers: Headers
+    #: Files sent with the body (``Route.uploads``), as temporary files: name -> path.
+    uploads: Mapping[str, Path] = field(default_factory=dict)
 
     @property
     def who(self) -> str | None:
@@ -79,6 +83,9 @@ class Route:
     headers: Mapping[str, str] = field(default_factory=dict)
     #: Path parameters that may contain ``/`` (a matrix step's key can).
     slashed: tuple[str, ...] = ()
+    #: Files the body may bring (name -> description): the body may then come as
+    #: multipart/form-data, the JSON in its ``run`` part and each file in its own.
+    uploads: Mapping[str, str] = field(default_factory=dict)
     operation_id: str = ""
     description: str = ""
 
@@ -113,10 +120,17 @@ def make_view(route: Route, services: Services) -> Callable[..., Response]:
         for name in route.headers:
             if (header := request.headers.get(name)) is not None:
                 check_text(header, f"{name} header", max_length=MAX_PARAMETER)
-        body = parse_body(route.body, services.settings.max_json_depth) if route.body else None
-        query = parse_query(route.query) if route.query else None
-        call: Call[Any, Any] = Call(services, token, body, query, request.headers)
-        return respond(route, route.handler(call, **path))
+        depth = services.settings.max_json_depth
+        with Uploads() as uploads:
+            if route.body and route.uploads and request.mimetype == "multipart/form-data":
+                body = uploads.parse(route.body, route.uploads, services.settings, parse_json)
+            else:
+                body = parse_body(route.body, depth) if route.body else None
+            query = parse_query(route.query) if route.query else None
+            call: Call[Any, Any] = Call(
+                services, token, body, query, request.headers, uploads.files
+            )
+            return respond(route, route.handler(call, **path))
 
     view.__name__ = route.endpoint
     return view
@@ -143,7 +157,11 @@ def parse_body(model: type[BaseModel], depth: int) -> BaseModel:
     """
     # The raw body, whatever its Content-Type: `curl -d` sends JSON as a form unless told
     # otherwise. Too large a body is a 413 (MAX_CONTENT_LENGTH) from here.
-    raw = request.get_data(cache=True)
+    return parse_json(model, request.get_data(cache=True), depth)
+
+
+def parse_json(model: type[BaseModel], raw: bytes, depth: int) -> BaseModel:
+    """``raw`` as ``model`` (see ``parse_body``)."""
     try:
         data = json.loads(raw) if raw.strip() else None
     except RecursionError:

@@ -6,14 +6,21 @@ import base64
 import binascii
 import json
 from datetime import datetime
+from pathlib import Path
 
 from werkzeug.datastructures import Headers
 
-from conveyor.orchestrator.engine import retry_run
+from conveyor.orchestrator.engine import (
+    drop_source,
+    is_gzip,
+    new_run_id,
+    retry_run,
+    store_source,
+)
 from conveyor.orchestrator.errors import BadRequest, Conflict
 from conveyor.orchestrator.pipeline import ExecutionPlan
 from conveyor.orchestrator.store import RunRecord
-from conveyor.orchestrator.values import check
+from conveyor.orchestrator.values import check, check_text
 
 from .models import Event, EventList, EventQuery, Run, RunDetail, RunPage, RunQuery, SubmitRun
 from .pipelines import find_definition
@@ -22,6 +29,9 @@ from .services import Services
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 MAX_KEY_LENGTH = 200  # the column's width
+#: The multipart part holding a run's source archive (a gzipped tar).
+SOURCE_PART = "source"
+MAX_RUN_ID = 36  # the id column's width
 
 
 def submit_run(call: Call[SubmitRun, None]) -> Reply:
@@ -33,6 +43,10 @@ def submit_run(call: Call[SubmitRun, None]) -> Reply:
     if key and (earlier := services.store.run_by_idempotency_key(key)):
         return _replayed(services, earlier)
     plan, source, definition_id = plan_of(services, call.body)
+    archive = call.uploads.get(SOURCE_PART)
+    # The source goes into the store first, under the id the run will have: a run is
+    # never created (so never started) without it.
+    run_id = stored_source(services, archive) if archive is not None else None
     try:
         run = services.runtime.submit(
             plan,
@@ -42,14 +56,38 @@ def submit_run(call: Call[SubmitRun, None]) -> Reply:
             submitted_by=call.who,
             idempotency_key=key,
             definition_id=definition_id,
+            run_id=run_id,
         )
     except Conflict:
+        _drop(services, run_id)
         # The same key sent twice at once: the other request's run is this one's too.
         if key and (earlier := services.store.run_by_idempotency_key(key)):
             return _replayed(services, earlier)
         raise
+    except BaseException:
+        _drop(services, run_id)
+        raise
+    if run_id is not None and run.id != run_id:  # an earlier run with this key: that one
+        _drop(services, run_id)
+        return _replayed(services, run)
     headers = {"Location": f"/api/v1/runs/{run.id}"}
     return Reply(detail(services, run.id), 201, headers)
+
+
+def stored_source(services: Services, archive: Path) -> str:
+    """Store an uploaded source archive under a new run id, and return the id."""
+    with archive.open("rb") as head:
+        if not is_gzip(head.read(2)):
+            raise BadRequest(f"the {SOURCE_PART} part must be a gzipped tar archive (.tar.gz)")
+    run_id = new_run_id()
+    store_source(services.artifacts(), run_id, archive)
+    return run_id
+
+
+def _drop(services: Services, run_id: str | None) -> None:
+    """Remove the source stored for a run that was not created after all."""
+    if run_id is not None:
+        drop_source(services.artifacts(), run_id)
 
 
 def _replayed(services: Services, run: RunRecord) -> Reply:
@@ -114,8 +152,10 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         moment = datetime.fromisoformat(created_at)
     except (ValueError, TypeError, binascii.Error):
         raise BadRequest(f"invalid cursor {cursor!r}") from None
-    if moment.tzinfo is None or not isinstance(run_id, str):
+    # A run id is 36 characters; a forged cursor must not carry what the store cannot bind.
+    if moment.tzinfo is None or not isinstance(run_id, str) or len(run_id) > MAX_RUN_ID:
         raise BadRequest(f"invalid cursor {cursor!r}")
+    check_text(run_id, "cursor")
     return moment, run_id
 
 

@@ -7,16 +7,18 @@ local one.
 
 from __future__ import annotations
 
+import http.client
 import json
 import shutil
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from conveyor.orchestrator.errors import (
     Conflict,
@@ -39,7 +41,8 @@ class ApiClient:
     """JSON over HTTP to a Conveyor API, with ``Authorization: Bearer <token>``."""
 
     def __init__(self, base_url: str, token: str | None, timeout: float = 30.0) -> None:
-        self.base_url = base_url.rstrip("/")
+        # The API's own path is added here: an address pasted with it is the same API.
+        self.base_url = base_url.rstrip("/").removesuffix(PREFIX).rstrip("/")
         self.token = token
         self.timeout = timeout
 
@@ -58,10 +61,13 @@ class ApiClient:
     ) -> Any:
         """Send a request and return its JSON answer (None when it has no body)."""
         data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(  # noqa: S310  (the URL is the user's API, http(s))
-            self.base_url + PREFIX + path, data=data, method=method, headers=self._headers(headers)
-        )
         try:
+            request = urllib.request.Request(  # noqa: S310  (the URL is the user's API)
+                self.base_url + PREFIX + path,
+                data=data,
+                method=method,
+                headers=self._headers(headers),
+            )
             with urllib.request.urlopen(request, timeout=self.timeout) as answer:  # noqa: S310
                 raw = answer.read()
         except urllib.error.HTTPError as exc:
@@ -70,6 +76,46 @@ class ApiClient:
             reason = getattr(exc, "reason", exc)
             where = f"{self.base_url} (CONVEYOR_API_URL)"
             raise Unreachable(f"cannot reach the Conveyor API at {where}: {reason}") from None
+        except (ValueError, http.client.InvalidURL) as exc:  # a host or port that is none
+            raise self._not_a_url(exc) from None
+        if not raw:
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise ConveyorError(
+                f"the answer from {self.base_url} is not the Conveyor API's (not JSON): "
+                "is CONVEYOR_API_URL the API's address?"
+            ) from None
+
+    def upload(
+        self,
+        path: str,
+        body: Mapping[str, Any],
+        files: Mapping[str, Path],
+        headers: Mapping[str, str] | None = None,
+    ) -> Any:
+        """POST ``body`` as the ``run`` part of a multipart/form-data request, and each
+        file (streamed from disk, never read whole) in a part of its name; the JSON answer.
+        """
+        with Multipart(body, files) as form:
+            sent = {
+                **self._headers(headers),
+                "Content-Type": form.content_type,
+                "Content-Length": str(form.length),
+            }
+            request = urllib.request.Request(  # noqa: S310  (the URL is the user's API)
+                self.base_url + PREFIX + path, data=form, method="POST", headers=sent
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as answer:  # noqa: S310
+                    raw = answer.read()
+            except urllib.error.HTTPError as exc:
+                raise _error(exc) from None
+            except (urllib.error.URLError, OSError) as exc:
+                reason = getattr(exc, "reason", exc)
+                where = f"{self.base_url} (CONVEYOR_API_URL)"
+                raise Unreachable(f"cannot reach the Conveyor API at {where}: {reason}") from None
         return json.loads(raw) if raw else None
 
     def download(self, path: str, dest: Path) -> Mapping[str, str]:
@@ -78,11 +124,11 @@ class ApiClient:
         Written beside ``dest`` first and moved into place once whole, so an answer cut
         short never leaves a partial file under the name asked for.
         """
-        request = urllib.request.Request(  # noqa: S310  (the URL is the user's API, http(s))
-            self.base_url + PREFIX + path, method="GET", headers=self._headers(None)
-        )
         partial = dest.with_name(f".{dest.name}.part")
         try:
+            request = urllib.request.Request(  # noqa: S310  (the URL is the user's API)
+                self.base_url + PREFIX + path, method="GET", headers=self._headers(None)
+            )
             with (
                 urllib.request.urlopen(request, timeout=self.timeout) as answer,  # noqa: S310
                 partial.open("wb") as out,
@@ -99,8 +145,14 @@ class ApiClient:
             reason = getattr(exc, "reason", exc)
             where = f"{self.base_url} (CONVEYOR_API_URL)"
             raise Unreachable(f"cannot reach the Conveyor API at {where}: {reason}") from None
+        except (ValueError, http.client.InvalidURL) as exc:  # a host or port that is none
+            partial.unlink(missing_ok=True)
+            raise self._not_a_url(exc) from None
         partial.replace(dest)
         return headers
+
+    def _not_a_url(self, exc: Exception) -> ConveyorError:
+        return ConveyorError(f"CONVEYOR_API_URL {self.base_url!r} is not a URL: {exc}")
 
     def _headers(self, extra: Mapping[str, str] | None) -> dict[str, str]:
         headers = {"Accept": "application/json", "Content-Type": "application/json"}
@@ -109,11 +161,67 @@ class ApiClient:
         return {**headers, **(extra or {})}
 
 
+class Multipart:
+    """A multipart/form-data body read as a stream: the JSON part, then each file's."""
+
+    def __init__(self, body: Mapping[str, Any], files: Mapping[str, Path]) -> None:
+        self.boundary = f"conveyor-{uuid.uuid4().hex}"
+        self._pieces: list[bytes | Path] = [
+            self._head("run", None, "application/json"),
+            json.dumps(body).encode(),
+        ]
+        for name, path in files.items():
+            self._pieces += [b"\r\n", self._head(name, path.name, "application/gzip"), path]
+        self._pieces.append(f"\r\n--{self.boundary}--\r\n".encode())
+        self.length = sum(p.stat().st_size if isinstance(p, Path) else len(p) for p in self._pieces)
+        self._open: BinaryIO | None = None
+        self._index = 0
+
+    @property
+    def content_type(self) -> str:
+        """The Content-Type header, with the boundary."""
+        return f"multipart/form-data; boundary={self.boundary}"
+
+    def _head(self, name: str, filename: str | None, media: str) -> bytes:
+        file = f'; filename="{filename}"' if filename else ""
+        return (
+            f'--{self.boundary}\r\nContent-Disposition: form-data; name="{name}"{file}\r\n'
+            f"Content-Type: {media}\r\n\r\n"
+        ).encode()
+
+    def read(self, size: int = -1) -> bytes:
+        """The next bytes of the body (at most ``size`` of a file; b"" at its end)."""
+        size = size if size > 0 else 1024 * 1024
+        while self._index < len(self._pieces):
+            piece = self._pieces[self._index]
+            if isinstance(piece, bytes):
+                self._index += 1
+                return piece
+            if self._open is None:
+                self._open = piece.open("rb")
+            data = self._open.read(size)
+            if data:
+                return data
+            self._open.close()
+            self._open = None
+            self._index += 1
+        return b""
+
+    def __enter__(self) -> Multipart:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._open is not None:
+            self._open.close()
+
+
 def _error(exc: urllib.error.HTTPError) -> ConveyorError:
     """The API's ``{error, detail}`` answer as the matching Conveyor error."""
     try:
         body = json.loads(exc.read() or b"{}")
-    except ValueError:
+    except (ValueError, OSError):
+        body = {}
+    if not isinstance(body, dict):  # a proxy's answer, not the API's ``{error, detail}``
         body = {}
     detail = body.get("detail") or f"the API answered {exc.code} {exc.reason}"
     if problems := body.get("problems"):

@@ -200,6 +200,12 @@ def _text(path: str) -> str:
     metavar="KEY",
     help="Submitting again with the same key gives the first run instead of a new one.",
 )
+@click.option(
+    "--source",
+    type=click.Path(exists=True, file_okay=False),
+    help="A directory sent with the run and unpacked into its workspace before its first "
+    "step (without .git, .conveyor, .venv, __pycache__).",
+)
 @click.pass_context
 def submit(
     ctx: click.Context,
@@ -210,10 +216,14 @@ def submit(
     pipeline: str | None,
     follow: bool,
     idempotency_key: str | None,
+    source: str | None,
 ) -> None:
     """Start a run of a pipeline file on the API (CONVEYOR_API_URL, CONVEYOR_TOKEN).
 
-    With --watch, follow it live and exit 0 when it succeeds, 1 when it does not.
+    With --source DIR, DIR is packed (a gzipped tar: links kept as links, modes kept)
+    and sent with the run, whose steps find it in their workspace, as with `conveyor run
+    --source`. With --watch, follow it live and exit 0 when it succeeds, 1 when it does
+    not.
     """
     given = _params(secrets, "--secret")
     for name in secret_envs:
@@ -229,11 +239,30 @@ def submit(
     if pipeline:
         body["pipeline"] = pipeline
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
-    run = client.request("POST", "/runs", body, headers)
+    if source is None:
+        run = client.request("POST", "/runs", body, headers)
+    else:
+        run = _submit_with_source(client, body, Path(source), headers)
     steps = len(run["steps"])
     out.print(f"run [bold]{run['id']}[/] of [bold cyan]{escape(run['pipeline'])}[/]: {steps} steps")
     if follow:
         sys.exit(_follow(client, run["id"]))
+
+
+def _submit_with_source(
+    client: ApiClient, body: dict[str, Any], source: Path, headers: dict[str, str] | None
+) -> Any:
+    """POST the run with ``source`` packed into a gzipped tar beside it."""
+    import tempfile  # noqa: PLC0415
+
+    from conveyor.orchestrator.engine import pack_source  # noqa: PLC0415
+
+    with tempfile.TemporaryDirectory(prefix="conveyor-source-") as scratch:
+        packed = pack_source(source, Path(scratch) / "source.tar.gz")
+        for name in packed.left_out:
+            err.print(f"left out {escape(name)}: a link that leads outside {escape(str(source))}")
+        err.print(f"source: {packed.entries} entries, {packed.size} bytes packed")
+        return client.upload("/runs", body, {"source": packed.path}, headers)
 
 
 @click.command()

@@ -159,6 +159,10 @@ class ChecksumMismatch(ArtifactError):
     """The artifact's content does not match its checksum."""
 
 
+class SourceRefused(ConveyorError):
+    """The source archive is not one Conveyor unpacks (unsafe, malformed or too large)."""
+
+
 class ArtifactStoreUnavailable(ArtifactError):
     """The artifact store cannot be reached."""
 

@@ -120,6 +120,20 @@ class Settings(BaseSettings):
     max_download_bytes: int = Field(
         default=10 * 1024**3, ge=1, description="Largest file an artifact pull (URL, S3) fetches."
     )
+    max_source_bytes: int = Field(
+        default=100 * 1024**2,
+        ge=1024,
+        description="Largest source archive (`conveyor submit --source`, gzipped) the API "
+        "takes; more is a 413.",
+    )
+    max_source_unpacked_bytes: int = Field(
+        default=1024**3,
+        ge=1024,
+        description="Bytes a run's source archive may unpack to in a workspace.",
+    )
+    max_source_files: int = Field(
+        default=100_000, ge=1, description="Files, directories and links of a source archive."
+    )
     artifact_retention: float | None = Field(
         default=None,
         description="How long finished runs keep their artifacts (30d, 12h) unless their "

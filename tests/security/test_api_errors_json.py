@@ -96,3 +96,29 @@ def test_an_unreachable_database_is_503_saying_so_but_not_where_it_lives(
     for answer in (ready, runs):
         for secret in (b"127.0.0.1", b"port 9", b":9", b"hunter2", b"conveyor@", b"psycopg"):
             assert secret not in answer.data
+
+
+def test_a_docs_file_the_browser_has_is_a_plain_304_that_keeps_its_validators(
+    client: FlaskClient,
+) -> None:
+    """A 304 is no error: it keeps the headers that say how long the copy is good for."""
+    url = "/api/v1/docs/swagger-ui.css"
+    first = client.get(url)
+
+    again = client.get(url, headers={"If-None-Match": first.headers["ETag"]})
+
+    assert again.status_code == 304 and again.data == b""
+    assert again.headers.get("ETag") == first.headers["ETag"]
+    assert "max-age" in again.headers.get("Cache-Control", "")
+
+
+def test_a_range_past_a_docs_file_s_end_is_416_json_saying_its_length(
+    client: FlaskClient,
+) -> None:
+    url = "/api/v1/docs/swagger-ui.css"
+    size = len(client.get(url).data)
+
+    answer = client.get(url, headers={"Range": f"bytes={size + 10}-"})
+
+    assert answer.status_code == 416 and json_of(answer)["error"]
+    assert answer.headers.get("Content-Range") == f"bytes */{size}"

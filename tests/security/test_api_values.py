@@ -7,7 +7,9 @@ inline). Before, each was a 500, and some were stored first and broke every late
 
 from __future__ import annotations
 
+import base64
 import json
+from datetime import UTC, datetime
 
 import pytest
 from flask.testing import FlaskClient
@@ -256,3 +258,35 @@ def test_the_store_refuses_what_it_could_not_read_back(
 
     assert db_store.list_runs() == []
     assert client.get(RUNS, headers=admin).status_code == 200
+
+
+def _cursor(created_at: str, run_id: object) -> str:
+    raw = json.dumps([created_at, run_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    "run_id", ["\udc80", "a\x00b", "x" * 5000], ids=["surrogate", "nul", "long"]
+)
+def test_a_forged_cursor_holding_an_unstorable_run_id_is_400(
+    client: FlaskClient, admin: Headers, run_id: str
+) -> None:
+    """The cursor is decoded by the API itself: what it holds is checked like any input."""
+    cursor = _cursor("2020-01-01T00:00:00+00:00", run_id)
+
+    answer = client.get(f"{RUNS}?cursor={cursor}", headers=admin)
+
+    assert answer.status_code == 400, answer.data[:300]
+    assert "cursor" in json_of(answer)["detail"]
+
+
+def test_the_store_refuses_a_lone_surrogate_in_any_parameter_it_binds(
+    db_store: SqlStore,
+) -> None:
+    """Drivers raise UnicodeEncodeError themselves, outside the DBAPI's errors."""
+    moment = datetime(2020, 1, 1, tzinfo=UTC)
+
+    with pytest.raises(UnstorableValue):
+        db_store.list_runs(limit=1, after=(moment, "\udc80"))
+    with pytest.raises(UnstorableValue):
+        db_store.list_runs(limit=1, pipeline="a\udc80")

@@ -208,3 +208,68 @@ def test_ordinary_templates_still_render(engine: TemplateEngine) -> None:
     )
     context = {"tags": ["a", "b"], "items": [1, 2, 3]}
     assert engine.render(text, context) == "A,B 0=a;1=b; [2,3] 012"
+
+
+#: Structures whose parts are shared: cheap to build (a few references), huge as a whole,
+#: so that printing, serialising or comparing them runs for hours in one operation.
+SHARED_PARTS = {
+    "nested list literals": (
+        "{% set a = range(100000) | list %}{% set b = [a, a, a, a, a, a, a, a, a, a] %}"
+        "{% set c = [b, b, b, b, b, b, b, b, b, b] %}{{ c | tojson | length }}"
+    ),
+    "nested tuple literals": (
+        "{% set a = range(100000) | list %}{% set b = (a, a, a, a, a, a, a, a, a, a) %}"
+        "{% set c = (b, b, b, b, b, b, b, b, b, b) %}{{ c | tojson | length }}"
+    ),
+    "nested dict literals": (
+        "{% set a = range(100000) | list %}"
+        "{% set b = {'1': a, '2': a, '3': a, '4': a, '5': a, '6': a, '7': a, '8': a} %}"
+        "{% set c = {'1': b, '2': b, '3': b, '4': b, '5': b, '6': b, '7': b, '8': b} %}"
+        "{{ c | tojson | length }}"
+    ),
+    "a list of lists repeated": "{% set b = [range(100000) | list] * 100 %}{{ b | length }}",
+    "lists of lists added": (
+        "{% set b = [range(100000) | list] %}{% set c = b + b + b + b + b + b + b + b + b + b %}"
+        "{% set d = c + c + c + c + c + c + c + c + c + c %}{{ d | tojson | length }}"
+    ),
+    "strings shared in nested lists": (
+        "{% set s = 'x' * 100000 %}{% set b = [s, s, s, s, s, s, s, s, s, s] %}"
+        "{% set c = [b, b, b, b, b, b, b, b, b, b] %}{{ c | tojson | length }}"
+    ),
+    "a comparison of shared structures": (
+        "{% set b = [range(100000) | list] * 1000 %}{% set c = [range(100000) | list] * 1000 %}"
+        "{{ b == c }}"
+    ),
+    "a filter's result of shared parts": (
+        "{% set a = range(100000) | list %}{{ ([1] | batch(12, a) | list) | tojson | length }}"
+    ),
+}
+
+
+@pytest.mark.parametrize("text", list(SHARED_PARTS.values()), ids=list(SHARED_PARTS))
+def test_structures_are_bounded_as_a_whole_shared_parts_included(
+    engine: TemplateEngine, text: str
+) -> None:
+    # Given a template that builds a structure from shared parts, a few references each
+    # but far more than the output limit as a whole
+    # When it is rendered
+    started = time.monotonic()
+    error = _render(engine, text)
+
+    # Then it is refused while it is being built, not serialised or compared for minutes
+    assert isinstance(error, TemplateError), error
+    assert "\n" not in error.message
+    assert time.monotonic() - started < 10
+
+
+def test_structures_within_the_limit_still_render(engine: TemplateEngine) -> None:
+    # Given templates that build lists, tuples and dicts of ordinary sizes, some shared
+    text = (
+        "{% set a = range(1000) | list %}{% set b = [a, a, a] %}{% set d = {'a': a, 'b': b} %}"
+        "{{ (b + [a]) | length }} {{ ([a] * 10) | length }} {{ d | tojson | length }} "
+        "{{ (big | list) | length }} {{ [big] | length }} {% for x, y in [(1, 2)] %}{{ y }}"
+        "{% endfor %}"
+    )
+
+    # Then they render as before
+    assert _render(engine, text) == "4 10 19580 100000 1 2"

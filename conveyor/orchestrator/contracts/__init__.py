@@ -10,7 +10,7 @@ One module per seam, every name re-exported here:
 - ``steps``: ``StepType``, ``StepContext``, ``StepLogger``, ``StepRef``, ``Dispatcher``.
 - ``sandbox``: ``Sandbox``, ``SandboxFactory``, ``SandboxConfig``, ``SandboxRequest``,
   ``ExecResult``, ``LineSink``.
-- ``artifacts``: ``ArtifactStore``.
+- ``artifacts``: ``ArtifactStore``, ``RunSources``.
 - ``images``: ``ImageEngine``, ``BuildSpec``, ``BuiltImage``, ``ContainerResult``,
   ``RegistryAuth``.
 - ``sources``: ``ObjectSource``, ``UrlSource``.
@@ -19,7 +19,7 @@ One module per seam, every name re-exported here:
 Importing this package loads no SQLAlchemy: the store's records are plain dataclasses.
 """
 
-from conveyor.orchestrator.contracts.artifacts import ArtifactStore
+from conveyor.orchestrator.contracts.artifacts import ArtifactStore, RunSources
 from conveyor.orchestrator.contracts.images import (
     BuildSpec,
     BuiltImage,
@@ -69,6 +69,7 @@ __all__ = [
     "Move",
     "ObjectSource",
     "RegistryAuth",
+    "RunSources",
     "RunTransaction",
     "Sandbox",
     "SandboxConfig",

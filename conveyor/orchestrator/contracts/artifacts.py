@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from conveyor.orchestrator.artifacts.models import Artifact
@@ -34,4 +34,26 @@ class ArtifactStore(Protocol):
 
     def delete_run(self, run_id: str) -> int:
         """Remove every artifact of a run; how many there were."""
+        ...
+
+
+@runtime_checkable
+class RunSources(Protocol):
+    """A store that also keeps a run's source archive (``conveyor submit --source``).
+
+    The archive lives beside the run's artifacts where no artifact key can reach it
+    (keys start with a letter or digit), is not listed among them, and goes with
+    them: ``delete_run`` removes it too.
+    """
+
+    def put_source(self, run_id: str, src: Path) -> Artifact:
+        """Store the archive ``src`` as the run's source; all-or-nothing."""
+        ...
+
+    def open_source(self, run_id: str) -> tuple[Artifact, BinaryIO]:
+        """The run's source archive and a stream of it (``ArtifactNotFound``: none)."""
+        ...
+
+    def delete_source(self, run_id: str) -> None:
+        """Remove the run's source archive; nothing happens when there is none."""
         ...

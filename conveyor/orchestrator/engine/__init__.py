@@ -19,6 +19,15 @@ if TYPE_CHECKING:
     from conveyor.orchestrator.engine.recovery import Reconciler as Reconciler
     from conveyor.orchestrator.engine.recovery import retry_run as retry_run
     from conveyor.orchestrator.engine.runtime import Runtime as Runtime
+    from conveyor.orchestrator.engine.source_archive import Limits as Limits
+    from conveyor.orchestrator.engine.source_archive import Packed as Packed
+    from conveyor.orchestrator.engine.source_archive import WorkspaceSeeder as WorkspaceSeeder
+    from conveyor.orchestrator.engine.source_archive import drop_source as drop_source
+    from conveyor.orchestrator.engine.source_archive import is_gzip as is_gzip
+    from conveyor.orchestrator.engine.source_archive import new_run_id as new_run_id
+    from conveyor.orchestrator.engine.source_archive import pack_source as pack_source
+    from conveyor.orchestrator.engine.source_archive import store_source as store_source
+    from conveyor.orchestrator.engine.source_archive import unpack_source as unpack_source
     from conveyor.orchestrator.engine.wiring import Core as Core
     from conveyor.orchestrator.engine.wiring import open_store as open_store
     from conveyor.orchestrator.engine.wiring import wire as wire
@@ -32,6 +41,17 @@ __getattr__ = lazy(
         "executor": ["Executor", "Watch"],
         "recovery": ["Reconciler", "retry_run"],
         "runtime": ["Runtime"],
+        "source_archive": [
+            "Limits",
+            "Packed",
+            "WorkspaceSeeder",
+            "drop_source",
+            "is_gzip",
+            "new_run_id",
+            "pack_source",
+            "store_source",
+            "unpack_source",
+        ],
         "wiring": ["Core", "open_store", "wire"],
     },
 )

@@ -127,8 +127,11 @@ class Context:
         artifacts: Callable[[], ArtifactStore] | None = None,
         previous_run: Callable[[], str | None] | None = None,
         settings: Settings | None = None,
+        seed: Callable[[str], None] | None = None,
     ) -> None:
         self.settings = settings or Settings()
+        #: Puts the run's source into its workspace on this host before a sandbox opens.
+        self._seed = seed
         self.run_id, self.step_key, self.attempt = run_id, step_key, attempt
         self.pipeline, self.params, self.steps = pipeline, params, steps
         self.env, self.secrets, self.matrix = env, secrets, matrix
@@ -182,6 +185,8 @@ class Context:
             own = time.monotonic() + config.timeout
             deadline = own if deadline is None else min(deadline, own)
         request = SandboxRequest(self.run_id, self.step_key, config, self.cancel, deadline)
+        if self._seed is not None:
+            self._seed(self.run_id)
         sandbox = self._sandboxes.get("docker" if config.image else "local").open(request)
         self._opened.append(sandbox)
         return sandbox

@@ -23,6 +23,7 @@ from conveyor.orchestrator.engine.attempt import Attempt, Finished, Outcome, Rec
 from conveyor.orchestrator.engine.context import Context, LazyOutputs, StoreLogger
 from conveyor.orchestrator.engine.monitor import Monitor
 from conveyor.orchestrator.engine.runtime import Runtime
+from conveyor.orchestrator.engine.source_archive import WorkspaceSeeder
 from conveyor.orchestrator.engine.variables import Masker, base_context
 from conveyor.orchestrator.errors import (
     ConveyorError,
@@ -82,8 +83,11 @@ class Executor:
         artifacts: Callable[[], ArtifactStore],
         owner: str | None = None,
         queues: Collection[str] | None = None,
+        seeder: WorkspaceSeeder | None = None,
     ) -> None:
         self.runtime, self.step_types, self.sandboxes = runtime, step_types, sandboxes
+        #: Unpacks a run's source archive into its workspace on this host (``--source``).
+        self.seeder = seeder
         self.settings, self.store, self.templates = settings, store, templates
         #: The artifact store steps see, made on first use and shared by every step.
         self.artifacts = artifacts
@@ -188,6 +192,7 @@ class Executor:
             artifacts=self.artifacts,
             settings=self.settings,
             previous_run=attempt.reads.previous_success,
+            seed=self.seeder.ensure if self.seeder is not None else None,
         )
 
     def _run(self, attempt: Attempt, ctx: Context) -> Mapping[str, Any]:

@@ -111,11 +111,13 @@ class Runtime:
         submitted_by: str | None = None,
         idempotency_key: str | None = None,
         definition_id: str | None = None,
+        run_id: str | None = None,
     ) -> RunRecord:
         """Create a run of ``plan`` and dispatch its first steps.
 
         ``definition_id`` names the registered version ``source`` is (running an older
-        version must not make it the newest again).
+        version must not make it the newest again). ``run_id``: the new run's id, when
+        the caller stored something under it first (a source archive).
         """
         deadline = utcnow() + timedelta(seconds=plan.timeout) if plan.timeout else None
         sealed = self._seal(secrets) if secrets else None
@@ -142,6 +144,7 @@ class Runtime:
                     deadline=deadline,
                     definition_id=definition_id,
                     sealed_secrets=sealed,
+                    id=run_id,
                 ),
                 start=start,
             )

@@ -18,6 +18,7 @@ from conveyor.orchestrator.contracts import ArtifactStore, Dispatcher, StepType
 from conveyor.orchestrator.engine.executor import Executor
 from conveyor.orchestrator.engine.recovery import Reconciler
 from conveyor.orchestrator.engine.runtime import Runtime
+from conveyor.orchestrator.engine.source_archive import WorkspaceSeeder
 from conveyor.orchestrator.engine.vault import make_vault
 from conveyor.orchestrator.errors import ConveyorError
 from conveyor.orchestrator.pipeline.plan import Compiler
@@ -124,6 +125,7 @@ def wire(
             artifacts=explained,
             owner=owner,
             queues=queues,
+            seeder=WorkspaceSeeder(settings, raw),
         )
     retention = ArtifactRetention.from_settings(store, settings, explained)
     reconciler = Reconciler(runtime, stale_after=settings.stale_after_seconds, retention=retention)

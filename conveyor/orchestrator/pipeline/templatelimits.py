@@ -4,13 +4,25 @@ Jinja's sandbox stops attribute escapes but not memory bombs: ``'a' * 10**9``,
 ``9**9**9``, ``s.center(10**9)`` or ``"{0}{0}{0}".format(s)``. The engine routes
 operators, str methods and the filters that amplify through these checks; each raises
 OverflowError (reported as a TemplateError) when the result would pass the limit.
+Lists, tuples and dicts a template builds (literals, ``*``, ``+``, filter and call
+results) are weighed whole, shared parts included (:func:`weigh`): ten references to one
+big list cost ten of it, so nesting cannot grow a structure that printing or comparing
+would then spend hours on inside one operation.
 """
 
 from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
+from collections.abc import (
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    MappingView,
+    MutableMapping,
+    Set,
+)
 from typing import Any
 
 from jinja2 import nodes
@@ -63,6 +75,80 @@ def size(value: Any) -> int:
     if isinstance(value, list | tuple):
         return len(value) + sum(len(item) for item in value if isinstance(item, str))
     return 0
+
+
+#: Containers whose parts :func:`weigh` counts (ranges are counted by their length).
+_WALKED = (list, tuple, Mapping, Set, MappingView)
+
+
+def _leaf_weight(value: Any) -> int | None:
+    """The weight of a value with no parts to walk; None for a container."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, range):
+        return len(value)
+    if isinstance(value, _WALKED):
+        return None
+    return 1
+
+
+def _parts(value: Any) -> Iterator[Any]:
+    if isinstance(value, Mapping):
+        for pair in value.items():
+            yield from pair
+    else:
+        yield from value
+
+
+def weigh(value: Any, limit: int, known: dict[int, tuple[Any, int]]) -> int:
+    """How big ``value`` is as a whole: its characters and items, nested ones included.
+
+    A list that holds one list ten times weighs ten of it, although building it cost
+    ten references: nested literals and repetition grow a structure exponentially, and
+    printing or comparing it then runs for hours inside one operation. ``known`` holds
+    the weight of every container weighed before (keeping it alive, so its id stays
+    its own), so a structure built from weighed parts costs one look per part.
+    Raises OverflowError past ``limit``.
+    """
+    leaf = _leaf_weight(value)
+    if leaf is not None:
+        return leaf
+    if id(value) in known:
+        return known[id(value)][1]
+    # [container, its parts still to weigh, weight so far]; explicit, as nesting can be deep
+    stack: list[list[Any]] = [[value, _parts(value), 1]]
+    open_ids = {id(value)}
+    while True:
+        frame = stack[-1]
+        for part in frame[1]:
+            weight = _leaf_weight(part)
+            if weight is None:
+                if id(part) in known:
+                    weight = known[id(part)][1]
+                elif id(part) in open_ids:  # a cycle: no template builds one
+                    weight = 1
+                else:
+                    stack.append([part, _parts(part), 1])
+                    open_ids.add(id(part))
+                    break
+            frame[2] += weight
+            check_weight(frame[2], limit)
+        else:
+            stack.pop()
+            open_ids.discard(id(frame[0]))
+            known[id(frame[0])] = (frame[0], frame[2])
+            if not stack:
+                return int(frame[2])
+            stack[-1][2] += frame[2]
+            check_weight(stack[-1][2], limit)
+
+
+def check_weight(weight: int, limit: int) -> None:
+    """Refuse a structure of ``weight`` (see :func:`weigh`) over ``limit``."""
+    if weight > limit:
+        raise OverflowError(
+            f"the result would hold more than the limit of {limit} characters and items"
+        )
 
 
 def check_size(estimate: int, limit: int) -> None:

@@ -46,8 +46,10 @@ from conveyor.orchestrator.pipeline.templatelimits import (
     check_binop,
     check_size,
     check_str_call,
+    check_weight,
     guard_filters,
     refuse_internals,
+    weigh,
 )
 from conveyor.orchestrator.pipeline.templatetaint import MIN_SECRET_LENGTH, Taint, follow, tracking
 from conveyor.orchestrator.pipeline.templatetaint import current as current_taint
@@ -58,6 +60,7 @@ from conveyor.orchestrator.pipeline.templatework import (
     counted,
     ticking,
 )
+from conveyor.orchestrator.pipeline.templatework import current as current_budget
 from conveyor.orchestrator.pipeline.templatework import tick as _tick
 
 __all__ = ["TemplateEngine", "has_template", "translate"]
@@ -65,6 +68,8 @@ __all__ = ["TemplateEngine", "has_template", "translate"]
 # What an ``if:`` that renders to text counts as false for (Go prints "<no value>").
 _FALSY = frozenset({"", "false", "0", "no", "none", "null", "<no value>"})
 _MARKER = re.compile(r"\x00(\d+):(CONVEYOR_VALUE_\d+)\x00")
+#: Results of filters and calls that are weighed whole (see templatelimits.weigh).
+_WEIGHED = (list, tuple, dict)
 _HEREDOC = re.compile(r"(?<!<)<<(?!<)(-?)[ \t]*(['\"]?)([A-Za-z_]\w*)\2")
 
 # Per-render state the sandbox hooks read: where each container sits in the context
@@ -89,7 +94,26 @@ class _Undefined(ChainableUndefined, StrictUndefined):
 
 
 class _CodeGenerator(CodeGenerator):
-    """Compiles ``a ~ b`` to a call the environment can measure (Jinja joins inline)."""
+    """Compiles ``a ~ b`` and list, tuple and dict literals to calls the environment can
+    measure (Jinja builds them inline)."""
+
+    def visit_List(self, node: nodes.List, frame: Frame) -> None:
+        self.write("environment.built(")
+        super().visit_List(node, frame)
+        self.write(")")
+
+    def visit_Tuple(self, node: nodes.Tuple, frame: Frame) -> None:
+        if node.ctx != "load":  # an assignment target: names, not a value
+            super().visit_Tuple(node, frame)
+            return
+        self.write("environment.built(")
+        super().visit_Tuple(node, frame)
+        self.write(")")
+
+    def visit_Dict(self, node: nodes.Dict, frame: Frame) -> None:
+        self.write("environment.built(")
+        super().visit_Dict(node, frame)
+        self.write(")")
 
     def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
         self.write("environment.concat_checked((")
@@ -138,7 +162,7 @@ class _Environment(ImmutableSandboxedEnvironment):
         guard_filters(self.filters, max_output)
         # Every filter and test counts against the budget; a filter's result is derived
         # from a secret when what it was given was.
-        self.filters = {name: _following(ticking(f)) for name, f in self.filters.items()}
+        self.filters = {name: _following(self, ticking(f)) for name, f in self.filters.items()}
         self.tests = {name: ticking(t) for name, t in self.tests.items()}  # type: ignore[arg-type]
 
     # The hooks the rewritten loops call (see templatework.count_loops).
@@ -155,7 +179,30 @@ class _Environment(ImmutableSandboxedEnvironment):
         """Refuse ``'a' * 10**9``, ``9**9**9`` and the like before computing them."""
         _tick()
         check_binop(operator, left, right, self.max_output)
+        if operator in ("*", "+"):
+            self._check_combined(operator, left, right)
         return follow(super().call_binop(context, operator, left, right), left, right)
+
+    def _check_combined(self, operator: str, left: Any, right: Any) -> None:
+        """``[xs] * n`` and ``xs + ys`` weighed whole, nested parts included."""
+        sequences = (list, tuple)
+        if operator == "+" and isinstance(left, sequences) and isinstance(right, sequences):
+            check_weight(self.weight(left) + self.weight(right), self.max_output)
+        elif operator == "*" and (isinstance(left, sequences) or isinstance(right, sequences)):
+            count, repeated = (left, right) if isinstance(right, sequences) else (right, left)
+            if isinstance(count, int) and count > 0:
+                check_weight(self.weight(repeated) * count, self.max_output)
+
+    def weight(self, value: Any) -> int:
+        """How big ``value`` is as a whole (templatelimits.weigh), remembered per budget."""
+        budget = current_budget()
+        known = budget.weights if budget is not None else {}
+        return weigh(value, self.max_output, known)
+
+    def built(self, value: Any) -> Any:
+        """A list, tuple or dict a template built: refused when too big as a whole."""
+        self.weight(value)
+        return value
 
     def call(self, context: Context, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
         """Refuse str methods that would build too much (``s.center(10**9)``)."""
@@ -165,6 +212,8 @@ class _Environment(ImmutableSandboxedEnvironment):
             name = getattr(obj, "__name__", "")
             args = check_str_call(owner, name, args, kwargs, self.max_output)
         result = super().call(context, obj, *args, **kwargs)
+        if isinstance(result, _WEIGHED):
+            self.weight(result)
         return follow(result, owner, *args, *kwargs.values())
 
     def concat_checked(self, parts: Sequence[Any]) -> str:
@@ -204,11 +253,15 @@ class _Environment(ImmutableSandboxedEnvironment):
         return value
 
 
-def _following(func: Callable[..., Any]) -> Callable[..., Any]:
-    """``func`` (a filter), its result derived from a secret when its arguments were."""
+def _following(env: _Environment, func: Callable[..., Any]) -> Callable[..., Any]:
+    """``func`` (a filter), its result derived from a secret when its arguments were, and
+    refused when it is a structure too big as a whole (``xs | list`` of nested lists)."""
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        return follow(func(*args, **kwargs), *args, *kwargs.values())
+        result = func(*args, **kwargs)
+        if isinstance(result, _WEIGHED):
+            env.weight(result)
+        return follow(result, *args, *kwargs.values())
 
     functools.update_wrapper(wrapper, func)  # keeps jinja_pass_arg: Jinja still passes it
     return wrapper

@@ -55,6 +55,8 @@ class Budget:
         #: The caller's own deadline (``time.monotonic``), e.g. a step's timeout.
         self.deadline = deadline
         self.stop = stop
+        #: Weights of the structures renders weighed (templatelimits.weigh), by id.
+        self.weights: dict[int, tuple[Any, int]] = {}
         self._countdown = 0  # look at the clock on the first tick
 
     def tick(self, count: int = 1) -> None:

@@ -28,6 +28,8 @@ def translate_errors() -> Iterator[None]:
         raise StoreUnavailable(f"database unavailable: {exc.orig}") from exc
     except sa.exc.DataError as exc:  # a value the database cannot hold or compare
         raise UnstorableValue(f"the database refused a value: {_first_line(exc.orig)}") from exc
+    except UnicodeEncodeError as exc:  # the driver's own, encoding a lone surrogate
+        raise UnstorableValue(f"a text value is not valid Unicode: {exc.reason}") from exc
     except sa.exc.StatementError as exc:  # raised while binding: the check of JSONValue
         if isinstance(exc.orig, UnstorableValue):
             raise exc.orig from exc

@@ -120,6 +120,9 @@ class NewRun:
     definition_id: str | None = None
     #: The run's secrets, sealed by the Vault; never the secrets themselves.
     sealed_secrets: str | None = None
+    #: The new run's id when the caller chose it (a source archive is stored under it
+    #: before the run exists); None: a fresh one.
+    id: str | None = None
 
 
 def run_from_row(row: Mapping[Any, Any]) -> RunRecord:

@@ -9,6 +9,7 @@ locked run row and is bumped in the same transaction as the events it numbers.
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -40,9 +41,10 @@ from conveyor.orchestrator.store.schema import (
     runs,
     steps,
 )
-from conveyor.orchestrator.store.stats import seeded_changes
+from conveyor.orchestrator.store.stats import Stats, seeded_changes
 from conveyor.orchestrator.store.transaction import RunTx, version_definition
 
+log = logging.getLogger("conveyor.store")
 
 class SqlStore(Connector):
     """Reads and writes of the execution log, through the engines of its ``Connector``."""
@@ -68,6 +70,8 @@ class SqlStore(Connector):
             tx.log_max_bytes = self.log_max_bytes
             yield tx
             tx.flush_events()
+        if tx.fold_due:
+            self._fold_metrics()
 
     # -- creating runs -----------------------------------------------------------------
 
@@ -90,7 +94,7 @@ class SqlStore(Connector):
                 if existing:
                     return run_from_row(existing)
             definition_id, version = _definition_of(conn, new)
-            run_id, now = new_id(), utcnow()
+            run_id, now = new.id or new_id(), utcnow()
             conn.execute(runs.insert().values(_run_row(new, run_id, definition_id, now)))
             conn.execute(steps.insert(), [_step_row(run_id, i, s) for i, s in enumerate(new.steps)])
             if new.sealed_secrets:
@@ -103,7 +107,20 @@ class SqlStore(Connector):
                 tx.log_max_bytes = self.log_max_bytes
                 start(tx)
             tx.flush_events()
+        if tx.fold_due:
+            self._fold_metrics()
         return self.get_run(run_id)
+
+    def _fold_metrics(self) -> None:
+        """Fold the changes behind ``/metrics`` now due, after a commit that made it due.
+
+        Only bookkeeping: the write it follows has committed, so a fold that fails is
+        logged and left to the next one (or to a scrape), never raised to the writer.
+        """
+        try:
+            Stats(self).fold()
+        except Exception as exc:  # the caller's transaction is already committed
+            log.warning("could not fold the counts of /metrics: %s", exc)
 
     # -- reads -------------------------------------------------------------------------
 

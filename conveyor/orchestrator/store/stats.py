@@ -7,7 +7,9 @@ at every scrape grows with the history, though, so the counts are kept instead: 
 transition writes what it changed (``Changes``) into ``metric_changes`` in its own
 transaction, and a scrape folds those rows into ``metric_counts`` and reads the sum of
 both in one statement. Two API pods scraping at once each fold only the rows they
-deleted, so nothing is counted twice.
+deleted, so nothing is counted twice. Writers fold too, after the commit of every
+transaction whose changes pass a multiple of ``FOLD_EVERY``: with nobody scraping,
+the unfolded changes stay a few thousand rows, not the whole history.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ from conveyor.orchestrator.store.schema import metric_changes, metric_counts
 DURATION_BUCKETS: tuple[float, ...] = (0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600)
 #: Changes folded by one scrape at most; the rest are still read, and folded next time.
 FOLD_LIMIT = 20_000
+#: A fold is due each time this many more changes were written (``Changes.write``), so
+#: changes never pile up, whether anyone scrapes or not.
+FOLD_EVERY = 2_000
 #: What the counts are keyed by: (kind, status, type, queue, le).
 Key = tuple[str, str, str, str, str]
 _KEY = ("kind", "status", "type", "queue", "le")
@@ -86,15 +91,22 @@ class Changes:
             if n or seconds
         ]
 
-    def write(self, conn: sa.Connection) -> None:
-        """Insert the changes (in the caller's transaction) and start afresh."""
+    def write(self, conn: sa.Connection) -> bool:
+        """Insert the changes (in the caller's transaction) and start afresh.
+
+        True when a fold is due (``FOLD_EVERY``): the rows' ids passed a multiple of it.
+        The caller folds once its transaction has committed (``Stats.fold``), so a store
+        nobody scrapes keeps only a few changes unfolded, and the scrape stays cheap.
+        """
         rows = self.rows()
-        if rows:
-            conn.execute(_INSERT_CHANGES, rows)
         self.counts.clear()
+        if not rows:
+            return False
+        ids = conn.execute(_INSERT_CHANGES, rows).scalars().all()
+        return bool(ids) and max(ids) // FOLD_EVERY > (min(ids) - 1) // FOLD_EVERY
 
 
-_INSERT_CHANGES = metric_changes.insert()
+_INSERT_CHANGES = metric_changes.insert().returning(metric_changes.c.id)
 
 
 @dataclass(frozen=True)

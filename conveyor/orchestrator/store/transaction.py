@@ -190,6 +190,8 @@ class RunTx(Transitions):
         self.now = now
         #: What this transaction did to the counts of ``/metrics``, written with it.
         self.changes = Changes()
+        #: Whether the changes written make a fold of them due (``Changes.write``).
+        self.fold_due = False
         #: Log kept per step attempt (``SqlStore`` sets its own).
         self.log_max_bytes = logs.DEFAULT_MAX_BYTES
         self._pending: list[dict[str, Any]] = []
@@ -350,7 +352,7 @@ class RunTx(Transitions):
 
         The changes to the counts of ``/metrics`` are written here too, with the moves.
         """
-        self.changes.write(self.conn)
+        self.fold_due |= self.changes.write(self.conn)
         if not self._pending:
             return
         base = self.run.event_seq

@@ -94,7 +94,7 @@ def succeeded_outputs(steps: Collection[StepRecord]) -> dict[str, dict[str, Any]
 def new_rows(new: NewRun, definition_id: str, now: datetime) -> RunRows:
     """The rows of a new run: running, every step pending, nothing written yet."""
     run = RunRecord(
-        id=new_id(),
+        id=new.id or new_id(),
         definition_id=definition_id,
         pipeline=new.pipeline,
         status=RunStatus.RUNNING,

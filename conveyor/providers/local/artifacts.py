@@ -9,7 +9,9 @@ where no key can reach: every part of a key starts with a letter or digit, so no
 names ``.meta`` (nor the ``.upload-`` and ``.tmp-`` files being written). Stores written
 before kept it in a sidecar ``<key>.meta.json`` beside the file, a name another key
 could overwrite; such a sidecar is still read, and moved into the tree, unless that name
-is itself an artifact's (then it is an artifact, never metadata).
+is itself an artifact's (then it is an artifact, never metadata). A run's source
+archive (``conveyor submit --source``) is ``<run_id>/.source.tar.gz``, out of reach for
+the same reason, and goes with the run's artifacts.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from conveyor.orchestrator.errors import ArtifactError, ArtifactNotFound, Checks
 from conveyor.orchestrator.settings import Settings
 
 META_DIR = ".meta"
+#: The run's source archive (and its metadata's name in the tree): no key names it.
+SOURCE = ".source.tar.gz"
 #: The sidecar of stores written before the metadata tree (read, then migrated).
 LEGACY = ".meta.json"
 
@@ -49,24 +53,33 @@ class LocalArtifactStore:
         if key.endswith(LEGACY):  # the file may be an older artifact's sidecar: keep it
             with contextlib.suppress(ArtifactError):
                 self._load(run_id, key[: -len(LEGACY)])
+        return _store(target, self._meta(run_id, key), src, key, kind)
+
+    # -- the run's source archive: ``<run_id>/.source.tar.gz``, out of every key's reach
+
+    def put_source(self, run_id: str, src: Path) -> Artifact:
+        """Store the run's source archive (see ``RunSources``)."""
+        target, meta = self._source(run_id)
+        return _store(target, meta, src, SOURCE, "source")
+
+    def open_source(self, run_id: str) -> tuple[Artifact, BinaryIO]:
+        """The run's source archive and a stream of it."""
+        target, meta = self._source(run_id)
+        artifact = _read_meta(meta, SOURCE)
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            handle, name = tempfile.mkstemp(dir=target.parent, prefix=".upload-")
-        except OSError as exc:  # a part of the key is a file already (`a` for `a/b`)
-            raise ArtifactError(f"could not store {key}: {exc.strerror or exc}") from None
-        try:
-            with open(src, "rb") as source, os.fdopen(handle, "wb") as out:
-                # On disk before the rename: a crash leaves the old artifact or none.
-                checksum, size = copy_hashed(source, out, sync=True)
-            artifact = Artifact(key, size, checksum, datetime.now(UTC), kind)
-            _write_meta(self._meta(run_id, key), artifact)
-            os.replace(name, target)
-        except OSError as exc:
-            raise ArtifactError(f"could not store {key}: {exc.strerror or exc}") from exc
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(name)
-        return artifact
+            return artifact, open(target, "rb")  # the caller closes it
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise ArtifactNotFound(f"run {run_id} has no source archive") from None
+
+    def delete_source(self, run_id: str) -> None:
+        """Remove the run's source archive, if it has one."""
+        target, meta = self._source(run_id)
+        target.unlink(missing_ok=True)
+        meta.unlink(missing_ok=True)
+
+    def _source(self, run_id: str) -> tuple[Path, Path]:
+        base = self.root / validate_run_id(run_id)
+        return base / SOURCE, base / META_DIR / SOURCE
 
     def get(self, run_id: str, key: str, dest: Path) -> Artifact:
         """Copy the artifact to ``dest``, checking its SHA-256 on the way."""
@@ -159,6 +172,28 @@ class LocalArtifactStore:
         with contextlib.suppress(OSError):  # a read-only store still reads
             _write_meta(meta, artifact)
         return artifact
+
+
+def _store(target: Path, meta: Path, src: Path, key: str, kind: str) -> Artifact:
+    """Write ``src`` at ``target`` with its metadata at ``meta``: all or nothing."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, name = tempfile.mkstemp(dir=target.parent, prefix=".upload-")
+    except OSError as exc:  # a part of the key is a file already (`a` for `a/b`)
+        raise ArtifactError(f"could not store {key}: {exc.strerror or exc}") from None
+    try:
+        with open(src, "rb") as source, os.fdopen(handle, "wb") as out:
+            # On disk before the rename: a crash leaves the old artifact or none.
+            checksum, size = copy_hashed(source, out, sync=True)
+        artifact = Artifact(key, size, checksum, datetime.now(UTC), kind)
+        _write_meta(meta, artifact)
+        os.replace(name, target)
+    except OSError as exc:
+        raise ArtifactError(f"could not store {key}: {exc.strerror or exc}") from exc
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)
+    return artifact
 
 
 def _write_meta(meta: Path, artifact: Artifact) -> None:

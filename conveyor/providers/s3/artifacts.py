@@ -10,13 +10,14 @@ multipart uploads), so readers never see half an artifact.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
 import boto3
 from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from conveyor.orchestrator.artifacts import (
@@ -35,8 +36,17 @@ from conveyor.orchestrator.errors import (
 from conveyor.orchestrator.settings import Settings
 
 MIB = 1024 * 1024
+#: The run's source archive, beside its artifacts: no key names it (keys start with a
+#: letter or digit), so it is never listed, and ``delete_run`` takes it too.
+SOURCE = ".source.tar.gz"
 
 MISSING = ("404", "NoSuchKey", "NotFound")
+#: Seconds to connect, and to wait for each read, before a request counts as failed; a
+#: request is tried 3 times in all. boto3's own 60 s and 5 tries would hold an API
+#: request (or a step) for minutes on an endpoint that accepts and never answers.
+CONNECT_TIMEOUT = 5.0
+READ_TIMEOUT = 30.0
+ATTEMPTS = 3
 #: Multipart in 8 MiB parts, two at a time: memory stays bounded whatever the file size.
 TRANSFER = TransferConfig(
     multipart_threshold=8 * MIB, multipart_chunksize=8 * MIB, max_concurrency=2
@@ -51,9 +61,7 @@ class S3ArtifactStore:
             raise ArtifactError("the s3 artifact store needs CONVEYOR_S3_BUCKET")
         self.bucket = settings.s3_bucket
         self.prefix = settings.s3_prefix.strip("/")
-        self.client = client or boto3.client(
-            "s3", endpoint_url=settings.s3_endpoint_url, region_name=settings.s3_region
-        )
+        self.client = client or new_client(settings)
 
     def put(self, run_id: str, key: str, src: Path, kind: str = "file") -> Artifact:
         """Upload ``src`` (streamed, multipart when large) with its checksum."""
@@ -92,9 +100,40 @@ class S3ArtifactStore:
         found = []
         with _errors(run_id):
             for name in self._names(base):
+                if name[len(base) :].startswith("."):  # the source archive: no artifact
+                    continue
                 head = self.client.head_object(Bucket=self.bucket, Key=name)
-                found.append(_artifact(name[len(base) :], head))
+                with suppress(ArtifactError):  # an object Conveyor did not store
+                    found.append(_artifact(name[len(base) :], head))
         return sorted(found, key=lambda a: a.key)
+
+    # -- the run's source archive: ``<run_id>/.source.tar.gz``, out of every key's reach
+
+    def put_source(self, run_id: str, src: Path) -> Artifact:
+        """Store the run's source archive (see ``RunSources``)."""
+        name = self._source(run_id)
+        with _errors("the source archive"):
+            with open(src, "rb") as source:
+                checksum, size = hash_stream(source)
+            metadata = {"sha256": checksum, "kind": "source"}
+            self.client.upload_file(
+                str(src), self.bucket, name, ExtraArgs={"Metadata": metadata}, Config=TRANSFER
+            )
+        return Artifact(SOURCE, size, checksum, datetime.now(UTC), "source")
+
+    def open_source(self, run_id: str) -> tuple[Artifact, BinaryIO]:
+        """The run's source archive and a stream of it."""
+        with _errors(f"the source archive of run {run_id}"):
+            answer = self.client.get_object(Bucket=self.bucket, Key=self._source(run_id))
+        return _artifact(SOURCE, answer), cast(BinaryIO, answer["Body"])
+
+    def delete_source(self, run_id: str) -> None:
+        """Remove the run's source archive, if it has one."""
+        with _errors(f"the source archive of run {run_id}"):
+            self.client.delete_object(Bucket=self.bucket, Key=self._source(run_id))
+
+    def _source(self, run_id: str) -> str:
+        return f"{self.prefix}/{validate_run_id(run_id)}/{SOURCE}"
 
     def delete(self, run_id: str, key: str) -> None:
         """Remove one artifact."""
@@ -105,12 +144,13 @@ class S3ArtifactStore:
 
     def delete_run(self, run_id: str) -> int:
         """Remove every artifact of a run."""
-        names = list(self._names(f"{self.prefix}/{validate_run_id(run_id)}/"))
+        base = f"{self.prefix}/{validate_run_id(run_id)}/"
         with _errors(run_id):
+            names = list(self._names(base))
             for start in range(0, len(names), 1000):
                 batch: list[Any] = [{"Key": n} for n in names[start : start + 1000]]
                 self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch})
-        return len(names)
+        return len([n for n in names if not n.rsplit("/", 1)[-1].startswith(".")])
 
     def _names(self, base: str) -> Iterator[str]:
         paginator = self.client.get_paginator("list_objects_v2")
@@ -120,6 +160,18 @@ class S3ArtifactStore:
 
     def _name(self, run_id: str, key: str) -> str:
         return f"{self.prefix}/{validate_run_id(run_id)}/{validate_key(key)}"
+
+
+def new_client(settings: Settings) -> Any:
+    """A boto3 S3 client for the operator's endpoint, with bounded waits."""
+    bounded = Config(
+        connect_timeout=CONNECT_TIMEOUT,
+        read_timeout=READ_TIMEOUT,
+        retries={"max_attempts": ATTEMPTS, "mode": "standard"},
+    )
+    return boto3.client(
+        "s3", endpoint_url=settings.s3_endpoint_url, region_name=settings.s3_region, config=bounded
+    )
 
 
 def _artifact(key: str, answer: Mapping[str, Any]) -> Artifact:
@@ -142,6 +194,9 @@ def _errors(what: str) -> Iterator[None]:
         code = str(exc.response.get("Error", {}).get("Code", ""))
         if code in MISSING:
             raise ArtifactNotFound(f"no artifact {what}") from None
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        if status >= 500:  # SlowDown, InternalError, ServiceUnavailable: S3's outage
+            raise ArtifactStoreUnavailable(f"S3 answered {status} {code} for {what}") from None
         raise ArtifactError(f"S3 refused {what}: {code} {exc}") from None
     except BotoCoreError as exc:  # no answer: the endpoint is down or unreachable
         raise ArtifactStoreUnavailable(f"S3 request for {what} failed: {exc}") from None

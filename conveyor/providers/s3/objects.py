@@ -17,13 +17,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 from urllib3.exceptions import HTTPError
 
 from conveyor.orchestrator.artifacts import Artifact, copy_hashed
 from conveyor.orchestrator.errors import ArtifactError, ArtifactNotFound
 from conveyor.orchestrator.settings import Settings
+
+from .artifacts import new_client
 
 NO_BUCKET = ("NoSuchBucket",)
 NO_OBJECT = ("NoSuchKey", "404", "NotFound")
@@ -41,11 +42,7 @@ class S3Objects:
     def client(self) -> Any:
         """The boto3 client, made on first use (a process that never pulls needs none)."""
         if self._client is None:
-            self._client = boto3.client(
-                "s3",
-                endpoint_url=self.settings.s3_endpoint_url,
-                region_name=self.settings.s3_region,
-            )
+            self._client = new_client(self.settings)
         return self._client
 
     def fetch(self, bucket: str, key: str, dest: Path, *, limit: int) -> Artifact:
