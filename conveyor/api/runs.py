@@ -150,7 +150,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created_at, run_id = json.loads(raw)
         moment = datetime.fromisoformat(created_at)
-    except (ValueError, TypeError, binascii.Error):
+    except (ValueError, TypeError, RecursionError, binascii.Error):
         raise BadRequest(f"invalid cursor {cursor!r}") from None
     # A run id is 36 characters; a forged cursor must not carry what the store cannot bind.
     if moment.tzinfo is None or not isinstance(run_id, str) or len(run_id) > MAX_RUN_ID:

@@ -43,7 +43,12 @@ class ApiClient:
     def __init__(self, base_url: str, token: str | None, timeout: float = 30.0) -> None:
         # The API's own path is added here: an address pasted with it is the same API.
         self.base_url = base_url.rstrip("/").removesuffix(PREFIX).rstrip("/")
-        self.token = token
+        # A token read from a file often ends in a newline; within it, none can be sent.
+        self.token = token.strip() if token else token
+        if self.token and not (self.token.isascii() and self.token.isprintable()):
+            raise ConveyorError(
+                "CONVEYOR_TOKEN is not a token: it holds a line break or a character no token has"
+            )
         self.timeout = timeout
 
     def get(self, path: str, **query: Any) -> Any:
@@ -78,6 +83,8 @@ class ApiClient:
             raise Unreachable(f"cannot reach the Conveyor API at {where}: {reason}") from None
         except (ValueError, http.client.InvalidURL) as exc:  # a host or port that is none
             raise self._not_a_url(exc) from None
+        except http.client.HTTPException as exc:  # no HTTP there, or an answer cut short
+            raise self._garbled(exc) from None
         if not raw:
             return None
         try:
@@ -148,11 +155,19 @@ class ApiClient:
         except (ValueError, http.client.InvalidURL) as exc:  # a host or port that is none
             partial.unlink(missing_ok=True)
             raise self._not_a_url(exc) from None
+        except http.client.HTTPException as exc:  # no HTTP there, or an answer cut short
+            partial.unlink(missing_ok=True)
+            raise self._garbled(exc) from None
         partial.replace(dest)
         return headers
 
     def _not_a_url(self, exc: Exception) -> ConveyorError:
         return ConveyorError(f"CONVEYOR_API_URL {self.base_url!r} is not a URL: {exc}")
+
+    def _garbled(self, exc: Exception) -> ConveyorError:
+        where = f"{self.base_url} (CONVEYOR_API_URL)"
+        what = type(exc).__name__
+        return Unreachable(f"no whole HTTP answer from the Conveyor API at {where}: {what}")
 
     def _headers(self, extra: Mapping[str, str] | None) -> dict[str, str]:
         headers = {"Accept": "application/json", "Content-Type": "application/json"}

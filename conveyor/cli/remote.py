@@ -21,9 +21,12 @@ from conveyor.orchestrator.store import EventRecord, LogRecord, RunRecord, StepR
 
 from .api_client import ApiClient, event_record, log_record, quote, run_record, step_record
 
-#: The API's largest page of runs, and the lines asked for per page of a log.
+#: The API's largest page of runs, and the lines (and bytes) asked for per page of a
+#: log: the API's largest line count, so a long log takes few round trips, and a byte
+#: bound that keeps one page a few MiB in memory.
 RUNS_PAGE = 200
-LOG_PAGE = 1000
+LOG_PAGE = 10_000
+LOG_PAGE_BYTES = 4 * 1024**2
 
 
 def api_client(settings: Settings) -> ApiClient | None:
@@ -90,7 +93,9 @@ class Remote:
         after = 0
         path = f"/runs/{quote(run_id)}/steps/{quote(step)}/logs"
         while True:
-            page = self.client.get(path, after=after, attempt=attempt, limit=LOG_PAGE)
+            page = self.client.get(
+                path, after=after, attempt=attempt, limit=LOG_PAGE, max_bytes=LOG_PAGE_BYTES
+            )
             items = page["items"]
             for item in items:
                 yield log_record(step, item)

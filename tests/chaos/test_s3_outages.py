@@ -10,12 +10,11 @@ S3 is away is the same clear error as any other request.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 import socket
 import threading
 import time
+from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -121,7 +120,7 @@ def _within(seconds: float, call: Any) -> BaseException | None:
         try:
             call()
             outcome.append(None)
-        except BaseException as exc:  # noqa: BLE001  (handed to the test)
+        except BaseException as exc:  # handed to the test
             outcome.append(exc)
 
     started = time.monotonic()
@@ -146,5 +145,7 @@ def test_an_s3_endpoint_that_never_answers_is_an_outage_within_seconds(
     raised = _within(20, lambda: store.open(RUN, "report.txt"))
 
     assert isinstance(raised, ArtifactStoreUnavailable), raised
-    pulled = _within(20, lambda: S3Objects(configured).fetch("b", "k", Path("/nonexistent/x"), limit=1))
+    pulled = _within(
+        20, lambda: S3Objects(configured).fetch("b", "k", Path("/nonexistent/x"), limit=1)
+    )
     assert isinstance(pulled, ArtifactError), pulled

@@ -9,6 +9,7 @@ most on SQLite and Postgres together.
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -60,10 +61,31 @@ def _seeded(api: Flask, admin: Headers) -> str:
     return run_id
 
 
+#: Text made of what stores and drivers trip on: NUL, lone surrogates, LIKE wildcards.
+HOSTILE_TEXT = st.text(st.sampled_from("a0-_%\\\x00\ud800\udfff\U0001f600"), max_size=6)
+#: Any JSON value, hostile text included.
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | HOSTILE_TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(HOSTILE_TEXT, inner, max_size=3),
+    max_leaves=8,
+)
+
+
+def _cursor(data: st.DataObject) -> str:
+    """A cursor as the API makes them (base64 of JSON), holding what was generated:
+    a run id of hostile text or any JSON value, or nesting past the JSON reader's depth.
+    """
+    moment = data.draw(st.sampled_from(["2020-01-01T00:00:00+00:00", "x"]), label="moment")
+    run_id = data.draw(HOSTILE_TEXT | JSON_VALUES, label="run id")
+    text = data.draw(st.sampled_from([json.dumps([moment, run_id]), "[" * 3000]), label="cursor")
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
 def _aimed(case: Any, data: st.DataObject, run_id: str) -> None:
     """Point a generated request, half the time, at what exists, so it reaches past the
     first lookup: the seeded run (or a prefix of its id), its step, the registered
-    pipeline, and a valid pipeline file whose message is the generated text.
+    pipeline, a valid pipeline file whose message is the generated text, and a cursor
+    that decodes (to whatever JSON, as a forged one would).
     """
     if not data.draw(st.booleans(), label="aimed"):
         return
@@ -75,6 +97,8 @@ def _aimed(case: Any, data: st.DataObject, run_id: str) -> None:
             if name == "run_id":
                 value = value[: data.draw(st.sampled_from([4, 8, len(value)]), label="prefix")]
             path[name] = value
+    if case.method == "GET" and case.operation.path.endswith("/runs"):
+        case.query = {**(case.query or {}), "cursor": _cursor(data)}
     if isinstance(case.body, dict) and "definition" in case.body:
         message = data.draw(st.text(max_size=20), label="message")
         case.body["definition"] = ONE_STEP.replace("message: hi", f"message: {json.dumps(message)}")

@@ -280,6 +280,17 @@ def test_a_forged_cursor_holding_an_unstorable_run_id_is_400(
     assert "cursor" in json_of(answer)["detail"]
 
 
+def test_a_forged_cursor_nested_past_the_json_reader_is_400(
+    client: FlaskClient, admin: Headers
+) -> None:
+    cursor = base64.urlsafe_b64encode(b"[" * 3000).decode()
+
+    answer = client.get(f"{RUNS}?cursor={cursor}", headers=admin)
+
+    assert answer.status_code == 400, answer.data[:300]
+    assert "cursor" in json_of(answer)["detail"]
+
+
 def test_the_store_refuses_a_lone_surrogate_in_any_parameter_it_binds(
     db_store: SqlStore,
 ) -> None:

@@ -216,3 +216,20 @@ def test_metadata_is_kept_where_no_key_reaches(settings: Settings, tmp_path: Pat
 
     assert files == [".meta/app.tar", "app.tar"]
     assert json.loads((run / ".meta" / "app.tar").read_text())["checksum"] == sha(REAL)
+
+
+def test_unreadable_metadata_is_an_error_that_names_no_server_path(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """The error is an answer's detail: it says what is wrong, never where the files are."""
+    store = LocalArtifactStore(settings)
+    put(store, tmp_path, "app.tar", REAL)
+    meta = settings.data_dir / "artifacts" / RUN / ".meta" / "app.tar"
+    meta.unlink()
+    meta.symlink_to(meta)  # reading it fails with ELOOP, an OSError naming the file
+
+    with pytest.raises(ArtifactError) as caught:
+        store.open(RUN, "app.tar")
+
+    assert "app.tar" in caught.value.message
+    assert str(settings.data_dir) not in caught.value.message

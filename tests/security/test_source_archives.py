@@ -126,7 +126,8 @@ HOSTILE = {
     ),
     "not gzip": (b"plain text, not an archive", "not a gzipped tar"),
     "gzip of no tar": (gzip.compress(b"\x01" * 4096), "not a gzipped tar"),
-    "cut short": (archive(file("a", b"y" * 100_000))[:200], "not a gzipped tar"),
+    "cut short": (archive(file("a", os.urandom(4096)))[:-600], "unexpected end of data"),
+    "no gzip trailer": (archive(file("a", b"y" * 100_000))[:-8], "cut short"),
 }
 
 

@@ -4,6 +4,7 @@ leads, and answers that are not the Conveyor API's, each one clear error line.""
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -13,7 +14,7 @@ import pytest
 from conveyor.cli.api_client import ApiClient
 from conveyor.orchestrator.errors import ConveyorError
 
-RUNS = {"items": [], "next_cursor": None}
+RUNS: dict[str, object] = {"items": [], "next_cursor": None}
 
 
 class Stub(ThreadingHTTPServer):
@@ -32,7 +33,7 @@ class Stub(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: Stub
 
-    def do_GET(self) -> None:  # noqa: N802  (http.server's name)
+    def do_GET(self) -> None:
         self.server.paths.append(self.path)
         self.send_response(self.server.status)
         self.send_header("Content-Type", self.server.type)
@@ -103,5 +104,46 @@ def test_an_answer_that_is_not_the_apis_is_one_clear_error(
 def test_an_api_url_that_is_no_url_is_one_clear_error(url: str) -> None:
     with pytest.raises(ConveyorError) as raised:
         ApiClient(url, None).get("/runs")
+
+    assert "CONVEYOR_API_URL" in raised.value.message
+
+
+def test_a_token_read_with_its_newline_is_sent_without_it(stub: Stub) -> None:
+    client = ApiClient(stub.url, "cvt_abc\n")
+
+    assert client.get("/runs") == RUNS
+    assert client.token == "cvt_abc"
+
+
+@pytest.mark.parametrize("token", ["cvt_a\nX-Evil: 1", "cvt_\x00", "cvt_é"])
+def test_a_token_that_cannot_be_a_header_is_one_clear_error(token: str) -> None:
+    with pytest.raises(ConveyorError) as raised:
+        ApiClient("http://127.0.0.1:1", token).get("/runs")
+
+    assert "CONVEYOR_TOKEN" in raised.value.message
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"SSH-2.0-OpenSSH_9.6\r\n",  # another service on that port
+        b'HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{"items"',  # cut short
+    ],
+)
+def test_a_port_that_answers_no_whole_http_is_one_clear_error(answer: bytes) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+
+        def answer_once() -> None:
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(answer)
+
+        thread = threading.Thread(target=answer_once, daemon=True)
+        thread.start()
+        with pytest.raises(ConveyorError) as raised:
+            ApiClient(f"http://127.0.0.1:{port}", None, timeout=10).get("/runs")
+        thread.join(5)
 
     assert "CONVEYOR_API_URL" in raised.value.message

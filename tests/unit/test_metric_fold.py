@@ -18,7 +18,9 @@ from tests.unit.test_metric_counts import a_mix_of_transitions, assert_counts_ri
 
 def unfolded(store: SqlStore) -> int:
     with store.engine.connect() as conn:
-        return int(conn.execute(sa.select(sa.func.count()).select_from(metric_changes)).scalar())
+        return int(
+            conn.execute(sa.select(sa.func.count()).select_from(metric_changes)).scalar() or 0
+        )
 
 
 def test_changes_nobody_scrapes_are_folded_as_they_are_written(

@@ -46,6 +46,7 @@ from conveyor.orchestrator.store.transaction import RunTx, version_definition
 
 log = logging.getLogger("conveyor.store")
 
+
 class SqlStore(Connector):
     """Reads and writes of the execution log, through the engines of its ``Connector``."""
 

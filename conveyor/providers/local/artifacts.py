@@ -219,8 +219,10 @@ def _read_meta(meta: Path, key: str) -> Artifact:
         data = json.loads(meta.read_text())
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         raise ArtifactNotFound(f"no artifact {key}") from None
-    except (OSError, ValueError) as exc:
-        raise ArtifactError(f"artifact {key} has unreadable metadata: {exc}") from exc
+    except OSError as exc:  # its strerror: the message would name the store's path
+        raise ArtifactError(f"artifact {key} has unreadable metadata: {exc.strerror}") from None
+    except (ValueError, RecursionError) as exc:
+        raise ArtifactError(f"artifact {key} has unreadable metadata: {exc}") from None
     try:
         created = datetime.fromisoformat(data["created_at"])
         kind = str(data.get("kind", "file"))

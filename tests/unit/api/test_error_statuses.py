@@ -29,6 +29,7 @@ EXPECTED = {
     "NothingToClaim": 404,
     "SecretsUnavailable": 422,
     "SecretRefused": 422,
+    "SourceRefused": 422,
     "BrokerUnavailable": 503,
     "StepFailed": 500,
     "StepTimeout": 500,
