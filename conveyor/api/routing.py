@@ -122,6 +122,7 @@ def make_view(route: Route, services: Services) -> Callable[..., Response]:
                 check_text(header, f"{name} header", max_length=MAX_PARAMETER)
         depth = services.settings.max_json_depth
         with Uploads() as uploads:
+            body: BaseModel | None
             if route.body and route.uploads and request.mimetype == "multipart/form-data":
                 body = uploads.parse(route.body, route.uploads, services.settings, parse_json)
             else:

@@ -71,7 +71,9 @@ class Uploads:
         known = {BODY_PART, *names}
         unknown = sorted((set(form) | set(files)) - known)
         if unknown:
-            raise BadRequest(f"unknown part {unknown[0]!r}: the parts are {', '.join(sorted(known))}")
+            raise BadRequest(
+                f"unknown part {unknown[0]!r}: the parts are {', '.join(sorted(known))}"
+            )
         for name in known:
             if len(form.getlist(name)) + len(files.getlist(name)) > 1:
                 raise BadRequest(f"the part {name!r} is there more than once")
@@ -100,7 +102,8 @@ class Uploads:
                 size += len(piece)
                 if size > limit:
                     raise RequestEntityTooLarge(
-                        f"the {name} archive is larger than {limit} bytes (CONVEYOR_MAX_SOURCE_BYTES)"
+                        f"the {name} archive is larger than {limit} bytes "
+                        "(CONVEYOR_MAX_SOURCE_BYTES)"
                     )
                 out.write(piece)
         del self.files[f".{name}"]

@@ -151,7 +151,9 @@ class _Session:
             self.ctx.log.line(f"> {text}")
 
     def _line(self, text: str) -> None:
-        self.stdout.append(text)
+        # The tail is an output: NUL cannot be stored, so binary output shows as U+FFFD,
+        # as it does in the log.
+        self.stdout.append(text.replace("\x00", "\ufffd"))
         self.ctx.log.line(text)
 
     def _read_outputs(self) -> str:

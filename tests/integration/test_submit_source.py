@@ -19,7 +19,10 @@ from typing import Any
 import pytest
 from cryptography.fernet import Fernet
 
+from conveyor.orchestrator.errors import ArtifactNotFound
+from conveyor.orchestrator.settings import Settings
 from conveyor.orchestrator.store.sql import SqlStore
+from conveyor.providers.s3.artifacts import S3ArtifactStore
 from tests.integration.api_server import Server, api_server, conveyor, eventually
 from tests.integration.s3_kit import client, empty, moto_server
 from tests.integration.workers_kit import Stack, redis_database, stack
@@ -172,7 +175,7 @@ def hostile() -> bytes:
 def test_a_hostile_source_fails_the_first_step_in_one_line(
     running: tuple[Server, Stack], tmp_path: Path
 ) -> None:
-    server, workers = running
+    server, _ = running
     data, media = multipart({"definition": PIPELINE}, hostile())
     answer = server.call("POST", "/runs", data=data, headers={"Content-Type": media})
     assert answer.status == 201, answer.raw
@@ -216,10 +219,6 @@ def _prefix(workers: Stack) -> str:
 def test_in_s3_the_source_is_no_artifact_and_goes_with_the_runs_artifacts(
     s3_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from conveyor.orchestrator.errors import ArtifactNotFound  # noqa: PLC0415
-    from conveyor.orchestrator.settings import Settings  # noqa: PLC0415
-    from conveyor.providers.s3.artifacts import S3ArtifactStore  # noqa: PLC0415
-
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     settings = Settings(

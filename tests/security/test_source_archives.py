@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import json
 import os
 import stat
 import tarfile
@@ -273,7 +274,7 @@ def test_the_source_is_out_of_every_keys_reach_and_goes_with_the_artifacts(
 
 
 def post(api: Flask, headers: Headers, source: bytes | None, **extra: object) -> object:
-    data: dict[str, object] = {"run": '{"definition": %s}' % __import__("json").dumps(ONE_STEP)}
+    data: dict[str, object] = {"run": json.dumps({"definition": ONE_STEP})}
     if source is not None:
         data["source"] = (io.BytesIO(source), "source.tar.gz", "application/gzip")
     data.update(extra)

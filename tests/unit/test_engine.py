@@ -202,6 +202,25 @@ def test_a_failed_step_shows_why_in_its_log_and_error(engine: EmbeddedEngine) ->
     )
 
 
+def test_a_step_printing_binary_succeeds_and_its_output_reads_back(
+    engine: EmbeddedEngine,
+) -> None:
+    # Given a command that prints bytes that are no text: NUL and invalid UTF-8
+    text = pipeline(r"""
+        - {name: a, type: step.shell_exec, config: {commands: ["printf 'x\\000y\\377z\\n'"]}}
+    """)
+
+    # When it runs
+    result = run(engine, text)
+
+    # Then the step succeeds, and its log and stdout show the bytes as U+FFFD
+    record = step(engine, result.id, "a")
+    assert (record.status, record.last_error) == ("succeeded", None)
+    assert record.outputs is not None
+    assert record.outputs["stdout"] == "x\ufffdy\ufffdz"
+    assert "x\ufffdy\ufffdz" in log_text(engine, result.id, "a")
+
+
 # --- secrets ----------------------------------------------------------------------
 
 SECRET = "s3cr3t-Value-42"

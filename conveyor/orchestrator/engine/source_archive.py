@@ -50,7 +50,7 @@ CHUNK = 1024 * 1024
 MAX_HEADER = 1024 * 1024
 #: The workspace's own directory (outputs files): never taken from an archive.
 RESERVED = ".conveyor"
-_HEADERS = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE) + tarfile.GNU_TYPES[:2]
+_HEADERS = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, *tarfile.GNU_TYPES[:2])
 
 
 @dataclass(frozen=True)
@@ -190,7 +190,9 @@ class _Gunzip:
         return self.digest.hexdigest()
 
 
-def unpack_source(stream: IO[bytes], dest: Path, limits: Limits, checksum: str | None = None) -> int:
+def unpack_source(
+    stream: IO[bytes], dest: Path, limits: Limits, checksum: str | None = None
+) -> int:
     """Unpack the gzipped tar ``stream`` into the empty directory ``dest``; its entries.
 
     SourceRefused (one line) for anything unsafe, malformed, past ``limits``, or whose
@@ -428,4 +430,3 @@ def drop_source(artifacts: ArtifactStore, run_id: str) -> None:
 def is_gzip(head: bytes) -> bool:
     """Whether ``head`` (the first bytes of a file) starts a gzip stream."""
     return head[:2] == b"\x1f\x8b"
-
