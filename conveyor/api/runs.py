@@ -44,9 +44,12 @@ def submit_run(call: Call[SubmitRun, None]) -> Reply:
         return _replayed(services, earlier)
     plan, source, definition_id = plan_of(services, call.body)
     archive = call.uploads.get(SOURCE_PART)
-    # The source goes into the store first, under the id the run will have: a run is
-    # never created (so never started) without it.
-    run_id = stored_source(services, archive) if archive is not None else None
+    run_id = None
+    if archive is not None:
+        # The source goes into the store first, under the id the run will have, and the
+        # run's plan records its SHA-256: a run is never started without it.
+        run_id, checksum = stored_source(services, archive)
+        plan = plan.model_copy(update={"workspace_source": checksum})
     try:
         run = services.runtime.submit(
             plan,
@@ -74,14 +77,13 @@ def submit_run(call: Call[SubmitRun, None]) -> Reply:
     return Reply(detail(services, run.id), 201, headers)
 
 
-def stored_source(services: Services, archive: Path) -> str:
-    """Store an uploaded source archive under a new run id, and return the id."""
+def stored_source(services: Services, archive: Path) -> tuple[str, str]:
+    """Store an uploaded source archive under a new run id: (the id, its SHA-256)."""
     with archive.open("rb") as head:
         if not is_gzip(head.read(2)):
             raise BadRequest(f"the {SOURCE_PART} part must be a gzipped tar archive (.tar.gz)")
     run_id = new_run_id()
-    store_source(services.artifacts(), run_id, archive)
-    return run_id
+    return run_id, store_source(services.artifacts(), run_id, archive)
 
 
 def _drop(services: Services, run_id: str | None) -> None:

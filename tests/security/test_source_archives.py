@@ -215,21 +215,23 @@ def test_pack_keeps_links_inside_and_modes_and_leaves_out_what_a_copy_leaves_out
 # -- the worker's hook and the store --------------------------------------------------
 
 
-def seeded(settings: Settings, data: bytes, run_id: str = "run-1") -> WorkspaceSeeder:
+def seeded(settings: Settings, data: bytes, run_id: str = "run-1") -> tuple[WorkspaceSeeder, str]:
+    """A seeder over a local store holding ``data`` as the run's source; its SHA-256."""
     store = LocalArtifactStore(settings)
     raw = settings.data_dir / "upload.tar.gz"
     raw.parent.mkdir(parents=True, exist_ok=True)
     raw.write_bytes(data)
-    store.put_source(run_id, raw)
-    return WorkspaceSeeder(settings, lambda: store)
+    checksum = store.put_source(run_id, raw).checksum
+    return WorkspaceSeeder(settings, lambda: store), checksum
 
 
 def test_a_refused_archive_fails_the_step_in_one_line_and_leaves_no_workspace(
     settings: Settings,
 ) -> None:
-    seeder = seeded(settings, archive(file("ok"), symlink("link", ".."), file("link/escaped")))
+    data = archive(file("ok"), symlink("link", ".."), file("link/escaped"))
+    seeder, checksum = seeded(settings, data)
     with pytest.raises(StepFailed) as failed:
-        seeder.ensure("run-1")
+        seeder.ensure("run-1", checksum)
     message = failed.value.message
     assert message.startswith("the run's source archive is refused: ") and "\n" not in message
     root = settings.workspace_root
@@ -238,16 +240,27 @@ def test_a_refused_archive_fails_the_step_in_one_line_and_leaves_no_workspace(
     assert not (settings.data_dir / "escaped").exists()
 
 
+def test_an_archive_swapped_in_the_store_is_refused(settings: Settings) -> None:
+    seeder, _ = seeded(settings, archive(file("a")))
+    with pytest.raises(StepFailed, match="SHA-256"):
+        seeder.ensure("run-1", hashlib.sha256(b"what the run recorded").hexdigest())
+    assert not (settings.workspace_root / "run-1").exists()
+
+
+def test_a_source_missing_from_the_store_fails_loudly(settings: Settings) -> None:
+    seeder, checksum = seeded(settings, archive(file("a")))
+    with pytest.raises(StepFailed, match="not in this worker's artifact store"):
+        seeder.ensure("run-2", checksum)
+
+
 def test_the_source_goes_in_once_per_host_and_never_over_a_workspace(settings: Settings) -> None:
-    seeder = seeded(settings, archive(file("src/main.c", b"int main;")))
-    seeder.ensure("run-1")
+    seeder, checksum = seeded(settings, archive(file("src/main.c", b"int main;")))
+    seeder.ensure("run-1", checksum)
     workspace = settings.workspace_root / "run-1"
     assert (workspace / "src/main.c").read_bytes() == b"int main;"
     (workspace / "src/main.c").write_bytes(b"changed by a step")
-    seeder.ensure("run-1")  # a later step on this host: the workspace stands as it is
+    seeder.ensure("run-1", checksum)  # a later step on this host: the workspace stands
     assert (workspace / "src/main.c").read_bytes() == b"changed by a step"
-    seeder.ensure("run-2")  # a run without a source: nothing is made
-    assert not (settings.workspace_root / "run-2").exists()
 
 
 def test_the_source_is_out_of_every_keys_reach_and_goes_with_the_artifacts(
@@ -303,6 +316,14 @@ def test_the_api_stores_a_source_with_the_run_out_of_the_artifacts_list(
         assert stream.read() == data
     listed = api.test_client().get(f"{RUNS}/{run_id}/artifacts", headers=admin)
     assert json_of(listed)["items"] == []
+    # The run records the archive's SHA-256: workers check what they fetch against it.
+    plan = api.extensions["conveyor"].store.get_plan(run_id)
+    assert plan["workspace_source"] == hashlib.sha256(data).hexdigest()
+    # A run without a source records none (and its workers never look for one).
+    plain = api.test_client().post(RUNS, json={"definition": ONE_STEP}, headers=admin)
+    assert (
+        api.extensions["conveyor"].store.get_plan(json_of(plain)["id"])["workspace_source"] is None
+    )
 
 
 def test_past_the_size_limit_is_a_413_and_no_run(small_api: Flask, admin: Headers) -> None:

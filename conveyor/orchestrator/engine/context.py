@@ -127,7 +127,7 @@ class Context:
         artifacts: Callable[[], ArtifactStore] | None = None,
         previous_run: Callable[[], str | None] | None = None,
         settings: Settings | None = None,
-        seed: Callable[[str], None] | None = None,
+        seed: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings or Settings()
         #: Puts the run's source into its workspace on this host before a sandbox opens.
@@ -186,7 +186,7 @@ class Context:
             deadline = own if deadline is None else min(deadline, own)
         request = SandboxRequest(self.run_id, self.step_key, config, self.cancel, deadline)
         if self._seed is not None:
-            self._seed(self.run_id)
+            self._seed()
         sandbox = self._sandboxes.get("docker" if config.image else "local").open(request)
         self._opened.append(sandbox)
         return sandbox

@@ -7,6 +7,7 @@ step type can fail its step but never the worker.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import socket
@@ -192,8 +193,14 @@ class Executor:
             artifacts=self.artifacts,
             settings=self.settings,
             previous_run=attempt.reads.previous_success,
-            seed=self.seeder.ensure if self.seeder is not None else None,
+            seed=self._seed(run.id, attempt.plan.workspace_source),
         )
+
+    def _seed(self, run_id: str, source: str | None) -> Callable[[], None] | None:
+        """What puts the run's source archive into its workspace here, if it has one."""
+        if source is None or self.seeder is None:
+            return None
+        return functools.partial(self.seeder.ensure, run_id, source)
 
     def _run(self, attempt: Attempt, ctx: Context) -> Mapping[str, Any]:
         plan_step = attempt.plan_step

@@ -4,8 +4,9 @@
 (``sources.py``). A distributed run has no such host: the CLI packs the directory into
 a gzipped tar (:func:`pack_source`, the same names left out as the copy leaves out),
 the API stores it through the artifact store beside the run's artifacts, where no key
-can reach it (``RunSources``), before it creates the run under that id, and on every
-worker host the first step of the run that opens the workspace unpacks it there
+can reach it (``RunSources``), before it creates the run under that id with the
+archive's SHA-256 in the run's plan (``ExecutionPlan.workspace_source``). On every worker
+host, the first step of the run that opens the workspace unpacks it there
 (:class:`WorkspaceSeeder`) before the step runs. It goes with the run's artifacts.
 
 Unpacking trusts nothing in the archive (:func:`unpack_source`): every name is a plain
@@ -13,9 +14,10 @@ relative path (no ``/`` at the start, no ``..``), nothing is written through a l
 links stay inside the workspace (checked once all of them exist, so no chain of links
 leads out), there are no hard links, devices or pipes, modes lose their setuid, setgid
 and sticky bits, and the total size, the number of entries and the size of any tar
-header are bounded before anything is read. The archive's SHA-256 is checked as it
-streams. Everything is unpacked beside the workspace and renamed into place once whole:
-a refused archive leaves no workspace behind, and the step fails with one line.
+header are bounded before anything is read. The archive's SHA-256 is checked against
+the run's as it streams. Everything is unpacked beside the workspace and renamed into
+place once whole: a refused archive leaves no workspace behind, and the step fails with
+one line.
 """
 
 from __future__ import annotations
@@ -335,11 +337,13 @@ def _parts(name: str) -> tuple[str, ...]:
 class WorkspaceSeeder:
     """Puts a run's source into its workspace on this host before a step opens it.
 
-    ``ensure(run_id)`` runs before every sandbox a step opens; it does anything only
-    when the workspace does not exist here yet (the run's first step on this host).
-    Then, if the run has a source archive in the artifact store, it is unpacked beside
-    the workspace and renamed into place, so a step never sees half of it (two steps
-    starting at once on one host: the first rename wins, the other's copy is dropped).
+    The executor calls ``ensure`` before every sandbox a step of a run with a source
+    (``ExecutionPlan.workspace_source``) opens; it does anything only when the workspace
+    does not exist here yet (the run's first step on this host). The archive is then
+    fetched from the artifact store, checked against the SHA-256 the run recorded,
+    unpacked beside the workspace and renamed into place, so a step never sees half of
+    it (two steps starting at once on one host: the first rename wins, the other's copy
+    is dropped). Runs without a source never reach the store here.
     """
 
     def __init__(self, settings: Settings, artifacts: Callable[[], ArtifactStore] | None) -> None:
@@ -347,26 +351,33 @@ class WorkspaceSeeder:
         self._artifacts = artifacts
         self.limits = Limits.of(settings)
 
-    def ensure(self, run_id: str) -> None:
-        """Unpack the run's source into its workspace if this host has none yet."""
+    def ensure(self, run_id: str, checksum: str) -> None:
+        """Unpack the run's source into its workspace if this host has none yet.
+
+        StepFailed, in one line, when the archive is missing, unreadable or refused.
+        """
         base = self.settings.workspace_root
         workspace = base / run_id
-        if os.path.lexists(workspace) or "/" in run_id or run_id.startswith("."):
+        if os.path.lexists(workspace):
             return
-        store = self._sources()
-        if store is None:
-            return
+        if "/" in run_id or run_id.startswith(".") or not run_id:
+            raise StepFailed(f"run id {run_id!r} cannot name a workspace directory")
         try:
-            artifact, stream = store.open_source(run_id)
+            _, stream = self._store().open_source(run_id)
         except ArtifactNotFound:
-            return
+            raise StepFailed(
+                "the run's source archive is not in this worker's artifact store (the API "
+                "and the workers need the same one: S3, or a shared volume)"
+            ) from None
         except ConveyorError as exc:
             raise StepFailed(f"the run's source could not be fetched: {exc.message}") from None
         base.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=base, prefix=f".{run_id}.source-"))
         try:
+            # As a workspace made by mkdir: a container's user reads it too.
+            os.chmod(staging, 0o755)  # noqa: S103
             with stream:
-                unpack_source(stream, staging, self.limits, artifact.checksum)
+                unpack_source(stream, staging, self.limits, checksum)
             _into_place(staging, workspace)
         except SourceRefused as exc:
             raise StepFailed(f"the run's source archive is refused: {exc.message}") from None
@@ -376,15 +387,13 @@ class WorkspaceSeeder:
             if staging.exists():
                 shutil.rmtree(staging, onerror=_writable_and_retry)
 
-    def _sources(self) -> RunSources | None:
-        """The artifact store, when it keeps sources (no store here: no source either)."""
+    def _store(self) -> RunSources:
         if self._artifacts is None:
-            return None
-        try:
-            store = self._artifacts()
-        except ConveyorError:
-            return None
-        return store if isinstance(store, RunSources) else None
+            raise StepFailed("the run has a source archive, and no artifact store is set up here")
+        store = self._artifacts()
+        if not isinstance(store, RunSources):
+            raise StepFailed("the run has a source archive; this artifact store cannot hold one")
+        return store
 
 
 def _into_place(staging: Path, workspace: Path) -> None:
@@ -413,11 +422,12 @@ def new_run_id() -> str:
     return str(uuid.uuid4())
 
 
-def store_source(artifacts: ArtifactStore, run_id: str, archive: Path) -> None:
-    """Store ``archive`` as the source of the run ``run_id`` (not created yet)."""
+def store_source(artifacts: ArtifactStore, run_id: str, archive: Path) -> str:
+    """Store ``archive`` as the source of the run ``run_id`` (not created yet); its SHA-256,
+    which the run records (``ExecutionPlan.workspace_source``)."""
     if not isinstance(artifacts, RunSources):
         raise SourceRefused("this API's artifact store cannot keep source archives")
-    artifacts.put_source(run_id, archive)
+    return artifacts.put_source(run_id, archive).checksum
 
 
 def drop_source(artifacts: ArtifactStore, run_id: str) -> None:

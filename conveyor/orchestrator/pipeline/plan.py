@@ -75,6 +75,9 @@ class ExecutionPlan(BaseModel):
     timeout: float | None = None
     env: dict[str, str] = Field(default_factory=dict)
     steps: tuple[PlanStep, ...]
+    #: SHA-256 of the run's source archive (``conveyor submit --source``), set on the
+    #: run's copy of the plan when it was given one: workers unpack it into the workspace.
+    workspace_source: str | None = None
 
     @cached_property
     def by_key(self) -> dict[str, PlanStep]:
