@@ -33,6 +33,11 @@ class Conflict(ConveyorError):
     """The request conflicts with the current state."""
 
 
+#: What a write the database refused as conflicting says (the driver's words name
+#: constraints and key values: they go to the log, not to a client).
+CONFLICTING_WRITE = "the write conflicts with what is stored (it was made meanwhile)"
+
+
 class IllegalTransition(Conflict):
     """That status change is not allowed."""
 

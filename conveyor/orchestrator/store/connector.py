@@ -8,13 +8,21 @@ the run transaction of ``SqlStore``. Driver errors become Conveyor errors in one
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import sqlalchemy as sa
 
-from conveyor.orchestrator.errors import Conflict, StoreUnavailable, UnstorableValue
+from conveyor.orchestrator.errors import (
+    CONFLICTING_WRITE,
+    Conflict,
+    StoreUnavailable,
+    UnstorableValue,
+)
 from conveyor.orchestrator.store import db
+
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -23,7 +31,9 @@ def translate_errors() -> Iterator[None]:
     try:
         yield
     except sa.exc.IntegrityError as exc:
-        raise Conflict(f"conflicting write: {exc.orig}") from exc
+        # The driver's text names constraints and key values: the log has it, not the client.
+        log.warning("conflicting write: %s", exc.orig)
+        raise Conflict(CONFLICTING_WRITE) from exc
     except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
         raise StoreUnavailable(f"database unavailable: {exc.orig}") from exc
     except sa.exc.DataError as exc:  # a value the database cannot hold or compare

@@ -39,7 +39,13 @@ def create_engines(url: str, *, pre_ping: bool = True) -> tuple[sa.Engine, sa.En
     url = normalise_url(url)
     if not url.startswith("sqlite"):
         try:
-            engine = sa.create_engine(url, pool_pre_ping=pre_ping, pool_size=10, max_overflow=20)
+            engine = sa.create_engine(
+                url,
+                pool_pre_ping=pre_ping,
+                pool_size=10,
+                max_overflow=20,
+                hide_parameters=True,  # an error in a log never shows the values bound
+            )
         except sa.exc.ArgumentError as exc:  # unknown dialect or a malformed URL
             raise ConveyorError(f"the database URL is not usable: {exc}") from None
         return engine, engine
@@ -54,7 +60,11 @@ def _make_parent(url: str) -> None:
 
 
 def _sqlite_engine(url: str, *, immediate: bool) -> sa.Engine:
-    engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 60})
+    engine = sa.create_engine(
+        url,
+        connect_args={"check_same_thread": False, "timeout": 60},
+        hide_parameters=True,
+    )
 
     @sa.event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:

@@ -142,7 +142,11 @@ class SqlStore(Connector):
         rows = self.rows(sa.select(*RUN_COLUMNS).where(runs.c.id == ref))
         if not rows and len(ref) >= 4:
             # autoescape: `_` and `%` in ``ref`` are characters of an id, not wildcards.
-            prefixed = runs.c.id.startswith(ref, autoescape=True)
+            # substr: SQLite's LIKE ignores case, an id's prefix does not.
+            prefixed = sa.and_(
+                runs.c.id.startswith(ref, autoescape=True),
+                sa.func.substr(runs.c.id, 1, len(ref)) == ref,
+            )
             rows = self.rows(sa.select(*RUN_COLUMNS).where(prefixed).limit(5))
         if not rows:
             raise NotFound(f"no run {ref}")

@@ -17,7 +17,13 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from conveyor.orchestrator.clock import new_id, utcnow
-from conveyor.orchestrator.errors import Conflict, NotFound, NothingToClaim, StoreUnavailable
+from conveyor.orchestrator.errors import (
+    CONFLICTING_WRITE,
+    Conflict,
+    NotFound,
+    NothingToClaim,
+    StoreUnavailable,
+)
 from conveyor.orchestrator.scanning.history import MemoryLedger
 from conveyor.orchestrator.status import RunStatus, StepStatus
 from conveyor.orchestrator.store.logchunks import DEFAULT_MAX_BYTES, Kept, line_id, pack
@@ -127,7 +133,7 @@ class MemoryStore:
         """Write the definition version, the run, its steps and first event at once;
         ``start`` goes on in the same transaction (see ``SqlStore.create_run``)."""
         if len({s.key for s in new.steps}) != len(new.steps):
-            raise Conflict("conflicting write: two steps of the run have one key")
+            raise Conflict(CONFLICTING_WRITE)
         with self._lock:
             earlier = self._by_key.get(new.idempotency_key or "")
             if earlier is not None:
@@ -369,7 +375,7 @@ class MemoryStore:
             return
         rows = self._runs.get(run_id)
         if rows is None:  # the foreign key refuses it
-            raise Conflict(f"conflicting write: no run {run_id}")
+            raise Conflict(CONFLICTING_WRITE)
         now = utcnow()
         self._number(rows, [(step_key, attempt, stream, text, now) for stream, text in lines])
 
