@@ -95,7 +95,12 @@ def _serve(settings: Settings, store: SqlStore, host: str, port: int, threads: i
         )
         if settings.broker_url:
             _label_messages(dispatcher, app.extensions["conveyor"].runtime)
-        server = waitress.create_server(app, host=host, port=port, threads=threads)
+        # The server refuses what no route would take before reading it: the largest
+        # request is a run with its source archive (checked again, per route, by the app).
+        largest = app.config["MAX_CONTENT_LENGTH"] + settings.max_source_bytes
+        server = waitress.create_server(
+            app, host=host, port=port, threads=threads, max_request_body_size=largest
+        )
         bound = getattr(server, "effective_port", port)  # the port it got, when given 0
         click.echo(f"Conveyor API listening on http://{host}:{bound}/api/v1 ({mode})")
         sys.stdout.flush()

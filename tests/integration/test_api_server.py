@@ -7,6 +7,7 @@ submission to their end over HTTP; the Celery workers are tested in their own su
 from __future__ import annotations
 
 import json
+import socket
 import time
 import urllib.request
 import uuid
@@ -302,3 +303,19 @@ def test_the_api_answers_503_while_the_database_is_away_and_recovers(
     assert (away.status, away.json["error"]) == (503, "store_unavailable")
     assert not_ready.status == 503 and not not_ready.json["checks"]["database"]["ok"]
     assert back.json["items"] == []
+
+
+def test_a_body_larger_than_any_route_takes_is_refused_before_it_is_read(
+    server: Server,
+) -> None:
+    # Given a request that declares 512 MiB of body: past any route's limit (a run with its source)
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(
+            b"POST /api/v1/runs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer " + (server.token or "").encode() + b"\r\n"
+            b"Content-Length: 536870912\r\n\r\n" + b"{" * 1024
+        )
+        # When only its first kilobyte has been sent, Then the server already says 413
+        answer = conn.recv(4096).decode("latin-1")
+    assert answer.startswith("HTTP/1.1 413"), answer[:200]
