@@ -303,7 +303,7 @@ pipelines:
         config: {message: never}
       - name: boom
         type: step.log
-        needs: [keep]
+        needs: [condition]              # after it: a failure here would cancel it otherwise
         config:
           message: "{{ index .steps .secrets.TOKEN }}"
 """
