@@ -68,6 +68,27 @@ def descendants(root: int) -> list[int]:
     return found
 
 
+def tagged(tag: bytes) -> list[int]:
+    """Live processes whose environment holds ``tag`` (a ``NAME=value`` entry).
+
+    The fallback when a guard is gone before its tree (its own step killed it): what it
+    started was reparented away from it, but still carries the environment it got.
+    """
+    found: list[int] = []
+    own = os.getpid()
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == own:
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as environ:
+                entries = environ.read().split(b"\0")
+        except OSError:  # gone, or not ours to read
+            continue
+        if tag in entries:
+            found.append(int(name))
+    return found
+
+
 class Guard:
     """Runs one command and answers for its whole tree."""
 

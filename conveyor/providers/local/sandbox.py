@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import selectors
 import shutil
 import signal
@@ -40,6 +41,7 @@ from ..sandbox_common import (
     parse_memory,
     raise_for,
 )
+from .guard import tagged
 
 #: The only host variables a command sees: the orchestrator's own secrets stay out.
 HOST_ENV_KEYS = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER")
@@ -47,7 +49,13 @@ TERM_GRACE = 2.0  # seconds between SIGTERM and SIGKILL
 DRAIN_AFTER_KILL = 0.5  # how long to wait for EOF once the group is dead
 #: How long ``finish`` waits for the guard to have killed the tree and exited.
 GUARD_PATIENCE = 10.0
+#: How long after its SIGKILL order a guard may take to exit before it is killed itself.
+GUARD_STUCK = 5.0
 GUARD = str(Path(__file__).with_name("guard.py"))
+#: Each command's processes carry ``CONVEYOR_PROCESS_TREE=<token>`` in their environment:
+#: if its guard is killed before its tree (by the step itself), the sandbox finds what
+#: the guard left by that mark, since they are no longer its descendants.
+TREE_MARK = "CONVEYOR_PROCESS_TREE"
 
 # `ulimit -v` sets RLIMIT_AS like setrlimit would, without a preexec_fn, which is
 # unsafe in the threaded workers that call exec.
@@ -184,10 +192,14 @@ class LocalSandbox:
         if self._memory is not None:
             kib = str(-(-self._memory // 1024))
             argv = ["/bin/sh", "-c", _ULIMIT_SCRIPT, "conveyor-limit", kib, script]
+        mark = f"{TREE_MARK}={secrets.token_hex(16)}"
+        env = {**env, TREE_MARK: mark.partition("=")[2]}
         # Under the lock, so that close() either sees this command or refuses it.
         with self._lock:
             self._refuse_if_closed()
-            command = _Command(_spawn(argv, cwd, env), self._request.cancel, self._deadline, sink)
+            command = _Command(
+                _spawn(argv, cwd, env), self._request.cancel, self._deadline, sink, mark=mark
+            )
             self._running.add(command)
         return command
 
@@ -214,14 +226,18 @@ class _Command:
         cancel: threading.Event,
         deadline: float | None,
         sink: LineSink | None,
+        *,
+        mark: str = "",
     ) -> None:
         self.proc = proc
+        self._mark = mark.encode()
         self.lines = LineSplitter(sink)
         self.reason: str | None = None  # "timeout" or "cancel" once a limit fired
         self._cancel = cancel
         self._deadline = deadline
         self._pidfd = os.pidfd_open(proc.pid)
         self._term_sent: float | None = None
+        self._kill_sent = False
         self._exited = False
 
     def pump(self) -> None:
@@ -259,17 +275,37 @@ class _Command:
         self.proc.stdin.close()  # the lifeline: a guard still alive kills its tree now
         code = self.proc.wait()
         os.close(self._pidfd)
+        if code < 0:  # the guard was killed, perhaps before its tree: find what it left
+            self._kill_marked()
         return 128 - code if code < 0 else code  # killed by a signal: the shell's way
+
+    def _kill_marked(self) -> None:
+        """SIGKILL every process that carries this command's mark, until none is left."""
+        if not self._mark:
+            return
+        until = time.monotonic() + GUARD_PATIENCE
+        while time.monotonic() < until:
+            left = tagged(self._mark)
+            if not left:
+                return
+            for pid in left:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.01)
 
     def kill_tree(self) -> None:
         """Have the guard kill the command's whole tree now (it exits once it is gone)."""
-        with contextlib.suppress(ProcessLookupError, PermissionError):  # guard gone already
-            os.kill(self.proc.pid, signal.SIGUSR1)
+        self._tell_guard(signal.SIGUSR1)
 
     def terminate_tree(self) -> None:
         """Have the guard send SIGTERM to the whole tree, and SIGKILL a grace period later."""
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(self.proc.pid, signal.SIGTERM)
+        self._tell_guard(signal.SIGTERM)
+
+    def _tell_guard(self, signum: int) -> None:
+        """Send ``signum`` to the guard, resumed first in case its step stopped it."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):  # guard gone already
+            os.kill(self.proc.pid, signal.SIGCONT)
+            os.kill(self.proc.pid, signum)
 
     def signal(self, signum: int) -> None:
         """Send ``signum`` to the whole process group (what did not leave it)."""
@@ -277,7 +313,11 @@ class _Command:
             os.killpg(self.proc.pid, signum)
 
     def _check_limits(self) -> None:
-        """SIGTERM the group when a limit is reached, SIGKILL it TERM_GRACE later."""
+        """SIGTERM the tree when a limit is reached, SIGKILL it TERM_GRACE later.
+
+        A guard that has not exited GUARD_STUCK after that (its step keeps stopping it
+        with SIGSTOP) is killed itself; ``finish`` then kills its tree by its mark.
+        """
         if self._exited:
             return
         if self.reason is None:
@@ -285,9 +325,16 @@ class _Command:
             if self.reason is not None:
                 self.terminate_tree()
                 self._term_sent = time.monotonic()
-        elif self._term_sent is not None and time.monotonic() - self._term_sent >= TERM_GRACE:
-            self.kill_tree()
+            return
+        if self._term_sent is None:
+            return
+        waited = time.monotonic() - self._term_sent
+        if waited >= TERM_GRACE + GUARD_STUCK:
+            self.signal(signal.SIGKILL)  # the guard's group: the guard, not yet reaped
             self._term_sent = None
+        elif waited >= TERM_GRACE and not self._kill_sent:
+            self.kill_tree()
+            self._kill_sent = True
 
     def _read_chunk(self, fd: int) -> bool:
         """Read what the pipe has; False at EOF."""
