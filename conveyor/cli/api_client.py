@@ -66,12 +66,14 @@ class ApiClient:
     ) -> Any:
         """Send a request and return its JSON answer (None when it has no body)."""
         data = json.dumps(body).encode() if body is not None else None
+        return self._send(method, path, data, self._headers(headers))
+
+    def _send(self, method: str, path: str, data: Any, headers: Mapping[str, str]) -> Any:
+        """One exchange with the API: its JSON answer, or one clear error for whatever
+        else comes back (or does not)."""
         try:
             request = urllib.request.Request(  # noqa: S310  (the URL is the user's API)
-                self.base_url + PREFIX + path,
-                data=data,
-                method=method,
-                headers=self._headers(headers),
+                self.base_url + PREFIX + path, data=data, method=method, headers=dict(headers)
             )
             with urllib.request.urlopen(request, timeout=self.timeout) as answer:  # noqa: S310
                 raw = answer.read()
@@ -111,19 +113,7 @@ class ApiClient:
                 "Content-Type": form.content_type,
                 "Content-Length": str(form.length),
             }
-            request = urllib.request.Request(  # noqa: S310  (the URL is the user's API)
-                self.base_url + PREFIX + path, data=form, method="POST", headers=sent
-            )
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as answer:  # noqa: S310
-                    raw = answer.read()
-            except urllib.error.HTTPError as exc:
-                raise _error(exc) from None
-            except (urllib.error.URLError, OSError) as exc:
-                reason = getattr(exc, "reason", exc)
-                where = f"{self.base_url} (CONVEYOR_API_URL)"
-                raise Unreachable(f"cannot reach the Conveyor API at {where}: {reason}") from None
-        return json.loads(raw) if raw else None
+            return self._send("POST", path, form, sent)
 
     def download(self, path: str, dest: Path) -> Mapping[str, str]:
         """GET ``path`` (under /api/v1) into the file ``dest``, streamed; the answer's headers.

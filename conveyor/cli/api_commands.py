@@ -159,7 +159,8 @@ def _client(settings: Settings) -> ApiClient:
     return ApiClient(settings.api_url, settings.token)
 
 
-def _params(values: Sequence[str], option: str = "--param") -> dict[str, str]:
+def pairs(values: Sequence[str], option: str = "--param") -> dict[str, str]:
+    """``NAME=VALUE`` options as a mapping (a usage error naming ``option`` otherwise)."""
     result = {}
     for item in values:
         key, sep, value = item.partition("=")
@@ -167,6 +168,19 @@ def _params(values: Sequence[str], option: str = "--param") -> dict[str, str]:
             raise click.BadParameter(f"{item!r} is not NAME=VALUE", param_hint=option)
         result[key] = value
     return result
+
+
+def given_secrets(secrets: Sequence[str], secret_envs: Sequence[str]) -> dict[str, str]:
+    """The secrets of ``--secret NAME=VALUE`` and ``--secret-env NAME`` (read from the
+    environment: a usage error when it is not set)."""
+    given = pairs(secrets, "--secret")
+    for name in secret_envs:
+        if name not in os.environ:
+            raise click.BadParameter(
+                f"environment variable {name} is not set", param_hint="--secret-env"
+            )
+        given[name] = os.environ[name]
+    return given
 
 
 def _text(path: str) -> str:
@@ -230,15 +244,9 @@ def submit(
     --source`. With --watch, follow it live and exit 0 when it succeeds, 1 when it does
     not.
     """
-    given = _params(secrets, "--secret")
-    for name in secret_envs:
-        if name not in os.environ:
-            raise click.BadParameter(
-                f"environment variable {name} is not set", param_hint="--secret-env"
-            )
-        given[name] = os.environ[name]
+    given = given_secrets(secrets, secret_envs)
     client = _client(_settings(ctx))
-    body: dict[str, Any] = {"definition": _text(file), "params": _params(params)}
+    body: dict[str, Any] = {"definition": _text(file), "params": pairs(params)}
     if given:
         body["secrets"] = given
     if pipeline:

@@ -26,7 +26,7 @@ from conveyor.orchestrator.status import RunStatus
 from conveyor.orchestrator.store import EventRecord, LogRecord, RunRecord, StepRecord
 
 from . import backend
-from .api_commands import api, submit, token, watch
+from .api_commands import api, given_secrets, pairs, submit, token, watch
 from .artifact_commands import artifacts
 from .consoles import err, out, silence_stdout
 from .render import event_line, run_header, runs_table, steps_table
@@ -47,16 +47,6 @@ def _remote(settings: Settings) -> Remote | None:
 
     client = api_client(settings)
     return Remote(client) if client is not None else None
-
-
-def _pairs(values: Sequence[str], what: str) -> dict[str, str]:
-    result = {}
-    for item in values:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"{item!r} is not NAME=VALUE", param_hint=what)
-        result[key] = value
-    return result
 
 
 def _read(path: str, limit: int) -> bytes:
@@ -149,14 +139,8 @@ def run(
     signal's number when Ctrl-C (or SIGTERM) stops it; the run is cancelled then.
     """
     settings = _settings(ctx)
-    given = _pairs(secrets, "--secret")
-    for name in secret_envs:
-        if name not in os.environ:
-            raise click.BadParameter(
-                f"environment variable {name} is not set", param_hint="--secret-env"
-            )
-        given[name] = os.environ[name]
-    run_params = _pairs(params, "--param")
+    given = given_secrets(secrets, secret_envs)
+    run_params = pairs(params, "--param")
     # Compile before touching the store: a bad file leaves no trace in the database.
     compiler = backend.compiler(settings)
     compiled = compiler.compile(_read(file, settings.max_definition_bytes))

@@ -113,18 +113,24 @@ def _check_events(events: Iterator[yaml.Event], fail: _Fail) -> None:
     """Refuse a second document and deep nesting before composing (libyaml would crash)."""
     depth = documents = 0
     for event in events:
-        if isinstance(event, yaml.CollectionStartEvent):
-            depth += 1
-            if depth > _MAX_DEPTH:
-                raise fail(_TOO_DEEP, _line(event.start_mark))
-        elif isinstance(event, yaml.CollectionEndEvent):
-            depth -= 1
-        elif isinstance(event, yaml.DocumentStartEvent):
+        depth = _nested(event, depth, fail)
+        if isinstance(event, yaml.DocumentStartEvent):
             documents += 1
             if documents > 1:
                 raise fail(
                     "one YAML document per file; a second one starts", _line(event.start_mark)
                 )
+
+
+def _nested(event: yaml.Event, depth: int, fail: _Fail) -> int:
+    """The nesting depth after ``event``; Conveyor's nesting error past the limit."""
+    if isinstance(event, yaml.CollectionStartEvent):
+        if depth + 1 > _MAX_DEPTH:
+            raise fail(_TOO_DEEP, _line(event.start_mark))
+        return depth + 1
+    if isinstance(event, yaml.CollectionEndEvent):
+        return depth - 1
+    return depth
 
 
 def _check_nesting_before(text: str, mark: Any, fail: _Fail) -> None:
@@ -138,12 +144,7 @@ def _check_nesting_before(text: str, mark: Any, fail: _Fail) -> None:
     depth = 0
     try:
         for event in yaml.parse(text[:end], Loader=yaml.SafeLoader):
-            if isinstance(event, yaml.CollectionStartEvent):
-                depth += 1
-                if depth > _MAX_DEPTH:
-                    raise fail(_TOO_DEEP, _line(event.start_mark))
-            elif isinstance(event, yaml.CollectionEndEvent):
-                depth -= 1
+            depth = _nested(event, depth, fail)
     except yaml.YAMLError:
         return  # a problem of another kind, or the end of the text: the original stands
 

@@ -31,6 +31,10 @@ import signal
 import sys
 import time
 
+TYPE_CHECKING = False  # not typing's: the guard's start-up imports nothing it can avoid
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 #: How long killing may go on before the guard gives up on a tree that keeps forking.
@@ -154,15 +158,7 @@ class Guard:
         self.kill_at = time.monotonic() + self.grace
 
     def _kill_all(self) -> int:
-        until = time.monotonic() + KILL_PATIENCE
-        while time.monotonic() < until:
-            alive = descendants(self.pid)
-            if not alive:
-                break
-            for pid in alive:
-                _send(pid, signal.SIGKILL)
-            self._reap()
-            time.sleep(0.005)
+        kill_until_gone(lambda: descendants(self.pid), KILL_PATIENCE, 0.005, self._reap)
         self._reap()
         return self._code(killed=True)
 
@@ -184,6 +180,26 @@ class Guard:
         if os.WIFSIGNALED(self.status):
             return 128 + os.WTERMSIG(self.status)
         return os.waitstatus_to_exitcode(self.status)
+
+
+def kill_until_gone(
+    find: Callable[[], list[int]],
+    patience: float,
+    pause: float,
+    between: Callable[[], None] | None = None,
+) -> None:
+    """SIGKILL what ``find`` names, again and again (a fork may add to it), until it
+    names nothing or ``patience`` seconds have passed; ``between`` runs after each round."""
+    until = time.monotonic() + patience
+    while time.monotonic() < until:
+        alive = find()
+        if not alive:
+            return
+        for pid in alive:
+            _send(pid, signal.SIGKILL)
+        if between is not None:
+            between()
+        time.sleep(pause)
 
 
 def _send(pid: int, signum: int) -> None:

@@ -41,7 +41,7 @@ from ..sandbox_common import (
     parse_memory,
     raise_for,
 )
-from .guard import tagged
+from .guard import kill_until_gone, tagged
 
 #: The only host variables a command sees: the orchestrator's own secrets stay out.
 HOST_ENV_KEYS = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER")
@@ -281,17 +281,9 @@ class _Command:
 
     def _kill_marked(self) -> None:
         """SIGKILL every process that carries this command's mark, until none is left."""
-        if not self._mark:
-            return
-        until = time.monotonic() + GUARD_PATIENCE
-        while time.monotonic() < until:
-            left = tagged(self._mark)
-            if not left:
-                return
-            for pid in left:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
-            time.sleep(0.01)
+        if self._mark:
+            mark = self._mark
+            kill_until_gone(lambda: tagged(mark), GUARD_PATIENCE, 0.01)
 
     def kill_tree(self) -> None:
         """Have the guard kill the command's whole tree now (it exits once it is gone)."""
