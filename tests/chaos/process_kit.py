@@ -5,8 +5,11 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import threading
 import time
 from pathlib import Path
+
+from conveyor.orchestrator.contracts import SandboxConfig, SandboxRequest
 
 #: A process that should be gone is given this long (a loaded two-core machine).
 GONE_WITHIN = 10.0
@@ -58,3 +61,10 @@ def reap(*pids: int) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
+
+
+def sandbox_request(
+    cancel: threading.Event | None = None, deadline: float | None = None
+) -> SandboxRequest:
+    """A request for a sandbox of step ``build`` of run ``run-1``, default config."""
+    return SandboxRequest("run-1", "build", SandboxConfig(), cancel or threading.Event(), deadline)

@@ -18,24 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from conveyor.orchestrator.contracts import SandboxConfig, SandboxRequest
 from conveyor.orchestrator.errors import SandboxError, StepCancelled, StepTimeout
-from conveyor.orchestrator.settings import Settings
 from conveyor.providers.local import LocalSandboxFactory
-from tests.chaos.process_kit import alive, detached, read_pid, reap, wait_gone
+from tests.chaos.process_kit import alive, detached, read_pid, reap, sandbox_request, wait_gone
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def _request(
-    cancel: threading.Event | None = None, deadline: float | None = None
-) -> SandboxRequest:
-    return SandboxRequest("run-1", "build", SandboxConfig(), cancel or threading.Event(), deadline)
-
-
-@pytest.fixture
-def factory(settings: Settings) -> LocalSandboxFactory:
-    return LocalSandboxFactory(settings)
 
 
 def test_cancel_kills_a_process_started_with_setsid(
@@ -44,7 +31,7 @@ def test_cancel_kills_a_process_started_with_setsid(
     # Given a command that starts a detached sleeper and waits
     pidfile = tmp_path / "pid"
     cancel = threading.Event()
-    sandbox = factory.open(_request(cancel))
+    sandbox = factory.open(sandbox_request(cancel))
     threading.Thread(target=lambda: (read_pid(pidfile), cancel.set()), daemon=True).start()
     # When the step is cancelled
     with pytest.raises(StepCancelled):
@@ -61,7 +48,7 @@ def test_timeout_kills_a_process_started_with_setsid(
     factory: LocalSandboxFactory, tmp_path: Path
 ) -> None:
     pidfile = tmp_path / "pid"
-    sandbox = factory.open(_request(deadline=time.monotonic() + 2))
+    sandbox = factory.open(sandbox_request(deadline=time.monotonic() + 2))
     with pytest.raises(StepTimeout):
         sandbox.exec(f"{detached(pidfile)} sleep 1000")
     pid = read_pid(pidfile)
@@ -76,7 +63,7 @@ def test_a_detached_process_does_not_outlive_its_command(
 ) -> None:
     # Given a command that leaves a detached sleeper behind and exits at once
     pidfile = tmp_path / "pid"
-    sandbox = factory.open(_request())
+    sandbox = factory.open(sandbox_request())
     result = sandbox.exec(f"{detached(pidfile)} while [ ! -s {pidfile} ]; do sleep 0.05; done")
     pid = read_pid(pidfile)
     # Then the command succeeded, and what it left is gone
@@ -98,7 +85,7 @@ def test_a_double_fork_orphan_is_killed_on_cancel(
         "sleep 1000"
     )
     cancel = threading.Event()
-    sandbox = factory.open(_request(cancel))
+    sandbox = factory.open(sandbox_request(cancel))
     threading.Thread(target=lambda: (read_pid(pidfile), cancel.set()), daemon=True).start()
     with pytest.raises(StepCancelled):
         sandbox.exec(script)
@@ -114,7 +101,7 @@ def test_closing_the_sandbox_kills_the_tree_of_a_running_command(
 ) -> None:
     # Given a command running in another thread with a detached sleeper
     pidfile = tmp_path / "pid"
-    sandbox = factory.open(_request())
+    sandbox = factory.open(sandbox_request())
     errors: list[BaseException] = []
 
     def run() -> None:

@@ -14,25 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from conveyor.orchestrator.contracts import SandboxConfig, SandboxRequest
 from conveyor.orchestrator.errors import StepCancelled, StepTimeout
-from conveyor.orchestrator.settings import Settings
 from conveyor.providers.local import LocalSandboxFactory
 from conveyor.providers.local.sandbox import GUARD_STUCK, TERM_GRACE
-from tests.chaos.process_kit import GONE_WITHIN, read_pid, reap, wait_gone
+from tests.chaos.process_kit import GONE_WITHIN, read_pid, reap, sandbox_request, wait_gone
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def _request(
-    cancel: threading.Event | None = None, deadline: float | None = None
-) -> SandboxRequest:
-    return SandboxRequest("run-1", "build", SandboxConfig(), cancel or threading.Event(), deadline)
-
-
-@pytest.fixture
-def factory(settings: Settings) -> LocalSandboxFactory:
-    return LocalSandboxFactory(settings)
 
 
 def _cancel_once(pidfile: Path, cancel: threading.Event, after: float = 0.0) -> None:
@@ -56,7 +43,7 @@ def test_a_nohup_sleeper_ends_with_a_command_that_exits_zero(
     factory: LocalSandboxFactory, tmp_path: Path
 ) -> None:
     pidfile = tmp_path / "pid"
-    sandbox = factory.open(_request())
+    sandbox = factory.open(sandbox_request())
     started = time.monotonic()
     result = sandbox.exec(
         f"nohup sh -c 'echo $$ > {pidfile}; exec sleep 1000' >/dev/null 2>&1 &"
@@ -73,7 +60,7 @@ def test_a_nohup_sleeper_holding_the_output_ends_with_its_command(
     factory: LocalSandboxFactory, tmp_path: Path
 ) -> None:
     pidfile = tmp_path / "pid"
-    sandbox = factory.open(_request())
+    sandbox = factory.open(sandbox_request())
     started = time.monotonic()
     result = sandbox.exec(
         f"nohup sh -c 'echo $$ > {pidfile}; exec sleep 1000' &"
@@ -94,7 +81,7 @@ def test_a_fork_storm_is_stopped_by_cancel(factory: LocalSandboxFactory, tmp_pat
         "i=$((i+1)); done; wait' & sleep 1000"
     )
     cancel = threading.Event()
-    sandbox = factory.open(_request(cancel))
+    sandbox = factory.open(sandbox_request(cancel))
     _cancel_once(pidfile, cancel, after=1.0)
     started = time.monotonic()
     with pytest.raises(StepCancelled):
@@ -116,7 +103,7 @@ def test_a_tree_that_ignores_sigterm_is_killed_within_timeout_and_grace(
         "while :; do sleep 1; done"
     )
     timeout = 2.0
-    sandbox = factory.open(_request(deadline=time.monotonic() + timeout))
+    sandbox = factory.open(sandbox_request(deadline=time.monotonic() + timeout))
     started = time.monotonic()
     with pytest.raises(StepTimeout):
         sandbox.exec(script)
@@ -131,7 +118,7 @@ def test_a_command_that_closes_its_output_is_cancelled(
 ) -> None:
     pidfile = tmp_path / "pid"
     cancel = threading.Event()
-    sandbox = factory.open(_request(cancel))
+    sandbox = factory.open(sandbox_request(cancel))
     _cancel_once(pidfile, cancel)
     started = time.monotonic()
     with pytest.raises(StepCancelled):
@@ -145,7 +132,7 @@ def test_a_command_that_closes_its_output_and_exits_leaves_nothing(
     factory: LocalSandboxFactory, tmp_path: Path
 ) -> None:
     pidfile = tmp_path / "pid"
-    sandbox = factory.open(_request())
+    sandbox = factory.open(sandbox_request())
     started = time.monotonic()
     result = sandbox.exec(
         f"exec >&- 2>&-; sh -c 'echo $$ > {pidfile}; exec sleep 1000' & "
@@ -169,7 +156,7 @@ def test_a_renamed_double_forked_setsid_process_is_killed_on_cancel(
         f"{pidfile} & ) & ) ; sleep 1000"
     )
     cancel = threading.Event()
-    sandbox = factory.open(_request(cancel))
+    sandbox = factory.open(sandbox_request(cancel))
     _cancel_once(pidfile, cancel, after=0.3)
     with pytest.raises(StepCancelled):
         sandbox.exec(script)
@@ -185,7 +172,7 @@ def test_a_step_that_kills_its_guard_leaves_nothing(
         f"setsid sh -c 'echo $$ > \"$0\"; exec sleep 1000' {pidfile} & "
         f"while [ ! -s {pidfile} ]; do sleep 0.05; done; kill -9 $PPID; sleep 1000"
     )
-    sandbox = factory.open(_request())
+    sandbox = factory.open(sandbox_request())
     started = time.monotonic()
     result = sandbox.exec(script)
     took = time.monotonic() - started
@@ -204,7 +191,7 @@ def test_a_step_that_stops_its_guard_is_still_cancelled(
         f"while [ ! -s {pidfile} ]; do sleep 0.05; done; kill -STOP $PPID; sleep 1000"
     )
     cancel = threading.Event()
-    sandbox = factory.open(_request(cancel))
+    sandbox = factory.open(sandbox_request(cancel))
     _cancel_once(pidfile, cancel, after=0.3)
     started = time.monotonic()
     with pytest.raises(StepCancelled):
@@ -225,7 +212,7 @@ def test_a_step_that_keeps_stopping_its_guard_is_still_cancelled(
         f"while [ ! -s {pidfile} ]; do sleep 0.05; done; sleep 1000"
     )
     cancel = threading.Event()
-    sandbox = factory.open(_request(cancel))
+    sandbox = factory.open(sandbox_request(cancel))
     _cancel_once(pidfile, cancel, after=0.3)
     started = time.monotonic()
     with pytest.raises(StepCancelled):
