@@ -10,23 +10,20 @@ from __future__ import annotations
 
 import itertools
 import json
-import time
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
+from dataclasses import dataclass
 
 from flask import Response
 
-from conveyor.orchestrator.errors import ConveyorError
 from conveyor.orchestrator.status import StepStatus
 from conveyor.orchestrator.store import LogRecord, SqlStore
 
-from .errors import error_code
-from .models import LOG_PAGE_BYTES, MAX_LINE_ID, ErrorBody, LogLine, LogList, LogQuery
+from .models import LOG_PAGE_BYTES, MAX_LINE_ID, LogLine, LogList, LogQuery
 from .routing import Call
+from .streams import Page, resume_point, sse, stream
 
 #: Lines sent per read while following: a long backlog is sent in slices.
 BATCH = 1000
-#: A comment line this often keeps proxies (and the server) aware of a quiet stream.
-KEEPALIVE_SECONDS = 15.0
 
 
 def step_logs(call: Call[None, LogQuery], run_id: str, step: str) -> LogList | Response:
@@ -35,9 +32,9 @@ def step_logs(call: Call[None, LogQuery], run_id: str, step: str) -> LogList | R
     run = store.find_run(run_id)
     current = store.get_step(run.id, step)
     if query.follow:
-        after = _resume_point(call, query.after)
-        poll = call.services.poll_seconds
-        return stream(_follow(store, run.id, step, after, query.attempt, poll))
+        after = resume_point(call.headers, query.after, MAX_LINE_ID)
+        follow = LogFollow(store, run.id, step, query.attempt, start=after)
+        return stream(follow, call.services.poll_seconds)
     if query.tail:
         lines = store.tail_logs(run.id, step, query.tail, attempt=query.attempt)
         kept = _last_within(lines, query.max_bytes)
@@ -96,59 +93,45 @@ def _last_within(lines: list[LogRecord], max_bytes: int) -> list[LogRecord]:
     return lines[start:]
 
 
-def _resume_point(call: Call[None, LogQuery], after: int) -> int:
-    """A reconnecting EventSource sends the id of the last line it saw.
+@dataclass
+class LogFollow:
+    """A step's log as a stream (``streams.Follow``): ``log`` events for each line, then
+    one ``end`` event once the step has ended."""
 
-    Anything else there (not ASCII digits, or past any line id) is not a line id, and
-    is ignored rather than read.
-    """
-    last_event = call.headers.get("Last-Event-ID", "")
-    if not (last_event.isascii() and last_event.isdigit()) or len(last_event) > 16:
-        return after
-    seen = int(last_event)
-    return max(after, seen) if seen <= MAX_LINE_ID else after
+    store: SqlStore
+    run_id: str
+    step: str
+    attempt: int | None
+    start: int = 0
 
+    @property
+    def key(self) -> Hashable:
+        """Followers of the same step's log (and attempt) share one poll."""
+        return ("log", self.run_id, self.step, self.attempt)
 
-def stream(events: Iterator[str]) -> Response:
-    """A text/event-stream response that no proxy should buffer or cache."""
-    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return Response(events, mimetype="text/event-stream", headers=headers)
+    def head(self) -> Hashable:
+        """The step's status and its last line: new lines or an end change it."""
+        status = self.store.get_step(self.run_id, self.step).status
+        last = self.store.tail_logs(self.run_id, self.step, 1, attempt=self.attempt)
+        return status, last[-1].id if last else 0
 
+    def page(self, after: int) -> Page:
+        """Up to ``BATCH`` lines after ``after``, and the end when the step has ended.
 
-def sse(event: str, data: str, event_id: int | None = None) -> str:
-    """One server-sent event (``data`` is one line of JSON)."""
-    head = f"id: {event_id}\n" if event_id is not None else ""
-    return f"{head}event: {event}\ndata: {data}\n\n"
-
-
-def _follow(
-    store: SqlStore, run_id: str, step: str, after: int, attempt: int | None, poll: float
-) -> Iterator[str]:
-    """``log`` events for each line, then one ``end`` event once the step has ended.
-
-    The step's status is read before its lines: a worker writes a step's last lines in
-    the transaction that ends it, so once it is seen ended, one more read has them all.
-    """
-    quiet = 0.0
-    try:
-        while True:
-            status = store.get_step(run_id, step).status
-            found = store.iter_logs(run_id, step, after_id=after, attempt=attempt)
-            page = _Page(found, BATCH, LOG_PAGE_BYTES)
-            lines = 0
-            for line in page:
-                after, lines = line.id, lines + 1
-                yield sse("log", LogLine.of(line).model_dump_json(), line.id)
-            if page.more:
-                continue
-            if status.terminal:
-                yield sse("end", json.dumps({"status": status.value}))
-                return
-            quiet = 0.0 if lines else quiet + poll
-            if quiet >= KEEPALIVE_SECONDS:
-                quiet = 0.0
-                yield ": keepalive\n\n"
-            time.sleep(poll)
-    except ConveyorError as exc:  # the headers are sent: the error goes in the stream
-        body = ErrorBody(error=error_code(type(exc).__name__), detail=exc.message)
-        yield sse("error", body.model_dump_json(exclude_none=True))
+        The step's status is read before its lines: a worker writes a step's last lines in
+        the transaction that ends it, so once it is seen ended, one more read has them all.
+        """
+        status = self.store.get_step(self.run_id, self.step).status
+        found = self.store.iter_logs(self.run_id, self.step, after_id=after, attempt=self.attempt)
+        page = _Page(found, BATCH, LOG_PAGE_BYTES)
+        events = []
+        for line in page:
+            after = line.id
+            events.append(sse("log", LogLine.of(line).model_dump_json(), line.id))
+        close = getattr(found, "close", None)
+        if close is not None:  # a page cut short leaves its read open: end it now
+            close()
+        end = None
+        if status.terminal and not page.more:
+            end = sse("end", json.dumps({"status": status.value}))
+        return Page("".join(events), after, page.more, end)

@@ -120,7 +120,12 @@ class RunQuery(Query):
     status: RunStatus | None = None
     pipeline: str | None = None
     limit: int = Field(default=20, ge=1, le=MAX_PAGE)
-    cursor: str | None = Field(default=None, description="`next_cursor` of the page before.")
+    cursor: str | None = Field(
+        default=None,
+        description="`next_cursor` of the page before: the page goes on after that page's "
+        "last run (keyset), so runs created meanwhile neither repeat nor shift it, and a page "
+        "deep in a long history costs what the first does.",
+    )
 
 
 class Step(BaseModel):
@@ -207,7 +212,7 @@ class RunDetail(Run):
 
 
 class RunPage(BaseModel):
-    """A page of runs, newest first."""
+    """A page of runs, newest first (by creation time, then by id)."""
 
     items: list[Run]
     next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null: end.")
@@ -238,6 +243,9 @@ class EventQuery(Query):
     """Where to start reading a run's events."""
 
     after: int = Field(default=0, ge=0, le=MAX_INT, description="Only events with a larger `seq`.")
+    follow: bool = Field(
+        default=False, description="Stream events as server-sent events until the run ends."
+    )
 
 
 class EventList(BaseModel):

@@ -35,6 +35,9 @@ from .routing import Call, Route
 
 READ, RUN, ADMIN = Role.VIEWER, Role.OPERATOR, Role.ADMIN
 SSE = {"text/event-stream": {"type": "string", "description": "`log` events, then `end`."}}
+EVENT_SSE = {
+    "text/event-stream": {"type": "string", "description": "`event` events, then `end`."}
+}
 JSON_DOCUMENT = {"application/json": {"type": "object"}}
 BINARY = {"application/octet-stream": {"type": "string", "format": "binary"}}
 SARIF = {"application/sarif+json": {"type": "object", "description": "A SARIF 2.1.0 log."}}
@@ -94,8 +97,8 @@ ROUTES: tuple[Route, ...] = (
           "Read a run and its steps", "runs", role=READ,
           response=RunDetail, errors=(404, 409)),
     Route("GET", "/runs/{run_id}/events", runs.list_events,
-          "Read a run's events", "runs", role=READ, query=EventQuery,
-          response=EventList, errors=(400, 404, 409)),
+          "Read or follow a run's events", "runs", role=READ, query=EventQuery,
+          response=EventList, media=EVENT_SSE, errors=(400, 404, 409)),
     Route("GET", "/runs/{run_id}/steps/{step}/logs", logs.step_logs,
           "Read or follow a step's log", "runs", role=READ, query=LogQuery, slashed=("step",),
           response=LogList, media=SSE, errors=(400, 404, 409)),

@@ -8,6 +8,7 @@ import json
 from datetime import datetime
 from pathlib import Path
 
+from flask import Response
 from werkzeug.datastructures import Headers
 
 from conveyor.orchestrator.engine import (
@@ -22,10 +23,22 @@ from conveyor.orchestrator.pipeline import ExecutionPlan
 from conveyor.orchestrator.store import RunRecord
 from conveyor.orchestrator.values import check, check_text
 
-from .models import Event, EventList, EventQuery, Run, RunDetail, RunPage, RunQuery, SubmitRun
+from .events import EventFollow
+from .models import (
+    MAX_INT,
+    Event,
+    EventList,
+    EventQuery,
+    Run,
+    RunDetail,
+    RunPage,
+    RunQuery,
+    SubmitRun,
+)
 from .pipelines import find_definition
 from .routing import Call, Reply
 from .services import Services
+from .streams import resume_point, stream
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 MAX_KEY_LENGTH = 200  # the column's width
@@ -182,10 +195,13 @@ def retry_failed_run(call: Call[None, None], run_id: str) -> RunDetail:
     return detail(services, run.id)
 
 
-def list_events(call: Call[None, EventQuery], run_id: str) -> EventList:
-    """The run's events after ``after``, in order."""
-    store = call.services.store
+def list_events(call: Call[None, EventQuery], run_id: str) -> EventList | Response:
+    """The run's events after ``after``, in order, or a live stream of them."""
+    store, query = call.services.store, call.query
     run = store.find_run(run_id)
+    if query.follow:
+        after = resume_point(call.headers, query.after, MAX_INT)
+        return stream(EventFollow(store, run.id, start=after), call.services.poll_seconds)
     events = store.list_events(run.id, after=call.query.after)
     last = events[-1].seq if events else call.query.after
     return EventList(items=[Event.of(e) for e in events], last_seq=last)

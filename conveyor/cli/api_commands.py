@@ -60,11 +60,15 @@ def _settings(ctx: click.Context) -> Settings:
     default=8,
     show_default=True,
     type=click.IntRange(1, 512),
-    help="Requests served at once (a client following a log holds one while it follows).",
+    help="Requests answered at once; clients following a log or a run's events hold none "
+    "while they wait (their reads share a second pool of as many threads).",
 )
 @click.pass_context
 def api(ctx: click.Context, host: str, port: int, threads: int) -> None:
-    """Serve the HTTP API under /api/v1 with waitress, a production WSGI server.
+    """Serve the HTTP API under /api/v1 with uvicorn (follow streams on its event loop).
+
+    Clients following a log or a run's events wait on the event loop and hold no thread;
+    every other request is answered on a pool of --threads threads.
 
     With CONVEYOR_BROKER_URL set, steps go to the Celery workers of their queues; without
     it they run in this process, as with `conveyor run`. Refuses to start on a database
@@ -84,28 +88,37 @@ def api(ctx: click.Context, host: str, port: int, threads: int) -> None:
 
 
 def _serve(settings: Settings, store: SqlStore, host: str, port: int, threads: int) -> None:
-    import waitress  # noqa: PLC0415  (the server and Flask load only for `conveyor api`)
-
+    # The server and Flask load only for `conveyor api`.
     from conveyor.api import create_app  # noqa: PLC0415
+    from conveyor.api.server import serve  # noqa: PLC0415
 
     dispatcher, broker_check, close, mode, core = _dispatching(settings, store)
     try:
         app = create_app(
             settings, store=store, dispatcher=dispatcher, broker_check=broker_check, core=core
         )
+        services = app.extensions["conveyor"]
         if settings.broker_url:
-            _label_messages(dispatcher, app.extensions["conveyor"].runtime)
+            _label_messages(dispatcher, services.runtime)
+
+        def listening(bound: int) -> None:  # the port it got, when given 0
+            click.echo(f"Conveyor API listening on http://{host}:{bound}/api/v1 ({mode})")
+            sys.stdout.flush()
+
         # The server refuses what no route would take before reading it: the largest
         # request is a run with its source archive (checked again, per route, by the app).
         largest = app.config["MAX_CONTENT_LENGTH"] + settings.max_source_bytes
-        server = waitress.create_server(
-            app, host=host, port=port, threads=threads, max_request_body_size=largest
+        # uvicorn stops cleanly on SIGTERM, then raises it again: that exit is clean too.
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        serve(
+            app,
+            host=host,
+            port=port,
+            threads=threads,
+            max_body=largest,
+            poll=services.poll_seconds,
+            listening=listening,
         )
-        bound = getattr(server, "effective_port", port)  # the port it got, when given 0
-        click.echo(f"Conveyor API listening on http://{host}:{bound}/api/v1 ({mode})")
-        sys.stdout.flush()
-        signal.signal(signal.SIGTERM, _exit_on_sigterm)  # waitress stops cleanly on SystemExit
-        server.run()
     finally:
         close()
 

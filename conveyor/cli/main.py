@@ -1,4 +1,10 @@
-"""``conveyor``: run, validate and inspect pipelines."""
+"""``conveyor``: run, validate and inspect pipelines.
+
+The module is what every call imports, so it imports click and the core's plain
+vocabulary only: pydantic, rich, SQLAlchemy and the commands of other modules load
+inside the commands that use them (``LazyGroup``), so ``--version`` and ``--help``
+answer at once and ``runs`` loads no more than it reads with.
+"""
 
 from __future__ import annotations
 
@@ -14,26 +20,54 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
-from pydantic import ValidationError
-from rich.markup import escape
 
 from conveyor import __version__
 from conveyor.orchestrator.errors import ConveyorError, SpecError
-from conveyor.orchestrator.pipeline import format_path
-from conveyor.orchestrator.plugins import StepTypes
-from conveyor.orchestrator.settings import Settings
 from conveyor.orchestrator.status import RunStatus
 from conveyor.orchestrator.store import EventRecord, LogRecord, RunRecord, StepRecord
 
 from . import backend
-from .api_commands import api, given_secrets, pairs, submit, token, watch
-from .artifact_commands import artifacts
-from .consoles import err, out, silence_stdout
-from .render import event_line, run_header, runs_table, steps_table
-from .worker_commands import beat, worker
+from .lazy import LazyCommand, LazyGroup
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
+    from conveyor.orchestrator.settings import Settings
+
     from .remote import Remote
+
+#: The commands of other modules, imported when called; ``--help`` lists them by these
+#: summaries (the first paragraph of each one's help: ``tests/unit/test_cli_startup.py``).
+COMMANDS = {
+    "api": LazyCommand(
+        "conveyor.cli.api_commands:api",
+        "Serve the HTTP API under /api/v1 with uvicorn (follow streams on its event loop).",
+    ),
+    "artifacts": LazyCommand(
+        "conveyor.cli.artifact_commands:artifacts",
+        "List a run's artifacts (`artifacts RUN`) or fetch one (`artifacts get RUN KEY`).",
+    ),
+    "beat": LazyCommand(
+        "conveyor.cli.worker_commands:beat",
+        "Send the reconciler's task every CONVEYOR_RECONCILE_SECONDS (run exactly one).",
+    ),
+    "submit": LazyCommand(
+        "conveyor.cli.api_commands:submit",
+        "Start a run of a pipeline file on the API (CONVEYOR_API_URL, CONVEYOR_TOKEN).",
+    ),
+    "token": LazyCommand(
+        "conveyor.cli.api_commands:token",
+        "Manage API tokens, on the database itself (so the first admin token can be made).",
+    ),
+    "watch": LazyCommand(
+        "conveyor.cli.api_commands:watch",
+        "Follow a run on the API live, as `conveyor run` shows a local one.",
+    ),
+    "worker": LazyCommand(
+        "conveyor.cli.worker_commands:worker",
+        "Run steps from the given queues (any other `celery worker` option passes through).",
+    ),
+}
 
 
 def _settings(ctx: click.Context) -> Settings:
@@ -43,6 +77,8 @@ def _settings(ctx: click.Context) -> Settings:
 
 def _remote(settings: Settings) -> Remote | None:
     """The API's side of the reading commands, when CONVEYOR_API_URL is set."""
+    if "api_url" not in settings.model_fields_set:
+        return None  # the embedded case: the HTTP client (urllib, http.client) stays unloaded
     from .remote import Remote, api_client  # noqa: PLC0415  (urllib: only for the API)
 
     client = api_client(settings)
@@ -67,7 +103,7 @@ def _mib(size: int) -> str:
     return f"{size / 1_048_576:.1f} MB"
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="conveyor")
 @click.option(
     "--data-dir",
@@ -78,6 +114,10 @@ def _mib(size: int) -> str:
 @click.pass_context
 def cli(ctx: click.Context, data_dir: Path | None, database_url: str | None) -> None:
     """Conveyor: CI/CD pipelines as YAML, run here or on a fleet of workers."""
+    from pydantic import ValidationError  # noqa: PLC0415  (see the module's docstring)
+
+    from conveyor.orchestrator.settings import Settings  # noqa: PLC0415
+
     overrides: dict[str, Any] = {}
     if data_dir:
         overrides["data_dir"] = data_dir
@@ -86,6 +126,8 @@ def cli(ctx: click.Context, data_dir: Path | None, database_url: str | None) -> 
     try:
         ctx.obj = Settings(**overrides)
     except ValidationError as exc:
+        from conveyor.orchestrator.pipeline import format_path  # noqa: PLC0415
+
         problems = "; ".join(
             f"CONVEYOR_{format_path(e['loc']).upper()}: {e['msg']}" for e in exc.errors()
         )
@@ -138,6 +180,8 @@ def run(
     Exits 0 when the run succeeds, 1 when it fails or is cancelled, and 128 + the
     signal's number when Ctrl-C (or SIGTERM) stops it; the run is cancelled then.
     """
+    from .api_commands import given_secrets, pairs  # noqa: PLC0415  (see the module's docstring)
+
     settings = _settings(ctx)
     given = given_secrets(secrets, secret_envs)
     run_params = pairs(params, "--param")
@@ -154,6 +198,10 @@ def run(
 
 
 def _warn(warnings: Sequence[str]) -> None:
+    from rich.markup import escape  # noqa: PLC0415  (see the module's docstring)
+
+    from .consoles import err  # noqa: PLC0415
+
     for warning in warnings:
         err.print(f"[yellow]warning:[/] {escape(warning)}")
 
@@ -167,6 +215,10 @@ def _user() -> str:
 @click.pass_context
 def validate(ctx: click.Context, file: str) -> None:
     """Check a pipeline file without running it; print every problem with its line."""
+    from rich.markup import escape  # noqa: PLC0415  (see the module's docstring)
+
+    from .consoles import out  # noqa: PLC0415
+
     settings = _settings(ctx)
     compiled = backend.compiler(settings).compile(_read(file, settings.max_definition_bytes))
     _warn(compiled.warnings)
@@ -183,6 +235,9 @@ def validate(ctx: click.Context, file: str) -> None:
 @click.pass_context
 def runs(ctx: click.Context, limit: int, status: str | None, pipeline: str | None) -> None:
     """List past runs, newest first (from the API when CONVEYOR_API_URL is set)."""
+    from .consoles import out  # noqa: PLC0415  (see the module's docstring)
+    from .render import runs_table  # noqa: PLC0415
+
     settings = _settings(ctx)
     if remote := _remote(settings):
         out.print(runs_table(remote.list_runs(limit, status, pipeline)))
@@ -200,6 +255,9 @@ def runs(ctx: click.Context, limit: int, status: str | None, pipeline: str | Non
 @click.pass_context
 def show(ctx: click.Context, run_id: str, as_json: bool) -> None:
     """Print a run: its steps with status, attempts, duration and outputs, and its event log."""
+    from .consoles import out  # noqa: PLC0415  (see the module's docstring)
+    from .render import event_line, run_header, steps_table  # noqa: PLC0415
+
     settings = _settings(ctx)
     if remote := _remote(settings):
         run, steps = remote.run(run_id)
@@ -247,10 +305,18 @@ def _json_value(value: Any) -> Any:
 @click.argument("run_id")
 @click.argument("step", required=False)
 @click.option("--attempt", type=int, help="Only this attempt (default: all).")
+@click.option(
+    "--tail", type=click.IntRange(min=1), help="Only the step's last N lines (needs STEP)."
+)
 @click.pass_context
-def logs(ctx: click.Context, run_id: str, step: str | None, attempt: int | None) -> None:
-    """Print the log of a step (or of every step of the run)."""
+def logs(
+    ctx: click.Context, run_id: str, step: str | None, attempt: int | None, tail: int | None
+) -> None:
+    """Print the log of a step (or of every step of the run), whole or its last lines."""
     settings = _settings(ctx)
+    if tail is not None:
+        _print_tail(settings, run_id, step, attempt, tail)
+        return
     lines: Iterable[LogRecord]
     if remote := _remote(settings):
         run, listed = remote.run(run_id)
@@ -272,6 +338,40 @@ def logs(ctx: click.Context, run_id: str, step: str | None, attempt: int | None)
             store.close()
         return
     _print_logs(lines, steps, step, attempt)
+
+
+def _print_tail(
+    settings: Settings, run_id: str, step: str | None, attempt: int | None, count: int
+) -> None:
+    """The last ``count`` lines of a step's log, read from its newest chunks only."""
+    if step is None:
+        raise click.UsageError("--tail needs a STEP")
+    cut = False
+    if remote := _remote(settings):
+        from .remote import LOG_PAGE  # noqa: PLC0415  (loaded with the API client only)
+
+        if count > LOG_PAGE:
+            raise click.UsageError(f"--tail is at most {LOG_PAGE} over the API")
+        run, listed = remote.run(run_id)
+        steps = {s.key: s for s in listed}
+        _check_step(run, steps, step)
+        lines, cut = remote.tail(run.id, step, count, attempt)
+    else:
+        store = backend.open_store(settings)
+        try:
+            run = store.find_run(run_id)
+            steps = {s.key: s for s in store.list_steps(run.id)}
+            _check_step(run, steps, step)
+            lines = store.tail_logs(run.id, step, count, attempt)
+        finally:
+            store.close()
+    _print_logs(lines, steps, step, attempt)
+    if cut:  # never a silent stop: say what is missing and how to get it
+        click.echo(
+            f"(only the last {len(lines)} of the {count} lines asked for fit in one answer; "
+            f"`conveyor logs {run.id} {step}` prints the whole log)",
+            err=True,
+        )
 
 
 def _check_step(run: RunRecord, steps: Mapping[str, StepRecord], step: str | None) -> None:
@@ -304,6 +404,8 @@ def _print_logs(
 @click.pass_context
 def cancel(ctx: click.Context, run_id: str) -> None:
     """Cancel a run: steps not started are cancelled and running ones are stopped."""
+    from .consoles import out  # noqa: PLC0415  (see the module's docstring)
+
     settings = _settings(ctx)
     if remote := _remote(settings):
         out.print(f"run {remote.cancel(run_id).id} cancelled")
@@ -322,6 +424,12 @@ def cancel(ctx: click.Context, run_id: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON Schemas only.")
 def step_types(name: str | None, as_json: bool) -> None:
     """List the registered step types with their config JSON Schema."""
+    from rich.markup import escape  # noqa: PLC0415  (see the module's docstring)
+
+    from conveyor.orchestrator.plugins import StepTypes  # noqa: PLC0415
+
+    from .consoles import out  # noqa: PLC0415
+
     types = StepTypes()
     names = [name] if name else list(types)
     if name and name not in types:
@@ -346,6 +454,8 @@ def db() -> None:
 @click.pass_context
 def upgrade(ctx: click.Context) -> None:
     """Apply database migrations up to the newest."""
+    from .consoles import out  # noqa: PLC0415  (see the module's docstring)
+
     settings = _settings(ctx.find_root())
     store = backend.bare_store(settings)
     try:
@@ -360,36 +470,42 @@ def main() -> None:
     try:
         cli.main(prog_name="conveyor", standalone_mode=False)
     except click.exceptions.Abort:
-        err.print("aborted")
+        _err().print("aborted")
         sys.exit(130)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
     except SpecError as exc:
-        err.print(f"[bold red]invalid pipeline:[/] {len(exc.problems)} problem(s)")
+        _err().print(f"[bold red]invalid pipeline:[/] {len(exc.problems)} problem(s)")
         for problem in exc.problems:
-            err.print(f"  {problem}", markup=False)
+            _err().print(f"  {problem}", markup=False)
         sys.exit(1)
     except ConveyorError as exc:
-        err.print(f"[bold red]error:[/] {escape(exc.message)}")
+        _err().print(f"[bold red]error:[/] {_escape(exc.message)}")
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
     except BrokenPipeError:  # `conveyor logs RUN | head`: the reader has all it wanted
+        from .consoles import silence_stdout  # noqa: PLC0415  (see the module's docstring)
+
         silence_stdout()
         sys.exit(128 + signal.SIGPIPE)
     except Exception as exc:
         if os.environ.get("CONVEYOR_DEBUG"):
             raise
         where = "(CONVEYOR_DEBUG=1 shows where)"
-        err.print(f"[bold red]internal error:[/] {escape(f'{type(exc).__name__}: {exc}')} {where}")
+        what = _escape(f"{type(exc).__name__}: {exc}")
+        _err().print(f"[bold red]internal error:[/] {what} {where}")
         sys.exit(1)
 
 
-cli.add_command(worker)
-cli.add_command(beat)
-cli.add_command(api)
-cli.add_command(submit)
-cli.add_command(watch)
-cli.add_command(token)
-cli.add_command(artifacts)
+def _err() -> Console:
+    from .consoles import err  # noqa: PLC0415  (see the module's docstring)
+
+    return err
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape  # noqa: PLC0415  (see the module's docstring)
+
+    return escape(text)

@@ -103,6 +103,15 @@ class Remote:
                 return
             after = items[-1]["id"]
 
+    def tail(
+        self, run_id: str, step: str, count: int, attempt: int | None
+    ) -> tuple[list[LogRecord], bool]:
+        """A step's last ``count`` lines (LOG_PAGE at most), and True when the answer's
+        byte bound left some of them out."""
+        path = f"/runs/{quote(run_id)}/steps/{quote(step)}/logs"
+        page = self.client.get(path, tail=count, attempt=attempt, max_bytes=LOG_PAGE_BYTES)
+        return [log_record(step, item) for item in page["items"]], bool(page.get("more"))
+
     def all_logs(
         self, run_id: str, steps: list[StepRecord], attempt: int | None
     ) -> Iterator[LogRecord]:

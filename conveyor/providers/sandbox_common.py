@@ -1,19 +1,24 @@
-"""What the local and the Docker sandbox share: output lines, limits, paths, sizes."""
+"""What the local and the Docker sandbox share: output blocks and lines, limits, sizes."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import re
 import threading
 import time
 from collections import deque
 
-from conveyor.orchestrator.contracts import LineSink, SandboxRequest
+from conveyor.orchestrator.contracts import LineSink, OutputSink, SandboxRequest
 from conveyor.orchestrator.durations import format_duration
 from conveyor.orchestrator.errors import SandboxError, StepCancelled, StepTimeout
 
 #: The workspace path container steps use; the local sandbox maps it onto the host.
 CONTAINER_WORKSPACE = "/workspace"
 MAX_LINE_BYTES = 64 * 1024
+#: Bytes asked for per read of a command's output, and the pipe size asked for: a loud
+#: command's output comes in big blocks, a few hundred per million lines.
+READ_BYTES = 1024 * 1024
 TAIL_LINES = 20
 POLL = 0.05
 
@@ -24,10 +29,15 @@ _SAME_DEADLINE = 1.0  # seconds: deadlines this close are taken to be the same l
 _MIN_MEMORY = 6 * 1024**2  # Docker's floor too: below it not even the shell starts
 
 
-class LineSplitter:
-    """Cuts a byte stream into text lines for a sink, keeping the last few as a tail."""
+class OutputSplitter:
+    """Cuts a byte stream into blocks of whole text lines for a sink; keeps a short tail.
 
-    def __init__(self, sink: LineSink | None) -> None:
+    A block is everything up to the last newline read so far, decoded at once: a
+    command printing a million lines costs a few hundred calls, not a million. A line
+    with no newline in sight is cut every MAX_LINE_BYTES, so memory stays bounded.
+    """
+
+    def __init__(self, sink: OutputSink | None) -> None:
         self.tail: deque[str] = deque(maxlen=TAIL_LINES)
         self._sink = sink
         self._buffer = bytearray()
@@ -35,29 +45,62 @@ class LineSplitter:
     def feed(self, chunk: bytes) -> None:
         """Add bytes; emit every complete line (and every 64 KiB of an endless one)."""
         self._buffer += chunk
-        while True:
-            end = self._buffer.find(b"\n", 0, MAX_LINE_BYTES + 1)
-            if end >= 0:
-                self._emit(self._buffer[:end])
-                del self._buffer[: end + 1]
-            elif len(self._buffer) > MAX_LINE_BYTES:
-                cut = _utf8_boundary(self._buffer, MAX_LINE_BYTES)
-                self._emit(self._buffer[:cut])
-                del self._buffer[:cut]
-            else:
-                return
+        end = self._buffer.rfind(b"\n")
+        if end >= 0:
+            self._emit(self._buffer[: end + 1])
+            del self._buffer[: end + 1]
+        while len(self._buffer) > MAX_LINE_BYTES:  # no newline in it: an endless line
+            cut = _utf8_boundary(self._buffer, MAX_LINE_BYTES)
+            self._emit(self._buffer[:cut] + b"\n")
+            del self._buffer[:cut]
 
     def flush(self) -> None:
         """Emit a last line that had no newline."""
         if self._buffer:
-            self._emit(self._buffer)
+            self._emit(self._buffer + b"\n")
             self._buffer = bytearray()
 
     def _emit(self, raw: bytes | bytearray) -> None:
-        text = raw.decode("utf-8", errors="replace").removesuffix("\r")
-        self.tail.append(text)
+        text = raw.decode("utf-8", errors="replace")
+        if "\r" in text:
+            text = text.replace("\r\n", "\n")
+        self.tail.extend(text[:-1].rsplit("\n", TAIL_LINES)[-TAIL_LINES:])
         if self._sink is not None:
             self._sink(text)
+
+
+class LineSplitter(OutputSplitter):
+    """An OutputSplitter for a sink that takes one line at a time."""
+
+    def __init__(self, sink: LineSink | None) -> None:
+        super().__init__(each_line(sink) if sink is not None else None)
+
+
+def each_line(sink: LineSink) -> OutputSink:
+    """An OutputSink that hands each line of a block to ``sink``."""
+
+    def lines(block: str) -> None:
+        for text in block[:-1].split("\n"):
+            sink(text)
+
+    return lines
+
+
+def output_sink(on_line: LineSink | None, on_output: OutputSink | None) -> OutputSink | None:
+    """Where a command's output goes: blocks to ``on_output``, else lines to ``on_line``."""
+    if on_output is not None:
+        return on_output
+    return each_line(on_line) if on_line is not None else None
+
+
+def grow_pipe(fd: int) -> None:
+    """Ask for a pipe of READ_BYTES (Linux): fewer wake-ups and bigger blocks.
+
+    The kernel may refuse (a per-user limit on pipe memory); the pipe then stays as it
+    was, which only costs speed.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, READ_BYTES)
 
 
 def parse_memory(value: str | int | None) -> int | None:

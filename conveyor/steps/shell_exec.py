@@ -135,7 +135,7 @@ class _Session:
 
     def _run_command(self, number: int, command: str) -> None:
         self._echo(command)
-        result = self.sandbox.exec(command, env=self.env, on_line=self._line)
+        result = self.sandbox.exec(command, env=self.env, on_output=self._output)
         if result.exit_code != 0:
             total = len(self.config.commands)
             raise StepFailed(
@@ -150,11 +150,13 @@ class _Session:
         for text in rest:
             self.ctx.log.line(f"> {text}")
 
-    def _line(self, text: str) -> None:
+    def _output(self, block: str) -> None:
+        """A block of the command's lines: its last ones kept for ``stdout``, all logged."""
         # The tail is an output: NUL cannot be stored, so binary output shows as U+FFFD,
         # as it does in the log.
-        self.stdout.append(text.replace("\x00", "\ufffd"))
-        self.ctx.log.line(text)
+        last = block[:-1].rsplit("\n", STDOUT_LINES)[-STDOUT_LINES:]
+        self.stdout.extend(text.replace("\x00", "\ufffd") for text in last)
+        self.ctx.log.write(block)
 
     def _read_outputs(self) -> str:
         # A fresh, unguessable name that nothing creates unless there are outputs: most

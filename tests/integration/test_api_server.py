@@ -1,4 +1,4 @@
-"""``conveyor api`` as a real HTTP server (waitress) on this machine's Postgres.
+"""``conveyor api`` as a real HTTP server (uvicorn) on this machine's Postgres.
 
 Without a broker the API runs steps in its own process, so these tests see runs go from
 submission to their end over HTTP; the Celery workers are tested in their own suite.

@@ -34,3 +34,19 @@ def test_0006_moves_logs_into_chunks_and_counts_the_runs_and_steps_there_are(
     # The SQLite test, with its database on Postgres instead.
     monkeypatch.setattr(on_sqlite, "database_url", lambda _tmp: empty_database)
     on_sqlite.test_0006_moves_logs_into_chunks_and_counts_the_runs_and_steps_there_are(tmp_path)
+
+
+def test_0007_counts_each_runs_steps_on_its_row(
+    empty_database: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # The SQLite test, with its database on Postgres instead.
+    monkeypatch.setattr(on_sqlite, "database_url", lambda _tmp: empty_database)
+    on_sqlite.test_0007_counts_each_runs_steps_on_its_row(tmp_path)
+
+
+def test_0008_indexes_the_runs_listing_by_each_filter_and_ids_by_prefix(
+    empty_database: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # The SQLite test, with its database on Postgres instead.
+    monkeypatch.setattr(on_sqlite, "database_url", lambda _tmp: empty_database)
+    on_sqlite.test_0008_indexes_the_runs_listing_by_each_filter_and_ids_by_prefix(tmp_path)

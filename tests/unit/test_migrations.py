@@ -188,3 +188,88 @@ def test_0006_moves_logs_into_chunks_and_counts_the_runs_and_steps_there_are(
         assert dict(histogram.buckets)[0.1] == 1 and dict(histogram.buckets)[5] == 2
     finally:
         store.close()
+
+
+def add_steps(conn: sa.Connection, run_id: str, statuses: list[str]) -> None:
+    for position, status in enumerate(statuses):
+        key = f"{run_id}-{position}"
+        row = {"id": key, "instance_id": run_id, "step_key": key, "position": position}
+        row |= {"type": "step.x", "status": status, "attempts": 1, "queue": "sandbox"}
+        conn.execute(steps.insert().values(row))
+
+
+def test_0007_counts_each_runs_steps_on_its_row(tmp_path: Path) -> None:
+    # Given a database at 0006 with a run whose steps are in several statuses, a run
+    # with one step, and a run with none
+    url = database_url(tmp_path)
+    engine = old_database(url, "0006")
+    ended = datetime(2026, 1, 1, tzinfo=UTC)
+    with engine.begin() as conn:
+        conn.execute(
+            definitions.insert().values(
+                id="d", name="p", version=1, checksum="c", definition={}, created_at=ended
+            )
+        )
+        for run_id in ("r1", "r2", "r3"):
+            add_run(conn, run_id, ended)
+        add_steps(conn, "r1", ["succeeded", "succeeded", "failed", "pending", "queued"])
+        add_steps(conn, "r2", ["running"])
+
+    # When the database is brought up to date
+    db.upgrade(engine)
+    engine.dispose()
+
+    # Then each run's row counts its steps by status, as a run transaction reads them
+    store = SqlStore(url)
+    try:
+        with store.engine.connect() as conn:
+            stored = dict(conn.execute(sa.select(runs.c.id, runs.c.step_counts)).all())
+        assert stored == {
+            "r1": {"succeeded": 2, "failed": 1, "pending": 1, "queued": 1},
+            "r2": {"running": 1},
+            "r3": {},
+        }
+        with store.transaction("r1") as tx:
+            assert tx.status_counts() == {"succeeded": 2, "failed": 1, "pending": 1, "queued": 1}
+    finally:
+        store.close()
+
+
+def run_indexes(engine: sa.Engine) -> set[str]:
+    with engine.connect() as conn:
+        return {str(i["name"]) for i in sa.inspect(conn).get_indexes("workflow_instances")}
+
+
+def test_0008_indexes_the_runs_listing_by_each_filter_and_ids_by_prefix(tmp_path: Path) -> None:
+    # Given a database at 0007 with a run
+    engine = old_database(database_url(tmp_path), "0007")
+    ended = datetime(2026, 1, 1, tzinfo=UTC)
+    with engine.begin() as conn:
+        conn.execute(
+            definitions.insert().values(
+                id="d", name="p", version=1, checksum="c", definition={}, created_at=ended
+            )
+        )
+        add_run(conn, "r1", ended)
+
+    # When the database is brought up to date
+    db.upgrade(engine)
+
+    # Then the listing has an index for each filter it takes, the prefix lookup one, and
+    # the indexes those cover are gone
+    names = run_indexes(engine)
+    assert {
+        "ix_workflow_instances_created_at_id",
+        "ix_workflow_instances_status_created_at_id",
+        "ix_workflow_instances_pipeline_created_at_id",
+        "ix_workflow_instances_pipeline_status_created_at_id",
+        "ix_workflow_instances_id_prefix",
+    } <= names
+    assert not {"ix_workflow_instances_status", "ix_workflow_instances_pipeline_created"} & names
+    engine.dispose()
+    store = SqlStore(database_url(tmp_path))
+    try:
+        assert [r.id for r in store.list_runs(status="succeeded", pipeline="p")] == ["r1"]
+        assert store.find_run("r1").id == "r1"
+    finally:
+        store.close()

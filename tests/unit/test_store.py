@@ -182,6 +182,46 @@ def test_a_transaction_reads_the_state_of_steps_and_one_step_whole(store: Store)
     assert store.get_step(run_id, "s0").completed_at is not None
 
 
+def test_a_runs_status_counts_follow_every_move_and_roll_back_with_it(store: Store) -> None:
+    run_id = new_run(store, steps=4)
+
+    def counts() -> dict[StepStatus, int]:
+        with store.transaction(run_id) as tx:
+            return dict(tx.status_counts())
+
+    def actual() -> dict[StepStatus, int]:
+        found: dict[StepStatus, int] = {}
+        for step in store.list_steps(run_id):
+            found[step.status] = found.get(step.status, 0) + 1
+        return found
+
+    assert counts() == actual() == {StepStatus.PENDING: 4}
+    queue_and_claim(store, run_id)
+    with store.transaction(run_id) as tx:
+        tx.queue([tx.step("s1"), tx.step("s2")])
+        tx.skip(tx.step("s3"), "no")
+        assert tx.status_counts()[StepStatus.QUEUED] == 2  # as this transaction moved them
+    with pytest.raises(RuntimeError), store.transaction(run_id) as tx:
+        tx.succeed([(tx.step("s0"), {})])
+        raise RuntimeError("rolled back, with the counts it changed")
+    assert counts() == actual() == {
+        StepStatus.RUNNING: 1,
+        StepStatus.QUEUED: 2,
+        StepStatus.SKIPPED: 1,
+    }
+    with store.transaction(run_id) as tx:
+        running = tx.step("s0")
+        tx.succeed([(running, {})])
+        tx.cancel(tx.step("s1"), "stop")
+        assert not tx.move_step(running, StepStatus.CANCELLED)  # it moved since: no count
+    assert counts() == actual() == {
+        StepStatus.SUCCEEDED: 1,
+        StepStatus.CANCELLED: 1,
+        StepStatus.QUEUED: 1,
+        StepStatus.SKIPPED: 1,
+    }
+
+
 def test_concurrent_writers_leave_a_gap_free_event_sequence(store: Store) -> None:
     run_id = new_run(store)
 

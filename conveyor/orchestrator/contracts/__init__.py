@@ -9,7 +9,7 @@ One module per seam, every name re-exported here:
 
 - ``steps``: ``StepType``, ``StepContext``, ``StepLogger``, ``StepRef``, ``Dispatcher``.
 - ``sandbox``: ``Sandbox``, ``SandboxFactory``, ``SandboxConfig``, ``SandboxRequest``,
-  ``ExecResult``, ``LineSink``.
+  ``ExecResult``, ``LineSink``, ``OutputSink``.
 - ``artifacts``: ``ArtifactStore``, ``RunSources``.
 - ``images``: ``ImageEngine``, ``BuildSpec``, ``BuiltImage``, ``ContainerResult``,
   ``RegistryAuth``.
@@ -30,6 +30,7 @@ from conveyor.orchestrator.contracts.images import (
 from conveyor.orchestrator.contracts.sandbox import (
     ExecResult,
     LineSink,
+    OutputSink,
     Sandbox,
     SandboxConfig,
     SandboxFactory,
@@ -68,6 +69,7 @@ __all__ = [
     "LogLines",
     "Move",
     "ObjectSource",
+    "OutputSink",
     "RegistryAuth",
     "RunSources",
     "RunTransaction",

@@ -14,7 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from conveyor.orchestrator.durations import Duration
 
+#: Takes one line of output, without its newline.
 LineSink = Callable[[str], None]
+#: Takes a block of output: one or more whole lines, each ended by a newline.
+OutputSink = Callable[[str], None]
 
 
 class SandboxConfig(BaseModel):
@@ -64,8 +67,11 @@ class Sandbox(Protocol):
         env: Mapping[str, str] | None = None,
         work_dir: str | None = None,
         on_line: LineSink | None = None,
+        on_output: OutputSink | None = None,
     ) -> ExecResult:
-        """Run a shell script; stream each output line to ``on_line``."""
+        """Run a shell script; stream its output to ``on_output`` in blocks of whole
+        lines (the fast way: a loud command costs a call per block, not per line), or
+        else each line to ``on_line``."""
         ...
 
     def copy_in(self, src: Path, dest: str) -> None:

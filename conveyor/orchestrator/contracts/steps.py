@@ -26,6 +26,10 @@ class StepLogger(Protocol):
         """Record one line."""
         ...
 
+    def write(self, block: str, stream: str = "stdout") -> None:
+        """Record a block of whole lines, each ended by a newline (the last one may not be)."""
+        ...
+
     def flush(self) -> None:
         """Write what is buffered."""
         ...

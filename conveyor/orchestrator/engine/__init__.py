@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     from conveyor.orchestrator.engine.embedded import EmbeddedEngine as EmbeddedEngine
     from conveyor.orchestrator.engine.executor import Executor as Executor
     from conveyor.orchestrator.engine.executor import Watch as Watch
+    from conveyor.orchestrator.engine.opening import open_store as open_store
+    from conveyor.orchestrator.engine.opening import recover_abandoned as recover_abandoned
     from conveyor.orchestrator.engine.recovery import Reconciler as Reconciler
     from conveyor.orchestrator.engine.recovery import retry_run as retry_run
     from conveyor.orchestrator.engine.runtime import Runtime as Runtime
@@ -29,7 +31,6 @@ if TYPE_CHECKING:
     from conveyor.orchestrator.engine.source_archive import store_source as store_source
     from conveyor.orchestrator.engine.source_archive import unpack_source as unpack_source
     from conveyor.orchestrator.engine.wiring import Core as Core
-    from conveyor.orchestrator.engine.wiring import open_store as open_store
     from conveyor.orchestrator.engine.wiring import wire as wire
 
 __getattr__ = lazy(
@@ -39,6 +40,7 @@ __getattr__ = lazy(
         "due": ["DueTimer"],
         "embedded": ["EmbeddedEngine"],
         "executor": ["Executor", "Watch"],
+        "opening": ["open_store", "recover_abandoned"],
         "recovery": ["Reconciler", "retry_run"],
         "runtime": ["Runtime"],
         "source_archive": [
@@ -52,6 +54,6 @@ __getattr__ = lazy(
             "store_source",
             "unpack_source",
         ],
-        "wiring": ["Core", "open_store", "wire"],
+        "wiring": ["Core", "wire"],
     },
 )

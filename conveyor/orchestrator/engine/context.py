@@ -23,14 +23,23 @@ from conveyor.orchestrator.settings import Settings
 
 #: Lines longer than this are cut: a log is for people, artifacts are for data.
 MAX_LINE = 16_384
+#: Characters buffered before the step's own thread writes them. Below that, the
+#: monitor's thread writes what is there every ``log_flush_seconds``, while the step
+#: reads on: a loud step's output is read and stored at the same time, and past this
+#: the step waits for the store rather than hold more.
+FLUSH_CHARS = 4 * 1024**2
+_CUT = " …[line cut]"
 
 
 class StoreLogger:
-    """Buffers a step's log lines and writes them to the store in small batches.
+    """Buffers a step's log and writes it to the store in batches.
 
-    Lines are masked before they are buffered, so a secret never reaches the store or a
-    terminal. The executor's monitor flushes every few hundred milliseconds, so a step
-    that prints a line and then works for an hour still shows that line at once.
+    Output is masked before it is buffered, so a secret never reaches the store or a
+    terminal. It arrives in blocks of lines (``write``) or one line at a time
+    (``line``); a block is masked, cut and counted as one string, never split into a
+    Python object per line. The executor's monitor flushes every few hundred
+    milliseconds, so a step that prints a line and then works for an hour still shows
+    that line at once.
     """
 
     def __init__(
@@ -38,23 +47,35 @@ class StoreLogger:
     ) -> None:
         self.store, self.run_id, self.step_key, self.attempt = store, run_id, step_key, attempt
         self.mask = mask
+        #: (stream, text) parts: a text is one or more lines joined by newlines.
         self._buffer: list[tuple[str, str]] = []
+        self._chars = 0
         self._lock = threading.Lock()
         # Held from taking a batch until it is written: the monitor and the step both
         # flush, and two batches written concurrently could land out of order.
         self._flushing = threading.Lock()
-        self.lines = 0
 
     def line(self, text: str, stream: str = "stdout") -> None:
         """Record one line (masked, cut at MAX_LINE characters)."""
+        self._add(text.rstrip("\r\n"), stream)
+
+    def write(self, block: str, stream: str = "stdout") -> None:
+        """Record a block of whole lines, each ended by a newline (the last one may not be).
+
+        The block is masked as a whole, so a secret printed over several lines is
+        masked as the whole value it is, and each of its lines on its own too.
+        """
+        self._add(block[:-1] if block.endswith("\n") else block, stream)
+
+    def _add(self, text: str, stream: str) -> None:
         # NUL cannot be stored in Postgres text; a binary blurt shows as U+FFFD instead.
-        text = self.mask(text.rstrip("\r\n").replace("\x00", "\ufffd"))
-        if len(text) > MAX_LINE:
-            text = text[:MAX_LINE] + " …[line cut]"
+        if "\x00" in text:
+            text = text.replace("\x00", "\ufffd")
+        text = cut_long_lines(self.mask(text))
         with self._lock:
             self._buffer.append((stream, text))
-            self.lines += 1
-            full = len(self._buffer) >= 500
+            self._chars += len(text)
+            full = self._chars >= FLUSH_CHARS or len(self._buffer) >= 5000
         if full:
             # A store away for a moment must not fail the step: the monitor retries.
             with contextlib.suppress(ConveyorError):
@@ -63,14 +84,14 @@ class StoreLogger:
     def take(self) -> list[tuple[str, str]]:
         """Hand over what is buffered, to be written with the step's result."""
         with self._flushing, self._lock:
-            batch, self._buffer = self._buffer, []
+            batch, self._buffer, self._chars = self._buffer, [], 0
         return batch
 
     def flush(self) -> None:
         """Write what is buffered, in the order it was logged."""
         with self._flushing:
             with self._lock:
-                batch, self._buffer = self._buffer, []
+                batch, self._buffer, self._chars = self._buffer, [], 0
             if not batch:
                 return
             try:
@@ -78,7 +99,33 @@ class StoreLogger:
             except Exception:
                 with self._lock:  # keep the lines for the next flush rather than lose them
                     self._buffer[:0] = batch
+                    self._chars += sum(len(text) for _, text in batch)
                 raise
+
+
+def cut_long_lines(text: str) -> str:
+    """``text`` with every line longer than MAX_LINE characters cut there.
+
+    Looks a window of MAX_LINE + 1 characters at a time for a newline, from its end:
+    a block of short lines costs a few steps per window, not one per line.
+    """
+    if len(text) <= MAX_LINE:
+        return text
+    pieces: list[str] = []
+    done = start = 0  # text[:done] is in pieces; a line starts at ``start``
+    while len(text) - start > MAX_LINE:
+        newline = text.rfind("\n", start, start + MAX_LINE + 1)
+        if newline >= 0:
+            start = newline + 1
+            continue
+        end = text.find("\n", start)
+        end = len(text) if end < 0 else end
+        pieces += [text[done : start + MAX_LINE], _CUT]
+        done = start = end
+    if not pieces:
+        return text
+    pieces.append(text[done:])
+    return "".join(pieces)
 
 
 class LazyOutputs(Mapping[str, Mapping[str, Any]]):

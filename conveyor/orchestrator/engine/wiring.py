@@ -24,34 +24,7 @@ from conveyor.orchestrator.errors import ConveyorError
 from conveyor.orchestrator.pipeline.plan import Compiler
 from conveyor.orchestrator.plugins import Sandboxes, StepTypes, load_artifact_store
 from conveyor.orchestrator.settings import Settings
-from conveyor.orchestrator.store import db
 from conveyor.orchestrator.store.sql import SqlStore
-
-
-def open_store(settings: Settings, *, worker: bool = False) -> SqlStore:
-    """The settings' store, ready for use.
-
-    The embedded SQLite file is migrated on first use; any other database must already
-    be current (SchemaOutdated: run ``conveyor db upgrade``). A ``worker``'s store does
-    no pre-ping: every write a worker makes is retried while the store is unavailable,
-    so a pooled connection a Postgres restart killed costs one retry instead of a round
-    trip on every transaction.
-    """
-    store = SqlStore(
-        settings.resolved_database_url,
-        pre_ping=not worker,
-        log_max_bytes=settings.log_max_bytes,
-    )
-    try:
-        if store.is_sqlite and not worker:
-            if db.current_revision(store.engine) != db.head_revision():
-                store.upgrade()
-        else:
-            store.ensure_current()
-    except BaseException:
-        store.close()
-        raise
-    return store
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,14 @@
-"""How a step's log is kept: lines packed into chunks, and a cap per attempt.
+"""How a step's log is kept: blocks of lines packed into chunks, and a cap per attempt.
 
 A step that prints 200 MB must not become millions of rows, nor fill the database: the
 lines of one attempt are packed into chunks of up to ``CHUNK_BYTES`` (one row each), and
 once an attempt has kept ``max_bytes`` of log, what follows is dropped. One marker
 line, where the dropped lines would be, says how many bytes and lines went.
+
+Lines arrive, and are kept, as parts: ``(stream, text)`` where ``text`` is one or more
+lines joined by ``"\\n"``. A step printing a million lines hands over a few hundred
+blocks, and nothing here makes a Python object per line: blocks are cut into chunks at
+newlines (``str.rfind``), counted with ``str.count`` and weighed by their UTF-8 length.
 
 Pure code, shared by ``SqlStore`` and its in-memory twin so both keep exactly the same.
 
@@ -15,7 +20,7 @@ next, and a reader finds a line's chunk without reading any other.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -23,19 +28,27 @@ from conveyor.orchestrator.settings import Settings
 
 #: Log kept per step attempt unless the store is told otherwise (``CONVEYOR_LOG_MAX_BYTES``).
 DEFAULT_MAX_BYTES: int = Settings.model_fields["log_max_bytes"].default
-#: Bytes of text in one chunk (a single longer line gets a chunk of its own).
+#: Characters of text in one chunk, each line's newline included (a single longer line
+#: gets a chunk of its own). Every line takes at least its newline, so a chunk holds at
+#: most ``1 << LINE_BITS`` lines and their places fit their bits.
 CHUNK_BYTES = 64 * 1024
-#: Lines in one chunk; with LINE_BITS, bounds the place of a line in its chunk.
-CHUNK_LINES = 4096
 #: A line's id is ``chunk_id << LINE_BITS | place``.
 LINE_BITS = 16
 #: The stream of the line that says what was dropped.
 MARKER_STREAM = "system"
 
+#: (stream, text): one or more lines of one stream, joined by newlines.
+Part = tuple[str, str]
+
 
 def line_bytes(text: str) -> int:
-    """What one line weighs against the cap: its UTF-8 bytes and its newline."""
+    """What a part weighs against the cap: its UTF-8 bytes and each line's newline."""
     return len(text.encode("utf-8", "surrogatepass")) + 1
+
+
+def line_count(text: str) -> int:
+    """The lines of one part."""
+    return text.count("\n") + 1
 
 
 def line_id(chunk_id: int, place: int) -> int:
@@ -83,7 +96,8 @@ class Chunk:
     bytes: int
     #: Bytes kept by the attempt up to and including this chunk.
     total_bytes: int
-    lines: tuple[tuple[str, str], ...]
+    #: The chunk's lines, as parts.
+    parts: tuple[Part, ...]
     dropped_bytes: int | None = None
 
     @property
@@ -93,10 +107,25 @@ class Chunk:
 
     def texts(self) -> list[tuple[str, str]]:
         """(stream, text) of every line this chunk stands for (a marker: one line)."""
-        if self.dropped_bytes is None:
-            return list(self.lines)
+        if self.dropped_bytes is not None:
+            return [self._marker()]
+        return [(stream, line) for stream, text in self.parts for line in text.split("\n")]
+
+    def last_texts(self, count: int) -> list[tuple[str, str]]:
+        """(stream, text) of the chunk's last ``count`` lines, splitting no more than that."""
+        if self.dropped_bytes is not None:
+            return [self._marker()][-count:] if count > 0 else []
+        found: list[tuple[str, str]] = []
+        for stream, text in reversed(self.parts):
+            if len(found) >= count:
+                break
+            lines = text.rsplit("\n", count - len(found))[-(count - len(found)) :]
+            found[:0] = [(stream, line) for line in lines]
+        return found
+
+    def _marker(self) -> tuple[str, str]:
         dropped = self.last_line - self.first_line + 1
-        return [(MARKER_STREAM, marker_text(self.dropped_bytes, dropped, self.total_bytes))]
+        return MARKER_STREAM, marker_text(self.dropped_bytes or 0, dropped, self.total_bytes)
 
 
 @dataclass(frozen=True)
@@ -108,53 +137,112 @@ class Appended:
     marker: Chunk | None
 
 
-def pack(before: Kept, lines: Sequence[tuple[str, str]], max_bytes: int) -> Appended:
-    """Chunks for ``lines`` appended after ``before``, keeping at most ``max_bytes``.
+def pack(before: Kept, parts: Sequence[Part], max_bytes: int) -> Appended:
+    """Chunks for ``parts`` appended after ``before``, keeping at most ``max_bytes``.
 
     A line that does not fit whole is dropped, and so is everything after it: the log
     keeps its head, and a marker line (a chunk of its own, written once and then
     updated) counts what went.
     """
     if before.cut:
-        grown = _dropped(before, lines)
-        return Appended([], grown)
-    chunks: list[Chunk] = []
-    number, total = before.lines, before.kept_bytes
-    current: list[tuple[str, str]] = []
-    size = 0
-    for index, (stream, text) in enumerate(lines):
-        weight = line_bytes(text)
-        if total + weight > max_bytes:
-            if current:
-                chunks.append(_chunk(number, current, size, total))
-            cut_at = Kept(number + len(current), total, 0)
-            marker = _dropped(cut_at, lines[index:])
-            return Appended([*chunks, replace(marker, first_line=cut_at.lines + 1)], None)
-        if current and (size + weight > CHUNK_BYTES or len(current) >= CHUNK_LINES):
-            chunks.append(_chunk(number, current, size, total))
-            number += len(current)
-            current, size = [], 0
-        current.append((stream, text))
-        size += weight
-        total += weight
-    if current:
-        chunks.append(_chunk(number, current, size, total))
-    return Appended(chunks, None)
+        return Appended([], _dropped(before, parts))
+    packer = _Packer(before, max_bytes)
+    for index, (stream, text) in enumerate(parts):
+        left = packer.add(stream, text)
+        if left is not None:
+            packer.close()
+            cut_at = Kept(packer.number, packer.total, 0)
+            marker = _dropped(cut_at, [*left, *parts[index + 1 :]])
+            return Appended([*packer.chunks, replace(marker, first_line=cut_at.lines + 1)], None)
+    packer.close()
+    return Appended(packer.chunks, None)
 
 
-def _chunk(before: int, lines: list[tuple[str, str]], size: int, total: int) -> Chunk:
-    return Chunk(before + 1, before + len(lines), size, total, tuple(lines))
+class _Packer:
+    """Fills chunks part by part, cutting a part at a newline where a chunk is full."""
+
+    def __init__(self, before: Kept, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        #: Lines and bytes of the attempt in the chunks closed so far.
+        self.number, self.total = before.lines, before.kept_bytes
+        self.chunks: list[Chunk] = []
+        #: The current chunk: (stream, pieces) per run of one stream, joined on closing.
+        self._parts: list[tuple[str, list[str]]] = []
+        self._chars = self._lines = self._size = 0
+
+    def add(self, stream: str, text: str) -> list[Part] | None:
+        """Pack one part; once the cap is reached, what is left of it (else None)."""
+        start = 0
+        while True:
+            stop = self._fit(text, start)
+            left = self._put(stream, text[start:stop])
+            if left is not None:
+                rest = [(stream, text[stop + 1 :])] if stop < len(text) else []
+                return [(stream, left), *rest]
+            if stop >= len(text):
+                return None
+            start = stop + 1
+
+    def _fit(self, text: str, start: int) -> int:
+        """Where the lines of ``text`` from ``start`` that fit the current chunk end
+        (closing it when none does). Positions, not slices: a big block is not copied
+        once per chunk it fills."""
+        while True:
+            room = CHUNK_BYTES - self._chars
+            if len(text) - start + 1 <= room:
+                return len(text)
+            cut = text.rfind("\n", start, start + room)
+            if cut >= 0:
+                return cut
+            if self._parts:
+                self.close()
+                continue
+            cut = text.find("\n", start)  # one line longer than a chunk: a chunk of its own
+            return len(text) if cut < 0 else cut
+
+    def _put(self, stream: str, piece: str) -> str | None:
+        """Add whole lines to the chunk; the lines left over when the cap is reached."""
+        weight = line_bytes(piece)
+        left = None
+        if self.total + self._size + weight > self.max_bytes:
+            data = piece.encode("utf-8", "surrogatepass")
+            end = data.rfind(b"\n", 0, self.max_bytes - self.total - self._size)
+            if end < 0:
+                return piece
+            piece = data[:end].decode("utf-8", "surrogatepass")
+            left = data[end + 1 :].decode("utf-8", "surrogatepass")
+            weight = end + 1
+        if self._parts and self._parts[-1][0] == stream:  # one part per run of a stream
+            self._parts[-1][1].append(piece)
+        else:
+            self._parts.append((stream, [piece]))
+        self._chars += len(piece) + 1
+        self._lines += line_count(piece)
+        self._size += weight
+        return left
+
+    def close(self) -> None:
+        """Close the current chunk (when it holds anything)."""
+        if not self._parts:
+            return
+        total = self.total + self._size
+        parts = tuple((stream, "\n".join(pieces)) for stream, pieces in self._parts)
+        chunk = Chunk(self.number + 1, self.number + self._lines, self._size, total, parts)
+        self.chunks.append(chunk)
+        self.number, self.total = chunk.last_line, total
+        self._parts = []
+        self._chars = self._lines = self._size = 0
 
 
-def _dropped(before: Kept, lines: Sequence[tuple[str, str]]) -> Chunk:
-    """The marker after dropping ``lines`` too (its first line is set by the caller)."""
-    dropped = sum(line_bytes(text) for _, text in lines)
+def _dropped(before: Kept, parts: Sequence[Part]) -> Chunk:
+    """The marker after dropping ``parts`` too (its first line is set by the caller)."""
+    dropped = sum(line_bytes(text) for _, text in parts)
     return Chunk(
         first_line=0,
-        last_line=before.lines + len(lines),
+        last_line=before.lines + sum(line_count(text) for _, text in parts),
         bytes=0,
         total_bytes=before.kept_bytes,
-        lines=(),
+        parts=(),
         dropped_bytes=(before.dropped_bytes or 0) + dropped,
     )
 
@@ -162,26 +250,53 @@ def _dropped(before: Kept, lines: Sequence[tuple[str, str]]) -> Chunk:
 # -- how a chunk's lines are stored -----------------------------------------------------
 
 
-def encode(lines: Iterable[tuple[str, str]]) -> str:
-    """A chunk's lines as JSON: a line is its text, or [stream, text] where the stream changes.
+def encode(parts: Sequence[Part]) -> str:
+    """A chunk's parts as stored: a header, then the texts as they are.
 
-    ASCII-only JSON: a lone surrogate from a binary blurt is stored as its escape
-    instead of refusing the whole chunk.
+    ``R[[stream, characters], ...]`` on the first line, then the parts' texts one after
+    the other: nothing is escaped, so storing costs a copy. Text that the database
+    could refuse (a NUL, a lone surrogate from a binary blurt) goes as ASCII-only JSON
+    instead, ``{"b": [[stream, text], ...]}``.
     """
-    packed: list[Any] = []
-    stream = None
-    for s, text in lines:
-        packed.append(text if s == stream else [s, text])
-        stream = s
-    return json.dumps(packed, separators=(",", ":"))
+    if all(_plain(text) for _, text in parts):
+        header = json.dumps([[stream, len(text)] for stream, text in parts], separators=(",", ":"))
+        return "".join(["R", header, "\n", *(text for _, text in parts)])
+    return json.dumps({"b": list(parts)}, separators=(",", ":"))
 
 
-def decode(stored: str) -> Iterator[tuple[str, str]]:
-    """(stream, text) of each line of ``encode``'s JSON."""
+def _plain(text: str) -> bool:
+    """True when ``text`` can be stored as it is."""
+    if "\x00" in text:
+        return False
+    if text.isascii():  # a flag on the string: no scan
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def decode(stored: str) -> list[Part]:
+    """The parts of ``encode``'s text, or of the older JSON form of a line per item."""
+    parts: list[Part] = []
+    if stored.startswith("R"):
+        newline = stored.index("\n")
+        at = newline + 1
+        for stream, size in json.loads(stored[1:newline]):
+            parts.append((stream, stored[at : at + size]))
+            at += size
+        return parts
+    data: Any = json.loads(stored)
+    if isinstance(data, dict):
+        return [(stream, text) for stream, text in data["b"]]
+    # Before blocks: a line is its text, or [stream, text] where the stream changes. A
+    # newline inside one of those lines was part of it: it must not make a line more.
     stream = ""
-    for item in json.loads(stored):
+    for item in data:
         if isinstance(item, str):
-            yield stream, item
+            text = item
         else:
             stream, text = item
-            yield stream, text
+        parts.append((stream, text.replace("\n", " ")))
+    return parts

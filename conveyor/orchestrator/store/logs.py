@@ -68,7 +68,8 @@ _GROW_MARKER = (
     .values(last_line=sa.bindparam("b_last_line"), dropped_bytes=sa.bindparam("b_dropped_bytes"))
 )
 
-#: (step key, attempt, (stream, text) lines) of one append.
+#: (step key, attempt, (stream, text) parts) of one append: a part's text is one or
+#: more lines joined by newlines (``logchunks.py``).
 Batch = tuple[str, int, Sequence[tuple[str, str]]]
 
 
@@ -122,7 +123,7 @@ def _row(run_id: str, key: str, attempt: int, chunk: Chunk, now: datetime) -> di
         "bytes": chunk.bytes,
         "total_bytes": chunk.total_bytes,
         "dropped_bytes": chunk.dropped_bytes,
-        "lines": encode(chunk.lines),
+        "lines": encode(chunk.parts),
         "created_at": now,
     }
 
@@ -133,22 +134,25 @@ def _chunk(row: sa.RowMapping) -> Chunk:
         last_line=row["last_line"],
         bytes=row["bytes"],
         total_bytes=row["total_bytes"],
-        lines=tuple(decode(row["lines"])),
+        parts=tuple(decode(row["lines"])),
         dropped_bytes=row["dropped_bytes"],
     )
 
 
-def _records(row: sa.RowMapping) -> list[LogRecord]:
+def _records(row: sa.RowMapping, last: int | None = None) -> list[LogRecord]:
+    """The chunk's lines as records (only its ``last`` ones, when given)."""
+    chunk = _chunk(row)
+    if last is None:
+        texts, first = chunk.texts(), 0
+    else:
+        texts = chunk.last_texts(last)
+        first = chunk.last_line - chunk.first_line + 1 - len(texts)
+        if chunk.dropped_bytes is not None:  # a marker is one line, at place 0
+            first = 1 - len(texts)
+    key, attempt, created = row["step_key"], row["attempt"], row["created_at"]
     return [
-        LogRecord(
-            id=line_id(row["id"], place),
-            step_key=row["step_key"],
-            attempt=row["attempt"],
-            stream=stream,
-            text=text,
-            created_at=row["created_at"],
-        )
-        for place, (stream, text) in enumerate(_chunk(row).texts())
+        LogRecord(line_id(row["id"], first + place), key, attempt, stream, text, created)
+        for place, (stream, text) in enumerate(texts)
     ]
 
 
@@ -189,22 +193,27 @@ def lines_after(
 def last_lines(
     store: Connector, run_id: str, step_key: str, count: int, attempt: int | None = None
 ) -> list[LogRecord]:
-    """The last ``count`` lines of a step's log (of one attempt), oldest first."""
+    """The last ``count`` lines of a step's log (of one attempt), oldest first.
+
+    Read from the newest chunk back, down the index, a few chunks at a time: the cost
+    is that of the lines asked for, whatever the log's size.
+    """
     if count <= 0:
         return []
     where = _where(run_id, step_key, attempt)
     found: list[LogRecord] = []
     before: int | None = None
+    size = 1  # most tails fit in the last chunk or two
     while len(found) < count:
-        query = sa.select(chunks).where(*where).order_by(chunks.c.id.desc()).limit(PAGE)
+        query = sa.select(chunks).where(*where).order_by(chunks.c.id.desc()).limit(size)
         if before is not None:
             query = query.where(chunks.c.id < before)
         page = store.rows(query)
         for row in page:
-            found[:0] = _records(row)[-(count - len(found)) :]
+            found[:0] = _records(row, count - len(found))
             if len(found) >= count:
                 break
-        if len(page) < PAGE:
+        if len(page) < size:
             break
-        before = page[-1]["id"]
+        before, size = page[-1]["id"], min(size * 2, PAGE)
     return found

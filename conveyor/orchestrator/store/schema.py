@@ -98,8 +98,25 @@ runs = sa.Table(
     sa.Column("completed_at", UTCDateTime),
     #: When retention deleted the run's artifacts since it last ended (a retry clears it).
     sa.Column("artifacts_expired_at", UTCDateTime),
-    sa.Index("ix_workflow_instances_status", "status"),
-    sa.Index("ix_workflow_instances_pipeline_created", "pipeline", "created_at"),
+    #: How many of the run's steps are in each status ({"pending": 3, ...}), kept by the
+    #: run transaction's moves: whether the run is over needs no read of its steps.
+    #: NULL: not counted yet (the next transaction that needs it counts once).
+    sa.Column("step_counts", JSONType),
+    # The runs listing, newest first, by each filter it takes: a page reads a page of
+    # index whatever the history (``SqlStore.list_runs``). Status first also serves the
+    # reconciler's reads of the runs still going.
+    sa.Index("ix_workflow_instances_created_at_id", "created_at", "id"),
+    sa.Index("ix_workflow_instances_status_created_at_id", "status", "created_at", "id"),
+    sa.Index("ix_workflow_instances_pipeline_created_at_id", "pipeline", "created_at", "id"),
+    sa.Index(
+        "ix_workflow_instances_pipeline_status_created_at_id",
+        "pipeline",
+        "status",
+        "created_at",
+        "id",
+    ),
+    #: A run by a prefix of its id (``LIKE 'abc%'``), whatever the database's collation.
+    sa.Index("ix_workflow_instances_id_prefix", "id", postgresql_ops={"id": "varchar_pattern_ops"}),
 )
 #: Runs that still have their artifacts, oldest end first: what a retention sweep reads,
 #: however many runs before them already lost theirs.
@@ -134,6 +151,17 @@ steps = sa.Table(
     sa.Column("completed_at", UTCDateTime),
     sa.UniqueConstraint("instance_id", "step_key"),
     sa.Index("ix_workflow_steps_status", "status"),
+)
+#: A run's queued steps on one queue in plan order: a claim reads the next few brief
+#: steps (``queued_now``) without reading the rest of the run. Partial, so it is small
+#: and no planner takes it for a step looked up by key.
+sa.Index(
+    "ix_workflow_steps_run_queued",
+    steps.c.instance_id,
+    steps.c.queue,
+    steps.c.position,
+    postgresql_where=sa.text("status = 'queued'"),
+    sqlite_where=sa.text("status = 'queued'"),
 )
 
 #: What an advance needs of every step; the rest (outputs above all) is read when needed.

@@ -163,12 +163,15 @@ class SqlStore(Connector):
         before: datetime | None = None,
         after: tuple[datetime, str] | None = None,
     ) -> list[RunRecord]:
-        """Newest runs first, optionally filtered.
+        """Newest runs first (by creation, then id), optionally filtered.
 
         ``after`` is the (created_at, id) of the last run of a previous page: the page
-        goes on from there even while new runs arrive (keyset pagination).
+        goes on from there even while new runs arrive (keyset pagination). Each filter
+        has an index in this order (``schema.runs``), so a page reads about a page of
+        rows however many runs there are, at any depth.
         """
-        query = sa.select(*RUN_COLUMNS).order_by(runs.c.created_at.desc(), runs.c.id).limit(limit)
+        order = (runs.c.created_at.desc(), runs.c.id.desc())
+        query = sa.select(*RUN_COLUMNS).order_by(*order).limit(limit)
         if status:
             query = query.where(runs.c.status == status)
         if pipeline:
@@ -177,10 +180,9 @@ class SqlStore(Connector):
             query = query.where(runs.c.created_at < before)
         if after:
             at, last_id = after
+            # `<=` first: a bound the index range starts from; the `or` only sorts ties.
             query = query.where(
-                sa.or_(
-                    runs.c.created_at < at, sa.and_(runs.c.created_at == at, runs.c.id > last_id)
-                )
+                runs.c.created_at <= at, sa.or_(runs.c.created_at < at, runs.c.id < last_id)
             )
         return [run_from_row(r) for r in self.rows(query)]
 
@@ -399,6 +401,7 @@ def _run_row(new: NewRun, run_id: str, definition_id: str, now: datetime) -> dic
         "idempotency_key": new.idempotency_key,
         "deadline": new.deadline,
         "event_seq": 0,
+        "step_counts": {StepStatus.PENDING.value: len(new.steps)} if new.steps else {},
         "created_at": now,
         "updated_at": now,
     }

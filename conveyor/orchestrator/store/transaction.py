@@ -69,12 +69,15 @@ _LOCK_RUN_WITH_STEP = _lock_run_with_step()
 _LOCK_RUN_FOR_CLAIM = _lock_run_with_step(
     steps.c.status == StepStatus.QUEUED.value, steps.c.attempts == sa.bindparam("b_attempt")
 )
-#: A run's steps queued and due by now on one queue, of some types, in plan order.
+#: A run's steps queued and due by now on one queue, of some types, in plan order: an
+#: index range (``ix_workflow_steps_run_queued``) read up to the limit, however large the run.
 _QUEUED_NOW = (
     sa.select(*STEP_STATE_COLUMNS)
     .where(
         steps.c.instance_id == _RUN,
-        steps.c.status == StepStatus.QUEUED.value,
+        # A literal, not a parameter: the partial index's condition, which a planner
+        # can only match against a constant.
+        steps.c.status == sa.literal_column(f"'{StepStatus.QUEUED.value}'"),
         steps.c.queue == sa.bindparam("b_queue"),
         steps.c.type.in_(sa.bindparam("b_types", expanding=True)),
         sa.or_(steps.c.available_at.is_(None), steps.c.available_at <= sa.bindparam("b_now")),
@@ -92,6 +95,7 @@ _ONE_STEP = sa.select(steps).where(
 _FULL_STEPS = sa.select(steps).where(
     steps.c.instance_id == _RUN, steps.c.step_key.in_(sa.bindparam("b_keys", expanding=True))
 )
+#: Only for a run whose row keeps no counts yet (``step_counts`` NULL): counted once.
 _COUNTS = (
     sa.select(steps.c.status, sa.func.count())
     .where(steps.c.instance_id == _RUN)
@@ -112,8 +116,9 @@ _EVENT_COLUMNS = ("instance_id", "step_key", "type", "payload", "created_at", "s
 
 
 @functools.cache
-def _insert_events_bumping_seq(count: int) -> sa.TextClause:
-    """Postgres: insert ``count`` events and bump the run's event_seq in one statement.
+def _insert_events_bumping_seq(count: int, counts: bool) -> sa.TextClause:
+    """Postgres: insert ``count`` events and bump the run's event_seq in one statement
+    (and write its step counts, with ``counts``).
 
     A data-modifying CTE saves a round trip on every transaction. Written as text, one
     statement per event count, built once: a multi-row ``insert().values()`` would be
@@ -123,10 +128,13 @@ def _insert_events_bumping_seq(count: int) -> sa.TextClause:
         "(" + ", ".join(f":{name}_{i}" for name in _EVENT_COLUMNS) + ")" for i in range(count)
     )
     # Only names from the schema and numbered placeholders: nothing from outside.
-    bump = "UPDATE workflow_instances SET event_seq = :b_seq, updated_at = :b_now WHERE id = :b_run"
+    also = ", step_counts = :b_counts" if counts else ""
+    bump = f"UPDATE {runs.name} SET event_seq = :b_seq, updated_at = :b_now{also} WHERE id = :b_run"
     insert = f"INSERT INTO {events.name} ({', '.join(_EVENT_COLUMNS)}) VALUES {rows}"  # noqa: S608
     sql = f"WITH bump_seq AS ({bump}) {insert}"
     types = {"b_now": runs.c.updated_at.type}
+    if counts:
+        types["b_counts"] = runs.c.step_counts.type
     for i in range(count):
         types |= {f"{name}_{i}": events.c[name].type for name in _EVENT_COLUMNS}
     return sa.text(sql).bindparams(*(sa.bindparam(k, type_=t) for k, t in types.items()))
@@ -216,6 +224,10 @@ class RunTx(Transitions):
         if row is None:
             raise NotFound(f"no run {run_id}")
         self.run: RunRecord = run_from_row(row)
+        #: The run's steps by status, kept by ``_move`` (None: the row has no counts yet).
+        self._counts = _counts_from(row["step_counts"])
+        #: Whether ``_counts`` changed: written to the run's row with the events.
+        self._counts_changed = False
         if step_key is not None and row[_STEP_PREFIX + "id"] is not None:
             n = len(_STEP_PREFIX)
             self._prefetched = step_from_row(
@@ -240,9 +252,17 @@ class RunTx(Transitions):
         return [step_from_row(r) for r in rows.mappings()]
 
     def status_counts(self) -> Counter[StepStatus]:
-        """How many of the run's steps are in each status."""
-        rows = self.conn.execute(_COUNTS, self._ids)
-        return Counter({StepStatus(status): count for status, count in rows})
+        """How many of the run's steps are in each status: from the run's row, read with
+        its lock and kept by every move, so no step is read."""
+        return +self._counted()  # a copy, without the statuses no step is in
+
+    def _counted(self) -> Counter[StepStatus]:
+        """The counts this transaction keeps; a run whose row has none is counted once."""
+        if self._counts is None:
+            rows = self.conn.execute(_COUNTS, self._ids)
+            self._counts = Counter({StepStatus(status): count for status, count in rows})
+            self._counts_changed = True
+        return self._counts
 
     def outputs(self) -> dict[str, dict[str, Any]]:
         """Outputs of the run's succeeded steps, by key."""
@@ -255,7 +275,12 @@ class RunTx(Transitions):
         self._ahead = {r["step_key"]: step_from_row(r) for r in rows.mappings()}
 
     def step(self, key: str) -> StepRecord:
-        """One step of the run by key."""
+        """One step of the run by key.
+
+        A step read with the lock, read ahead, or queued by this transaction is handed
+        out once without a read: its state is as this transaction left it (a queued
+        one's other fields as ``steps`` reads them: a claim needs no more).
+        """
         found, self._prefetched = self._prefetched, None
         if found is not None and found.key == key:
             return found  # read with the lock, and not changed since: nothing wrote yet
@@ -305,6 +330,7 @@ class RunTx(Transitions):
 
     def _move(self, moves: Sequence[Move], new: StepStatus) -> int:
         """Move the steps still as given; how many that was (events only when all moved)."""
+        counts = self._counted()  # as before these moves
         params = []
         for step, fields, _ in moves:
             status = check_step_move(step.status, new)
@@ -315,9 +341,16 @@ class RunTx(Transitions):
         moved = self.conn.execute(_MOVE_STEP, params).rowcount
         if moved == len(moves):
             for step, fields, event in moves:
+                counts[step.status] -= 1
+                counts[new] += 1
+                if new == StepStatus.QUEUED:  # claimed next, often, in this transaction
+                    self._ahead[step.key] = replace(step, status=new, **fields)
                 self.changes.step_moved(step, new, self.now)
                 payload = {"attempt": fields.get("attempts", step.attempts), **(event or {})}
                 self.event(f"step.{new.value}", step.key, **payload)
+            self._counts_changed = True
+        elif moved:  # some moved, unknown which (a transaction that goes on): count again
+            self._counts, self._counts_changed = None, True
         return moved
 
     def update_run(self, **fields: Any) -> None:
@@ -353,7 +386,11 @@ class RunTx(Transitions):
         The changes to the counts of ``/metrics`` are written here too, with the moves.
         """
         self.fold_due |= self.changes.write(self.conn)
+        counts = {"step_counts": _counts_json(self._counts)} if self._counts_changed else {}
+        self._counts_changed = False
         if not self._pending:
+            if counts:
+                self.conn.execute(_UPDATE_RUN, {**self._ids, **counts})
             return
         base = self.run.event_seq
         for offset, row in enumerate(self._pending, start=1):
@@ -361,11 +398,29 @@ class RunTx(Transitions):
         seq = base + len(self._pending)
         if self._postgres:
             params = {**self._ids, "b_seq": seq, "b_now": self.now}
+            if counts:
+                params["b_counts"] = counts["step_counts"]
             for i, row in enumerate(self._pending):
                 params |= {f"{name}_{i}": row[name] for name in _EVENT_COLUMNS}
-            self.conn.execute(_insert_events_bumping_seq(len(self._pending)), params)
+            statement = _insert_events_bumping_seq(len(self._pending), bool(counts))
+            self.conn.execute(statement, params)
         else:
             self.conn.execute(_INSERT_EVENTS, self._pending)
-            self.conn.execute(_UPDATE_RUN, {**self._ids, "event_seq": seq, "updated_at": self.now})
+            bump = {"event_seq": seq, "updated_at": self.now, **counts}
+            self.conn.execute(_UPDATE_RUN, {**self._ids, **bump})
         self.run = replace(self.run, event_seq=seq)
         self._pending = []
+
+
+def _counts_from(stored: Any) -> Counter[StepStatus] | None:
+    """The run row's ``step_counts`` as a Counter; None when the row keeps none yet."""
+    if stored is None:
+        return None
+    return Counter({StepStatus(status): int(n) for status, n in stored.items()})
+
+
+def _counts_json(counts: Counter[StepStatus] | None) -> dict[str, int] | None:
+    """``step_counts`` as stored: the statuses some step is in (None: count again)."""
+    if counts is None:
+        return None
+    return {status.value: n for status, n in sorted(counts.items()) if n > 0}

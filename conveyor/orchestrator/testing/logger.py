@@ -23,6 +23,11 @@ class MemoryLogger:
         """Record one line."""
         self.records.append((stream, text))
 
+    def write(self, block: str, stream: str = "stdout") -> None:
+        """Record each line of a block."""
+        text = block[:-1] if block.endswith("\n") else block
+        self.records += [(stream, line) for line in text.split("\n")]
+
     def flush(self) -> None:
         """Nothing is buffered."""
 

@@ -216,8 +216,8 @@ class MemoryStore:
         after: tuple[datetime, str] | None = None,
     ) -> list[RunRecord]:
         """Newest runs first, filtered; ``after`` is the (created_at, id) a page ended at."""
-        runs = sorted((r.run for r in self._all()), key=lambda r: r.id)
-        runs.sort(key=lambda r: r.created_at, reverse=True)  # stable: ties stay by id
+        runs = sorted((r.run for r in self._all()), key=lambda r: (r.created_at, r.id))
+        runs.reverse()  # newest first, ties by id descending, as the SQL store orders them
         found = [
             r
             for r in runs
@@ -431,7 +431,7 @@ class MemoryStore:
 
 def _after(run: RunRecord, at: datetime, last_id: str) -> bool:
     """True when ``run`` comes after (at, last_id) in ``list_runs``' order."""
-    return run.created_at < at or (run.created_at == at and run.id > last_id)
+    return run.created_at < at or (run.created_at == at and run.id < last_id)
 
 
 def _every_step(runs: Iterable[RunRows]) -> Iterator[StepRecord]:

@@ -46,16 +46,17 @@ import docker
 import docker.errors
 from docker.types import Mount
 
-from conveyor.orchestrator.contracts import ExecResult, LineSink, SandboxRequest
+from conveyor.orchestrator.contracts import ExecResult, LineSink, OutputSink, SandboxRequest
 from conveyor.orchestrator.errors import SandboxError
 from conveyor.orchestrator.settings import Settings
 
 from ..sandbox_common import (
     CONTAINER_WORKSPACE,
     RUN_ID,
-    LineSplitter,
+    OutputSplitter,
     effective_deadline,
     limit_reached,
+    output_sink,
     raise_for,
 )
 from .archive import pack, spool, unpack
@@ -278,13 +279,15 @@ class DockerSandbox:
         env: Mapping[str, str] | None = None,
         work_dir: str | None = None,
         on_line: LineSink | None = None,
+        on_output: OutputSink | None = None,
     ) -> ExecResult:
-        """Run ``script`` with ``/bin/sh -c`` in the container, streaming each output line."""
+        """Run ``script`` with ``/bin/sh -c`` in the container, streaming its output in
+        blocks of lines to ``on_output`` (or line by line to ``on_line``)."""
         self._refuse_if_closed()
         self._raise_for(limit_reached(self._request.cancel, self._deadline))
         cwd = container_path(work_dir) if work_dir is not None else self._default_dir
         argv = ["/bin/sh", "-c", _IN_DIR_SCRIPT, "conveyor", cwd, script]
-        result = self._run(argv, self._environment(env), on_line)
+        result = self._run(argv, self._environment(env), output_sink(on_line, on_output))
         if result.exit_code == OOM_EXIT and self._oom_killed():
             limit = self._request.config.memory_limit
             raise SandboxError(f"killed: out of memory (memory_limit {limit})")
@@ -348,9 +351,9 @@ class DockerSandbox:
         with contextlib.suppress(docker.errors.DockerException):  # stopped or removed already
             self._client.api.kill(self._id)
 
-    def _run(self, argv: list[str], env: dict[str, str], sink: LineSink | None) -> ExecResult:
+    def _run(self, argv: list[str], env: dict[str, str], sink: OutputSink | None) -> ExecResult:
         started = time.monotonic()
-        lines = LineSplitter(sink)
+        lines = OutputSplitter(sink)
         api = self._client.api
         with engine_errors():
             exec_id = api.exec_create(self._id, argv, environment=env)["Id"]

@@ -1,15 +1,17 @@
 """The guard of one local command: the command's whole process tree lives and dies with it.
 
-The local sandbox starts every command through this small program, run by the worker's
-own interpreter in isolated mode with no site packages (``python -I -S guard.py ...``),
-so it imports only the standard library and starts in milliseconds. It:
+The local sandbox starts every command under a ``Guard``: forked by the worker's guard
+server (``guard_server.py``), which imports only the standard library, so a guard costs
+a fork. (Run as a program, ``python -I -S guard.py ...``, it guards one command alone.)
+A guard:
 
 - becomes a child subreaper (``PR_SET_CHILD_SUBREAPER``): a process the command starts
   stays its descendant however it detaches (``setsid``, a double fork, ``nohup``), so
   a walk of ``/proc`` from here finds every one of them;
-- asks the kernel for ``SIGUSR1`` when the worker thread that started it dies
-  (``PR_SET_PDEATHSIG``), and also watches a lifeline: its standard input is a pipe only
-  the worker holds, which reads end-of-file once the worker is gone, however it died;
+- asks the kernel for ``SIGUSR1`` when its parent dies (``PR_SET_PDEATHSIG``: the
+  server, or the worker thread that started it), and also watches a lifeline: its
+  standard input is a pipe only the worker holds, which reads end-of-file once the
+  worker is gone, however it died;
 - on ``SIGTERM`` (cancel, timeout) sends ``SIGTERM`` to every descendant and, after the
   grace period, kills whatever is left; on ``SIGUSR1`` or a lost lifeline it kills at
   once; when the command's shell exits, it stops what the shell left behind the same way.
@@ -43,7 +45,51 @@ _RESET = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGTERM, signal.SIGUSR1, signal
 
 
 def descendants(root: int) -> list[int]:
-    """Live (not zombie) descendants of ``root``, found by a walk of /proc."""
+    """Live (not zombie) descendants of ``root``.
+
+    Read from the kernel's lists of children (``/proc/PID/task/TID/children``): a guard
+    is a subreaper, so this is usually one small read, where a walk of every process
+    on the host costs milliseconds. Without those lists, a walk of /proc it is.
+    """
+    if not os.path.exists(f"/proc/{root}/task/{root}/children"):
+        return _walk_all(root)
+    found: list[int] = []
+    todo = [root]
+    while todo:
+        for child in _children(todo.pop()):
+            todo.append(child)
+            if not _zombie(child):
+                found.append(child)
+    return found
+
+
+def _children(pid: int) -> list[int]:
+    """The children of every thread of ``pid``; none once it is gone."""
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children", "rb") as listed:
+                found.extend(int(child) for child in listed.read().split())
+        except OSError:  # the thread ended meanwhile
+            continue
+    return found
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            data = stat.read()
+    except OSError:
+        return True  # gone: nothing to kill
+    return data[data.rfind(b")") + 2 : data.rfind(b")") + 3] in (b"Z", b"X")
+
+
+def _walk_all(root: int) -> list[int]:
+    """Live descendants of ``root``, found by a walk of every process in /proc."""
     children: dict[int, list[int]] = {}
     zombies: set[int] = set()
     for name in os.listdir("/proc"):
@@ -96,8 +142,11 @@ def tagged(tag: bytes) -> list[int]:
 class Guard:
     """Runs one command and answers for its whole tree."""
 
-    def __init__(self, parent: int, grace: float, argv: list[str]) -> None:
+    def __init__(
+        self, parent: int, grace: float, argv: list[str], env: dict[str, str] | None = None
+    ) -> None:
         self.parent, self.grace, self.argv = parent, grace, argv
+        self.env = os.environ if env is None else env
         self.pid = os.getpid()
         self.child = 0
         self.status: int | None = None  # the shell's wait status once it exited
@@ -114,14 +163,14 @@ class Guard:
 
     def start(self) -> None:
         """Arm the kernel's help, then start the command with /dev/null as its input."""
-        _prctl(PR_SET_CHILD_SUBREAPER, 1)
-        _prctl(PR_SET_PDEATHSIG, signal.SIGUSR1)
+        prctl(PR_SET_CHILD_SUBREAPER, 1)
+        prctl(PR_SET_PDEATHSIG, signal.SIGUSR1)
         if os.getppid() != self.parent:  # the worker died before the signal was armed
             sys.exit(137)
         self.child = os.posix_spawn(
             self.argv[0],
             self.argv,
-            os.environ,
+            self.env,
             file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)],
             setsigdef=_RESET,
         )
@@ -207,14 +256,19 @@ def _send(pid: int, signum: int) -> None:
         os.kill(pid, signum)
 
 
-def _prctl(option: int, value: int) -> None:
+def prctl(option: int, value: int) -> None:
     """``prctl(option, value)``; without it the lifeline and the subreaper walk remain."""
     try:
-        import ctypes  # noqa: PLC0415  (only here: the guard's start-up stays small)
+        if not _LIBC:  # once per process: the server's guards, forked, inherit it
+            import ctypes  # noqa: PLC0415  (only here: the guard's start-up stays small)
 
-        ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
+            _LIBC.append(ctypes.CDLL(None, use_errno=True).prctl)
+        _LIBC[0](option, value, 0, 0, 0)
     except (OSError, AttributeError, ImportError):
         pass
+
+
+_LIBC: list[Callable[..., int]] = []
 
 
 def main(args: list[str]) -> int:

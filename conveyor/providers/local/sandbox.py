@@ -5,11 +5,12 @@ workspace, an optional per-process address-space limit, and a process tree that 
 killed on timeout, cancel or close. Images, mounts, networks and CPU limits need the
 Docker sandbox; asking the local one for them is an error, not a silent no-op.
 
-Every command runs under a guard (``guard.py``): a subreaper that keeps every process
-the command starts as its descendant, however it detaches (``setsid``, a double fork),
-and kills that whole tree on cancel, on timeout, when the shell exits, and when the
-worker that started it dies, even by SIGKILL (a parent-death signal and a lifeline
-pipe). So no step's process outlives its attempt.
+Every command runs under a guard (``guard.py``, forked by the worker's guard server:
+``guard_client.py``): a subreaper that keeps every process the command starts as its
+descendant, however it detaches (``setsid``, a double fork), and kills that whole tree
+on cancel, on timeout, when the shell exits, and when the worker that started it dies,
+even by SIGKILL (a parent-death signal and a lifeline pipe). So no step's process
+outlives its attempt.
 """
 
 from __future__ import annotations
@@ -21,27 +22,36 @@ import selectors
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from conveyor.orchestrator.contracts import ExecResult, LineSink, SandboxConfig, SandboxRequest
+from conveyor.orchestrator.contracts import (
+    ExecResult,
+    LineSink,
+    OutputSink,
+    SandboxConfig,
+    SandboxRequest,
+)
 from conveyor.orchestrator.errors import SandboxError
 from conveyor.orchestrator.settings import Settings
 
 from ..sandbox_common import (
     CONTAINER_WORKSPACE,
     POLL,
+    READ_BYTES,
     RUN_ID,
-    LineSplitter,
+    OutputSplitter,
     effective_deadline,
+    grow_pipe,
     limit_reached,
+    output_sink,
     parse_memory,
     raise_for,
 )
 from .guard import kill_until_gone, tagged
+from .guard_client import Guarded, spawn
 
 #: The only host variables a command sees: the orchestrator's own secrets stay out.
 HOST_ENV_KEYS = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER")
@@ -51,7 +61,6 @@ DRAIN_AFTER_KILL = 0.5  # how long to wait for EOF once the group is dead
 GUARD_PATIENCE = 10.0
 #: How long after its SIGKILL order a guard may take to exit before it is killed itself.
 GUARD_STUCK = 5.0
-GUARD = str(Path(__file__).with_name("guard.py"))
 #: Each command's processes carry ``CONVEYOR_PROCESS_TREE=<token>`` in their environment:
 #: if its guard is killed before its tree (by the step itself), the sandbox finds what
 #: the guard left by that mark, since they are no longer its descendants.
@@ -67,6 +76,7 @@ class LocalSandboxFactory:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self._root: Path | None = None  # workspace_root resolved, once: a step pays no lstat
 
     def open(self, request: SandboxRequest) -> LocalSandbox:
         """Create the run's workspace if needed and open a sandbox on it for one step."""
@@ -74,7 +84,10 @@ class LocalSandboxFactory:
         memory = parse_memory(request.config.memory_limit)
         root = self._workspace(request.run_id)
         (root / ".conveyor" / "outputs").mkdir(parents=True, exist_ok=True)  # the contract's
-        return LocalSandbox(root.resolve(), request, memory_bytes=memory)
+        if self._root is None:
+            self._root = self.settings.workspace_root.resolve()
+        # Only the root is resolved (once): the run's directory is named under it.
+        return LocalSandbox(self._root / request.run_id, request, memory_bytes=memory)
 
     def cleanup_run(self, run_id: str) -> None:
         """Delete the run's workspace; nothing happens when it is already gone."""
@@ -100,7 +113,8 @@ class LocalSandbox:
         self._lock = threading.Lock()
         self._running: set[_Command] = set()
         self._closed = False
-        self._default_dir = self.resolve(request.config.work_dir or ".")
+        work_dir = request.config.work_dir
+        self._default_dir = self.resolve(work_dir) if work_dir else root
 
     def resolve(self, path: str) -> Path:
         """Map a sandbox path onto the host, refusing any that leaves the workspace."""
@@ -119,14 +133,17 @@ class LocalSandbox:
         env: Mapping[str, str] | None = None,
         work_dir: str | None = None,
         on_line: LineSink | None = None,
+        on_output: OutputSink | None = None,
     ) -> ExecResult:
-        """Run ``script`` with ``/bin/sh -c``, streaming each output line to ``on_line``."""
+        """Run ``script`` with ``/bin/sh -c``, streaming its output in blocks of lines to
+        ``on_output`` (or line by line to ``on_line``)."""
         self._refuse_if_closed()
         self._raise_for(limit_reached(self._request.cancel, self._deadline))
         cwd = self.resolve(work_dir) if work_dir is not None else self._default_dir
         cwd.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
-        command = self._start(script, cwd, self._environment(env), on_line)
+        sink = output_sink(on_line, on_output)
+        command = self._start(script, cwd, self._environment(env), sink)
         try:
             command.pump()
         finally:
@@ -147,6 +164,9 @@ class LocalSandbox:
     def copy_out(self, src: str, dest: Path) -> None:
         """Copy a workspace file or directory out to the host path ``dest``."""
         self._refuse_if_closed()
+        # Most steps ask for an outputs file nobody wrote: no need to resolve its path.
+        if not os.path.lexists(self.root / self._relative(src)):
+            raise SandboxError(f"{src} does not exist in the workspace")
         source = self.resolve(src)
         if not source.exists():
             raise SandboxError(f"{src} does not exist in the workspace")
@@ -186,7 +206,7 @@ class LocalSandbox:
         return env
 
     def _start(
-        self, script: str, cwd: Path, env: dict[str, str], sink: LineSink | None
+        self, script: str, cwd: Path, env: dict[str, str], sink: OutputSink | None
     ) -> _Command:
         argv = ["/bin/sh", "-c", script]
         if self._memory is not None:
@@ -222,20 +242,20 @@ class _Command:
 
     def __init__(
         self,
-        proc: subprocess.Popen[bytes],
+        proc: Guarded,
         cancel: threading.Event,
         deadline: float | None,
-        sink: LineSink | None,
+        sink: OutputSink | None,
         *,
         mark: str = "",
     ) -> None:
         self.proc = proc
         self._mark = mark.encode()
-        self.lines = LineSplitter(sink)
+        self.lines = OutputSplitter(sink)
         self.reason: str | None = None  # "timeout" or "cancel" once a limit fired
         self._cancel = cancel
         self._deadline = deadline
-        self._pidfd = os.pidfd_open(proc.pid)
+        self._pidfd = proc.exit_fd  # readable once the guard exited, as a pidfd would be
         self._term_sent: float | None = None
         self._kill_sent = False
         self._exited = False
@@ -244,6 +264,7 @@ class _Command:
         """Read output until the shell exits, then stop whatever it left running."""
         assert self.proc.stdout is not None
         out = self.proc.stdout.fileno()
+        grow_pipe(out)
         with selectors.DefaultSelector() as selector:
             selector.register(out, selectors.EVENT_READ)
             selector.register(self._pidfd, selectors.EVENT_READ)
@@ -268,13 +289,12 @@ class _Command:
         self.kill_tree()
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(GUARD_PATIENCE)
-        # The guard is not reaped yet, so its pid cannot name another process group.
+        # The guard is not released yet, so its pid cannot name another process group;
+        # killing the group kills a guard that is still there (stopped, stuck) too.
         self.signal(signal.SIGKILL)
-        assert self.proc.stdout is not None and self.proc.stdin is not None
         self.proc.stdout.close()
-        self.proc.stdin.close()  # the lifeline: a guard still alive kills its tree now
-        code = self.proc.wait()
-        os.close(self._pidfd)
+        code = self.proc.wait()  # and its exit pipe (``_pidfd``) closed
+        self.proc.release()
         if code < 0:  # the guard was killed, perhaps before its tree: find what it left
             self._kill_marked()
         return 128 - code if code < 0 else code  # killed by a signal: the shell's way
@@ -295,14 +315,18 @@ class _Command:
 
     def _tell_guard(self, signum: int) -> None:
         """Send ``signum`` to the guard, resumed first in case its step stopped it."""
+        pid = self.proc.pid  # None: its server died before it said, and so did the guard
         with contextlib.suppress(ProcessLookupError, PermissionError):  # guard gone already
-            os.kill(self.proc.pid, signal.SIGCONT)
-            os.kill(self.proc.pid, signum)
+            if pid is not None:
+                os.kill(pid, signal.SIGCONT)
+                os.kill(pid, signum)
 
     def signal(self, signum: int) -> None:
         """Send ``signum`` to the whole process group (what did not leave it)."""
+        pid = self.proc.pid
         with contextlib.suppress(ProcessLookupError, PermissionError):  # group gone already
-            os.killpg(self.proc.pid, signum)
+            if pid is not None:
+                os.killpg(pid, signum)
 
     def _check_limits(self) -> None:
         """SIGTERM the tree when a limit is reached, SIGKILL it TERM_GRACE later.
@@ -330,7 +354,7 @@ class _Command:
 
     def _read_chunk(self, fd: int) -> bool:
         """Read what the pipe has; False at EOF."""
-        chunk = os.read(fd, 65536)
+        chunk = os.read(fd, READ_BYTES)
         if not chunk:
             return False
         self.lines.feed(chunk)
@@ -370,26 +394,15 @@ def _refuse_unsupported(config: SandboxConfig) -> None:
             )
 
 
-def _spawn(argv: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """Start ``argv`` under its guard (``guard.py``), in a session of its own.
+def _spawn(argv: list[str], cwd: Path, env: dict[str, str]) -> Guarded:
+    """Start ``argv`` under a guard of its own, in a session of its own.
 
-    The guard's standard input is its lifeline: only this process holds the other end
-    (a pipe is not inherited by other children), so it reads end-of-file once this
-    process is gone, however it died. The command itself reads /dev/null.
+    The guard is forked by this process's guard server (``guard_client``), started on
+    first use, so a command costs about a fork and an exec rather than an interpreter.
+    The guard and the server watch a lifeline pipe that only this process holds, so
+    they read end-of-file once it is gone, however it died. The command reads /dev/null.
     """
-    guarded = [sys.executable, "-I", "-S", GUARD, str(os.getpid()), str(TERM_GRACE), "--", *argv]
-    try:
-        return subprocess.Popen(
-            guarded,
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group, so kills reach every child
-        )
-    except (OSError, ValueError) as exc:
-        raise SandboxError(f"could not start the command: {exc}") from exc
+    return spawn(argv, str(cwd), env, TERM_GRACE)
 
 
 def _copy(source: Path, target: Path, *, guard: Path | None) -> None:

@@ -1,0 +1,69 @@
+"""Per-run step counts on the run's row, and an index of a run's queued steps.
+
+``workflow_instances.step_counts`` says how many of the run's steps are in each status;
+the run transaction keeps it as it moves steps, so whether a run is over needs no read
+of its steps. Filled in here from the steps there are. ``ix_workflow_steps_run_queued``
+(partial: queued steps only) lets a claim read a run's next few queued steps on a
+queue in plan order without reading the rest of the run.
+
+Revision ID: 0007
+Revises: 0006
+Create Date: 2026-12-03
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+from conveyor.orchestrator.store.schema import JSONType
+
+revision = "0007"
+down_revision = "0006"
+branch_labels = None
+depends_on = None
+
+STEPS = "workflow_steps"
+QUEUED_INDEX = "ix_workflow_steps_run_queued"
+
+#: Every run's counts in one statement, on each database's JSON aggregate.
+_FILL = {
+    "postgresql": (
+        "UPDATE workflow_instances AS r SET step_counts = c.counts"
+        " FROM (SELECT instance_id, jsonb_object_agg(status, n) AS counts"
+        "       FROM (SELECT instance_id, status, count(*) AS n FROM workflow_steps"
+        "             GROUP BY instance_id, status) AS g"
+        "       GROUP BY instance_id) AS c"
+        " WHERE c.instance_id = r.id"
+    ),
+    "sqlite": (
+        "UPDATE workflow_instances SET step_counts = ("
+        " SELECT json_group_object(status, n) FROM ("
+        "  SELECT status, count(*) AS n FROM workflow_steps"
+        "  WHERE instance_id = workflow_instances.id GROUP BY status))"
+    ),
+}
+
+
+def upgrade() -> None:
+    """Add and fill workflow_instances.step_counts; index the runs' queued steps."""
+    with op.batch_alter_table("workflow_instances") as table:
+        table.add_column(sa.Column("step_counts", JSONType))
+    op.execute(_FILL[op.get_bind().dialect.name])
+    # A run without steps (none are made so, but older data may hold one) counts none.
+    op.execute("UPDATE workflow_instances SET step_counts = '{}' WHERE step_counts IS NULL")
+    queued = sa.text("status = 'queued'")
+    op.create_index(
+        QUEUED_INDEX,
+        STEPS,
+        ["instance_id", "queue", "position"],
+        postgresql_where=queued,
+        sqlite_where=queued,
+    )
+
+
+def downgrade() -> None:
+    """Revision 0006's tables again."""
+    op.drop_index(QUEUED_INDEX, table_name=STEPS)
+    with op.batch_alter_table("workflow_instances") as table:
+        table.drop_column("step_counts")
