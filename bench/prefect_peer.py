@@ -21,8 +21,8 @@ Prefect is not a dependency of Conveyor: it runs in an interpreter of its own, g
 ``PREFECT_HOME`` in a temporary directory so nothing of the user's is read or written.
 Such an interpreter, outside the repository:
 
-    python3 -m venv /tmp/prefect-venv && /tmp/prefect-venv/bin/pip install prefect==3.9.1
-    python bench/prefect_peer.py --prefect-python /tmp/prefect-venv/bin/python
+    python3 -m venv ~/prefect-venv && ~/prefect-venv/bin/pip install prefect==3.9.1
+    python bench/prefect_peer.py --prefect-python ~/prefect-venv/bin/python
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -107,9 +108,9 @@ with open(sys.argv[2], "w") as out:
 """
 
 HOW_TO = """no Python with Prefect found: pass --prefect-python, for instance after
-    python3 -m venv /tmp/prefect-venv
-    /tmp/prefect-venv/bin/pip install prefect==3.9.1
-    python bench/prefect_peer.py --prefect-python /tmp/prefect-venv/bin/python
+    python3 -m venv ~/prefect-venv
+    ~/prefect-venv/bin/pip install prefect==3.9.1
+    python bench/prefect_peer.py --prefect-python ~/prefect-venv/bin/python
 (keep Prefect out of Conveyor's own virtualenv and dependencies)"""
 
 
@@ -146,16 +147,28 @@ def measure_prefect(python: str, args: argparse.Namespace, tmp: Path) -> dict[st
     """Per-task seconds of the chain and tasks per second, medians over the rounds."""
     config = {"chain": args.chain, "tasks": args.runs * args.width, "rounds": args.rounds}
     result = tmp / "prefect.json"
-    done = subprocess.run(
-        [python, "-c", PREFECT_SCRIPT, json.dumps(config), str(result)],
-        env=prefect_env(tmp / "prefect-home"),
-        cwd=tmp,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0 or not result.exists():
-        raise SystemExit(f"the Prefect side failed ({done.returncode}):\n{done.stderr[-4000:]}")
+    log = tmp / "prefect.log"
+    with log.open("w") as out:
+        # A session of its own: the temporary server Prefect starts goes with it.
+        proc = subprocess.Popen(
+            [python, "-c", PREFECT_SCRIPT, json.dumps(config), str(result)],
+            env=prefect_env(tmp / "prefect-home"),
+            cwd=tmp,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            code = proc.wait(timeout=args.prefect_timeout)
+        except subprocess.TimeoutExpired:
+            code = None
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    if code != 0 or not result.exists():
+        tail = log.read_text(errors="replace")[-4000:]
+        raise SystemExit(f"the Prefect side failed or timed out ({code}):\n{tail}")
     rounds = json.loads(result.read_text())
     for failure in rounds["failures"]:
         print(f"a Prefect round failed and ran again: {failure}")
@@ -279,6 +292,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=200, help="Conveyor runs of the fan")
     parser.add_argument("--width", type=int, default=10, help="independent steps per run")
     parser.add_argument("--rounds", type=int, default=3, help="measured rounds of each")
+    parser.add_argument(
+        "--prefect-timeout", type=float, default=3600, help="seconds the Prefect side may take"
+    )
     parser.add_argument("-c", "--concurrency", type=int, default=1, help="pool size per worker")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/12", help="flushed first")
     parser.add_argument(

@@ -1,10 +1,11 @@
 """Followers on the event loop: one shared poll per followed log or run, store reads in a
 bounded thread pool, and no thread held while a follower waits.
 
-Each follower reads its own pages (it may be behind the others, or resuming), but none
-of them polls: a ``Watch`` per followed thing reads its cheap ``head`` every poll interval
-while anyone follows it, and wakes its followers when it changes. A hundred followers of
-one busy step cost one read per interval, plus one page each when something came.
+No follower polls: a ``Watch`` per followed thing reads its cheap ``head`` every poll
+interval while anyone follows it, and wakes its followers when it changes. Each follower
+asks for the page after the last event it sent (it may be behind the others, or resuming),
+and followers at the same point share one read of it. A hundred followers of one busy
+step cost one read of its head per interval, plus one read per new page.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from conveyor.orchestrator.errors import ConveyorError
 
-from .streams import KEEPALIVE, KEEPALIVE_SECONDS, Follow, error_event
+from .streams import KEEPALIVE, KEEPALIVE_SECONDS, Follow, Page, error_event
 
 log = logging.getLogger("conveyor.api")
 T = TypeVar("T")
@@ -26,6 +28,8 @@ T = TypeVar("T")
 _UNSEEN = object()
 #: The head of a watch whose read failed: its followers read, and meet the error.
 _FAILED = object()
+#: Pages a watch keeps for followers behind the others (each at most LOG_PAGE_BYTES).
+SHARED_PAGES = 8
 
 
 class Reader:
@@ -55,13 +59,42 @@ class Watch:
         #: Set (and replaced) whenever the head changed: a follower takes it before it
         #: reads, so a change after its read always wakes it.
         self.changed = asyncio.Event()
+        #: How many times the head changed: pages read since the last change are shared.
+        self.version = 0
+        self.pages: OrderedDict[tuple[int, int], asyncio.Future[Page]] = OrderedDict()
         self.followers = 0
         self.task: asyncio.Task[None] | None = None
 
     def wake(self) -> None:
         """Wake every follower waiting on the current event."""
+        self.version += 1
         self.changed.set()
         self.changed = asyncio.Event()
+
+    async def page(self, after: int, version: int) -> Page:
+        """The page after ``after``, read once for every follower at that point.
+
+        A page read since the head was at ``version`` is an answer for every follower
+        that took ``version`` (and its ``changed`` event) before asking: whatever was
+        written after the read changes the head again and wakes them. So followers that
+        start together, or that keep up, share one read per page instead of one each.
+        """
+        key = (after, version)
+        found = self.pages.get(key)
+        if found is None:
+            found = asyncio.ensure_future(self.reader.run(self.follow.page, after))
+            found.add_done_callback(lambda done: self._forget_failed(key, done))
+            self.pages[key] = found
+            while len(self.pages) > SHARED_PAGES:
+                self.pages.popitem(last=False)
+        else:
+            self.pages.move_to_end(key)
+        # Shielded: a follower that leaves does not cancel the read the others wait for.
+        return await asyncio.shield(found)
+
+    def _forget_failed(self, key: tuple[int, int], done: asyncio.Future[Page]) -> None:
+        if (done.cancelled() or done.exception() is not None) and self.pages.get(key) is done:
+            del self.pages[key]  # the next follower reads again
 
     async def run(self) -> None:
         """Read the head every ``poll`` seconds; wake the followers when it changed."""
@@ -119,9 +152,9 @@ async def follow_stream(follow: Follow, hub: Hub) -> AsyncGenerator[str, None]:
     async with hub.watching(follow) as watch:
         after, quiet_since = follow.start, loop.time()
         while not hub.closed:
-            changed = watch.changed
+            changed, version = watch.changed, watch.version
             try:
-                page = await hub.reader.run(follow.page, after)
+                page = await watch.page(after, version)
             except ConveyorError as exc:  # the headers are sent: the error goes in the stream
                 yield error_event(exc)
                 return

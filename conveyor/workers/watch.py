@@ -6,9 +6,11 @@ its chain (see ``engine/claims.py`` and ``Runtime.record``). Celery knows only t
 message, so :class:`TaskWatch` tells monitors (Flower, ``celery events``) about the
 others itself: each gets task events of its own (``task-received``, ``-started``, then
 ``-succeeded`` or ``-failed``), with a task id of its own, the message's task as its
-parent, and the same name and arguments a message of its own would carry. Events of
-brief steps go out together, one broker message per batch; any other step's go out as
-it starts and ends.
+parent, and the same name and arguments a message of its own would carry. Events go
+out together, one broker message at a time: a step that is not brief shows as started
+when it starts; the ends of steps go out at most ``FLUSH_INTERVAL`` later, with the
+next start or when the delivery is over (a chain of brief steps would otherwise cost
+a broker round trip per step).
 
 The message's own step is the task itself: :meth:`TaskWatch.verdict` returns a short
 result when it succeeded and raises an :class:`AttemptUnsuccessful` (one of the task's
@@ -39,6 +41,11 @@ from conveyor.orchestrator.engine import Attempt, Finished
 from .queues import step_task_name
 
 log = logging.getLogger("conveyor.workers.watch")
+
+#: Events of steps that ended wait this long at most for a broker message of their own
+#: (or go out sooner with the next one). A chain of brief steps ends one step every few
+#: milliseconds, and a message per step would cost a broker round trip per step.
+FLUSH_INTERVAL = 0.25
 
 
 class AttemptUnsuccessful(Exception):
@@ -106,6 +113,7 @@ class TaskWatch:
     others: int = 0
     _shown: dict[StepRef, _Shown] = field(default_factory=dict)
     _pending: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    _flushed: float = field(default_factory=time.monotonic)
 
     # -- the executor's Watch ------------------------------------------------------------
 
@@ -159,7 +167,8 @@ class TaskWatch:
             else:
                 error = unsuccessful(finished.ref, shown.pipeline, finished)
                 self._failed(shown.task_id, error, now, runtime)
-        self.flush()
+        if time.monotonic() - self._flushed >= FLUSH_INTERVAL:
+            self.flush()  # else with the next step's, or when the delivery ends (close)
 
     # -- the message's own task ----------------------------------------------------------
 
@@ -207,6 +216,7 @@ class TaskWatch:
         if not self._pending:
             return
         pending, self._pending = self._pending, []
+        self._flushed = time.monotonic()
         try:
             with (
                 self.app.amqp.producer_pool.acquire(block=True) as producer,

@@ -81,6 +81,18 @@ def test_a_command_whose_server_is_killed_loses_its_tree(
         reap(pid)
 
 
+def test_a_step_that_stops_the_server_does_not_stop_the_next(
+    factory: LocalSandboxFactory,
+) -> None:
+    # Given a step that stopped the guard server (its guard's parent) with SIGSTOP
+    sandbox = factory.open(sandbox_request())
+    stop = "read -r _ _ _ server _ < /proc/$PPID/stat; kill -STOP $server"
+    assert sandbox.exec(stop).exit_code == 0
+    # Then the next command still runs, and as many as follow
+    assert sandbox.exec("echo next").tail == ["next"]
+    assert sandbox.exec("echo and next").tail == ["and next"]
+
+
 WORKER = """
 import os, sys, threading, time
 from pathlib import Path

@@ -7,6 +7,7 @@ tests run on every store (``[memory]``, ``[sqlite]``, ``[postgres]``).
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -95,13 +96,17 @@ def test_a_multi_line_secret_is_masked_in_one_block_and_across_two(store: Store)
     assert "secretbody" not in "\n".join(whole + halves)
 
 
-def test_values_derived_from_a_secret_are_masked_in_blocks_too(store: Store) -> None:
+def test_values_derived_from_a_secret_are_masked_in_long_blocks_too(store: Store) -> None:
     masker = Masker({"token": SECRET})
     masker.add([f"Bearer {SECRET}-derived"])
+    padding = "p" * 10_000  # a long block is searched for each value before the regex
+    encoded = base64.b64encode(SECRET.encode()).decode()
 
-    found = logged(store, masker, f"a\nheader: Bearer {SECRET}-derived\nb\n")
+    found = logged(
+        store, masker, f"{padding}\nheader: Bearer {SECRET}-derived\nbasic {encoded}\nb\n"
+    )
 
-    assert found == ["a", "header: ***", "b"]
+    assert found == [padding, "header: ***", "basic ***", "b"]
 
 
 def test_long_lines_in_a_block_are_cut_and_nul_shows_as_a_replacement(store: Store) -> None:

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from conveyor.orchestrator.pipeline.plan import ExecutionPlan, PlanStep
 
 MASK = "***"
+#: Texts longer than this are searched for each secret value before the regex runs.
+_SEARCH_FIRST = 4096
 #: A base64 run shorter than this, cut from the middle of a longer text, is not masked
 #: (four characters of base64 turn up by chance).
 MIN_BASE64_CORE = 6
@@ -85,6 +87,7 @@ class Masker:
         for value in secrets.values():
             self._values.update(_forms(value))
         self._values.update(derived)
+        self._kept: list[str] = []  # the values masked, longest first
         self._pattern = self._compile()
 
     def add(self, values: Iterable[str]) -> None:
@@ -97,11 +100,17 @@ class Masker:
     def _compile(self) -> re.Pattern[str] | None:
         kept = sorted((v for v in self._values if len(v) >= MIN_SECRET_LENGTH), key=len)
         kept.reverse()  # the longest first: a secret inside a derived value masks less
+        self._kept = kept
         return re.compile("|".join(re.escape(v) for v in kept)) if kept else None
 
     def __call__(self, text: str) -> str:
         """``text`` with every secret value masked."""
         if self._pattern is None or not text:
+            return text
+        # A long text (a block of a step's output) is looked through for each value
+        # with str's own search first: many times faster than the alternation, and
+        # most blocks hold no secret at all.
+        if len(text) > _SEARCH_FIRST and not any(v in text for v in self._kept):
             return text
         return self._pattern.sub(MASK, text)
 

@@ -43,6 +43,8 @@ Part = tuple[str, str]
 
 def line_bytes(text: str) -> int:
     """What a part weighs against the cap: its UTF-8 bytes and each line's newline."""
+    if text.isascii():  # a flag on the string: its length is its bytes
+        return len(text) + 1
     return len(text.encode("utf-8", "surrogatepass")) + 1
 
 

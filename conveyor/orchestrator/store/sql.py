@@ -147,6 +147,10 @@ class SqlStore(Connector):
                 runs.c.id.startswith(ref, autoescape=True),
                 sa.func.substr(runs.c.id, 1, len(ref)) == ref,
             )
+            if self.is_sqlite:
+                # A range of the primary key (binary order there), which the case-blind
+                # LIKE cannot use; Postgres has a pattern index (``schema.runs``) instead.
+                prefixed = sa.and_(prefixed, runs.c.id >= ref, runs.c.id < ref + "\U0010ffff")
             rows = self.rows(sa.select(*RUN_COLUMNS).where(prefixed).limit(5))
         if not rows:
             raise NotFound(f"no run {ref}")

@@ -103,7 +103,13 @@ class Changes:
         if not rows:
             return False
         ids = conn.execute(_INSERT_CHANGES, rows).scalars().all()
-        return bool(ids) and max(ids) // FOLD_EVERY > (min(ids) - 1) // FOLD_EVERY
+        return bool(ids) and fold_due(min(ids), max(ids))
+
+
+def fold_due(first: int, last: int) -> bool:
+    """True when rows ``first`` to ``last`` of ``metric_changes`` (ids) pass a multiple
+    of ``FOLD_EVERY``: a fold is due once the transaction that wrote them commits."""
+    return last // FOLD_EVERY > (first - 1) // FOLD_EVERY
 
 
 _INSERT_CHANGES = metric_changes.insert().returning(metric_changes.c.id)

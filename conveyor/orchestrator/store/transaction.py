@@ -6,7 +6,6 @@ statement costs more than running it on SQLite, and these run several times per 
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import uuid
 from collections import Counter
@@ -21,6 +20,13 @@ from conveyor.orchestrator.contracts import Move
 from conveyor.orchestrator.errors import NotFound, NothingToClaim, StepsMoved
 from conveyor.orchestrator.status import RunStatus, StepStatus, check_run_move, check_step_move
 from conveyor.orchestrator.store import logs
+from conveyor.orchestrator.store.bookkeeping import (
+    CHANGE_COLUMNS,
+    EVENT_COLUMNS,
+    counts_from,
+    counts_json,
+    flush_statement,
+)
 from conveyor.orchestrator.store.records import RunRecord, StepRecord, run_from_row, step_from_row
 from conveyor.orchestrator.store.schema import (
     RUN_COLUMNS,
@@ -30,7 +36,7 @@ from conveyor.orchestrator.store.schema import (
     runs,
     steps,
 )
-from conveyor.orchestrator.store.stats import Changes
+from conveyor.orchestrator.store.stats import Changes, fold_due
 from conveyor.orchestrator.store.transitions import Transitions
 
 _RUN: sa.BindParameter[str] = sa.bindparam("b_run")
@@ -112,32 +118,6 @@ _MOVE_STEP = steps.update().where(
 )
 _UPDATE_STEP = steps.update().where(steps.c.id == sa.bindparam("b_id"))
 _INSERT_EVENTS = events.insert()
-_EVENT_COLUMNS = ("instance_id", "step_key", "type", "payload", "created_at", "seq")
-
-
-@functools.cache
-def _insert_events_bumping_seq(count: int, counts: bool) -> sa.TextClause:
-    """Postgres: insert ``count`` events and bump the run's event_seq in one statement
-    (and write its step counts, with ``counts``).
-
-    A data-modifying CTE saves a round trip on every transaction. Written as text, one
-    statement per event count, built once: a multi-row ``insert().values()`` would be
-    compiled again on every call, which costs more than the round trip it saves.
-    """
-    rows = ", ".join(
-        "(" + ", ".join(f":{name}_{i}" for name in _EVENT_COLUMNS) + ")" for i in range(count)
-    )
-    # Only names from the schema and numbered placeholders: nothing from outside.
-    also = ", step_counts = :b_counts" if counts else ""
-    bump = f"UPDATE {runs.name} SET event_seq = :b_seq, updated_at = :b_now{also} WHERE id = :b_run"
-    insert = f"INSERT INTO {events.name} ({', '.join(_EVENT_COLUMNS)}) VALUES {rows}"  # noqa: S608
-    sql = f"WITH bump_seq AS ({bump}) {insert}"
-    types = {"b_now": runs.c.updated_at.type}
-    if counts:
-        types["b_counts"] = runs.c.step_counts.type
-    for i in range(count):
-        types |= {f"{name}_{i}": events.c[name].type for name in _EVENT_COLUMNS}
-    return sa.text(sql).bindparams(*(sa.bindparam(k, type_=t) for k, t in types.items()))
 
 
 def version_definition(conn: sa.Connection, name: str, source: str) -> tuple[str, int, bool]:
@@ -225,7 +205,7 @@ class RunTx(Transitions):
             raise NotFound(f"no run {run_id}")
         self.run: RunRecord = run_from_row(row)
         #: The run's steps by status, kept by ``_move`` (None: the row has no counts yet).
-        self._counts = _counts_from(row["step_counts"])
+        self._counts = counts_from(row["step_counts"])
         #: Whether ``_counts`` changed: written to the run's row with the events.
         self._counts_changed = False
         if step_key is not None and row[_STEP_PREFIX + "id"] is not None:
@@ -383,12 +363,13 @@ class RunTx(Transitions):
     def flush_events(self) -> None:
         """Number the pending events after the run's last one and write them.
 
-        The changes to the counts of ``/metrics`` are written here too, with the moves.
+        The changes to the counts of ``/metrics`` and the run's step counts are written
+        here too, with the moves: on Postgres in the same statement as the events.
         """
-        self.fold_due |= self.changes.write(self.conn)
-        counts = {"step_counts": _counts_json(self._counts)} if self._counts_changed else {}
+        counts = {"step_counts": counts_json(self._counts)} if self._counts_changed else {}
         self._counts_changed = False
-        if not self._pending:
+        if not self._pending:  # no move, so no change either but a first count
+            self.fold_due |= self.changes.write(self.conn)
             if counts:
                 self.conn.execute(_UPDATE_RUN, {**self._ids, **counts})
             return
@@ -397,30 +378,29 @@ class RunTx(Transitions):
             row["seq"] = base + offset
         seq = base + len(self._pending)
         if self._postgres:
-            params = {**self._ids, "b_seq": seq, "b_now": self.now}
-            if counts:
-                params["b_counts"] = counts["step_counts"]
-            for i, row in enumerate(self._pending):
-                params |= {f"{name}_{i}": row[name] for name in _EVENT_COLUMNS}
-            statement = _insert_events_bumping_seq(len(self._pending), bool(counts))
-            self.conn.execute(statement, params)
+            self._flush_postgres(seq, counts)
         else:
+            self.fold_due |= self.changes.write(self.conn)
             self.conn.execute(_INSERT_EVENTS, self._pending)
             bump = {"event_seq": seq, "updated_at": self.now, **counts}
             self.conn.execute(_UPDATE_RUN, {**self._ids, **bump})
         self.run = replace(self.run, event_seq=seq)
         self._pending = []
 
-
-def _counts_from(stored: Any) -> Counter[StepStatus] | None:
-    """The run row's ``step_counts`` as a Counter; None when the row keeps none yet."""
-    if stored is None:
-        return None
-    return Counter({StepStatus(status): int(n) for status, n in stored.items()})
-
-
-def _counts_json(counts: Counter[StepStatus] | None) -> dict[str, int] | None:
-    """``step_counts`` as stored: the statuses some step is in (None: count again)."""
-    if counts is None:
-        return None
-    return {status.value: n for status, n in sorted(counts.items()) if n > 0}
+    def _flush_postgres(self, seq: int, counts: dict[str, Any]) -> None:
+        """The events, the run's new ``event_seq`` and counts, and the changes of
+        ``/metrics``, in one statement (``flush_statement``)."""
+        changes = self.changes.rows()
+        self.changes.counts.clear()
+        params = {**self._ids, "b_seq": seq, "b_now": self.now}
+        if counts:
+            params["b_counts"] = counts["step_counts"]
+        for i, row in enumerate(self._pending):
+            params |= {f"{name}_{i}": row[name] for name in EVENT_COLUMNS}
+        for i, row in enumerate(changes):
+            params |= {f"m_{name}_{i}": row[name] for name in CHANGE_COLUMNS}
+        statement = flush_statement(len(self._pending), len(changes), bool(counts))
+        result = self.conn.execute(statement, params)
+        if changes:
+            first, last = result.one()
+            self.fold_due |= fold_due(first, last)

@@ -14,6 +14,7 @@ that the parent's death is still seen, and starts its own.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -23,12 +24,15 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import Future
 from pathlib import Path
 
 from conveyor.orchestrator.errors import SandboxError
 
 SERVER = str(Path(__file__).with_name("guard_server.py"))
+#: How long a server that does not answer (stopped, stuck) has before it is killed.
+SERVER_PATIENCE = 10.0
 
 
 class Guarded:
@@ -47,16 +51,19 @@ class Guarded:
         self._pid_fd = pid
         self._pid: int | None = None
         self._server = server
+        self._lock = threading.Lock()  # close() asks from another thread than exec()
 
     @property
     def pid(self) -> int | None:
         """The guard's pid; None if the server died before it could tell."""
-        if self._pid_fd >= 0:
-            line = _read_all(self._pid_fd)
-            os.close(self._pid_fd)
-            self._pid_fd = -1
-            self._pid = int(line) if line else None
-        return self._pid
+        with self._lock:
+            if self._pid_fd >= 0:
+                self._server.wait_for(self._pid_fd)
+                line = _read_all(self._pid_fd)
+                os.close(self._pid_fd)
+                self._pid_fd = -1
+                self._pid = int(line) if line else None
+            return self._pid
 
     def wait(self, timeout: float | None = None) -> int:
         """The guard's exit code (``-N``: killed by signal N), waiting up to ``timeout``."""
@@ -109,6 +116,17 @@ class _Server:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def wait_for(self, fd: int) -> None:
+        """Wait until the server wrote to ``fd``, resuming it if a step stopped it
+        (SIGSTOP), and killing it if it still says nothing: its guards then kill their
+        trees (parent-death signal), and ``fd`` reads end-of-file."""
+        until = time.monotonic() + SERVER_PATIENCE
+        while not select.select([fd], [], [], 0.5)[0]:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(
+                    signal.SIGKILL if time.monotonic() > until else signal.SIGCONT
+                )
+
     def release(self, pid: int) -> None:
         with self._lock:
             self._released.append(pid)
@@ -122,6 +140,7 @@ class _Server:
             with open(payload, "wb", closefd=False) as file:
                 file.write(json.dumps({"argv": argv, "cwd": cwd, "env": env}).encode())
             with self._lock:
+                self.proc.send_signal(signal.SIGCONT)  # in case a step stopped it
                 released, self._released = self._released, []
                 message = b" ".join([b"start", *(b"%d" % pid for pid in released)])
                 try:

@@ -165,7 +165,8 @@ class LocalSandbox:
         """Copy a workspace file or directory out to the host path ``dest``."""
         self._refuse_if_closed()
         # Most steps ask for an outputs file nobody wrote: no need to resolve its path.
-        if not os.path.lexists(self.root / self._relative(src)):
+        relative = self._relative(src)
+        if ".." not in relative.split("/") and not os.path.lexists(self.root / relative):
             raise SandboxError(f"{src} does not exist in the workspace")
         source = self.resolve(src)
         if not source.exists():
