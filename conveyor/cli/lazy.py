@@ -13,6 +13,7 @@ import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from gettext import gettext
+from typing import Any
 
 import click
 
@@ -40,8 +41,8 @@ class LazyCommand:
 class LazyGroup(click.Group):
     """A group that imports a command's module only when that command is asked for."""
 
-    def __init__(self, *args: object, lazy: Mapping[str, LazyCommand], **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, *args: Any, lazy: Mapping[str, LazyCommand], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.lazy = dict(lazy)
 
     def list_commands(self, ctx: click.Context) -> list[str]:

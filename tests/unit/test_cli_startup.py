@@ -17,6 +17,7 @@ from click.testing import CliRunner
 
 from conveyor.cli.lazy import LazyGroup
 from conveyor.cli.main import COMMANDS, cli
+from conveyor.orchestrator.store import db
 
 #: Libraries none of ``--version``, ``--help`` and a command's parsing needs.
 HEAVY = (
@@ -81,6 +82,33 @@ for args in (["--version"], ["--help"]):
     modules = loaded_modules(tmp_path, then)
     # Then it still loaded none of the heavy libraries
     assert heavy_in(modules) == []
+
+
+def test_runs_on_a_current_database_loads_neither_alembic_nor_the_runtime(
+    tmp_path: Path,
+) -> None:
+    # Given an embedded database already migrated by a first command
+    run_cli = """
+from conveyor.cli.main import cli
+cli.main(["runs"], prog_name="conveyor", standalone_mode=False)
+"""
+    loaded_modules(tmp_path, run_cli)
+    # When `conveyor runs` reads it again
+    modules = loaded_modules(tmp_path, run_cli)
+    # Then it checked the schema without alembic, and loaded no runtime, executor or compiler
+    assert "sqlalchemy" in modules
+    unused = ("alembic", "jinja2", "yaml", "celery", "flask")
+    engine = ("runtime", "executor", "embedded", "wiring")
+    assert sorted(m for m in modules if m.split(".")[0] in unused) == []
+    assert [m for m in modules if m.rsplit(".", 1)[-1] in engine] == []
+    assert not any(m.startswith("conveyor.orchestrator.pipeline") for m in modules)
+
+
+def test_the_schema_check_knows_the_head_alembic_knows() -> None:
+    # Given the migrations directory
+    # When the head is read from the files' revision lines
+    # Then it is the head alembic computes
+    assert db.head_revision() == db._head_from_alembic()
 
 
 def test_help_lists_every_command_with_its_own_summary() -> None:
