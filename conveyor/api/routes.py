@@ -35,9 +35,7 @@ from .routing import Call, Route
 
 READ, RUN, ADMIN = Role.VIEWER, Role.OPERATOR, Role.ADMIN
 SSE = {"text/event-stream": {"type": "string", "description": "`log` events, then `end`."}}
-EVENT_SSE = {
-    "text/event-stream": {"type": "string", "description": "`event` events, then `end`."}
-}
+EVENT_SSE = {"text/event-stream": {"type": "string", "description": "`event` events, then `end`."}}
 JSON_DOCUMENT = {"application/json": {"type": "object"}}
 BINARY = {"application/octet-stream": {"type": "string", "format": "binary"}}
 SARIF = {"application/sarif+json": {"type": "object", "description": "A SARIF 2.1.0 log."}}

@@ -14,7 +14,6 @@ import signal
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
-from datetime import datetime
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,7 +23,6 @@ import click
 from conveyor import __version__
 from conveyor.orchestrator.errors import ConveyorError, SpecError
 from conveyor.orchestrator.status import RunStatus
-from conveyor.orchestrator.store import EventRecord, LogRecord, RunRecord, StepRecord
 
 from . import backend
 from .lazy import LazyCommand, LazyGroup
@@ -33,6 +31,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from conveyor.orchestrator.settings import Settings
+    from conveyor.orchestrator.store import EventRecord, LogRecord, RunRecord, StepRecord
 
     from .remote import Remote
 
@@ -294,6 +293,8 @@ def _run_json(
 
 
 def _json_value(value: Any) -> Any:
+    from datetime import datetime  # noqa: PLC0415  (see the module's docstring)
+
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, Enum):
