@@ -73,7 +73,9 @@ _LOCK_RUN_WITH_STEP = _lock_run_with_step()
 #: For a claim, the step's claimability is in the join: a duplicate or stale delivery
 #: reads no row, so it takes no lock and writes nothing, not even a row lock.
 _LOCK_RUN_FOR_CLAIM = _lock_run_with_step(
-    steps.c.status == StepStatus.QUEUED.value, steps.c.attempts == sa.bindparam("b_attempt")
+    # Not an index's condition (see ``_MOVE_STEP``): the step is found by its key.
+    steps.c.status.concat(sa.literal_column("''")) == StepStatus.QUEUED.value,
+    steps.c.attempts == sa.bindparam("b_attempt"),
 )
 #: A run's steps queued and due by now on one queue, of some types, in plan order: an
 #: index range (``ix_workflow_steps_run_queued``) read up to the limit, however large the run.
