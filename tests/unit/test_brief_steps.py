@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
 
 from conveyor.orchestrator.engine.attempt import Attempt, Finished, Outcome
 from conveyor.orchestrator.engine.claims import BRIEF_BATCH
@@ -130,3 +135,41 @@ def test_brief_steps_wait_for_their_needs_and_retries_keep_their_eta(h: Harness)
     retry, eta = h.recorder.sent.pop(0)
     assert (retry.step_key, retry.attempt) == ("b0", 2) and eta is not None
     assert h.statuses(run_id)["b0"] == "queued"
+
+
+def test_only_results_of_brief_steps_commit_without_waiting_for_the_disk(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a chain: a brief step, a step that is not brief, a brief one
+    run_id = h.start(
+        pipeline(
+            "{name: b, type: brief, needs: []}",
+            "{name: n, type: noop, needs: [b]}",
+            "{name: c, type: brief, needs: [n]}",
+        )
+    )
+    relaxed: list[bool] = []
+    opened = h.store.transaction
+
+    @contextlib.contextmanager
+    def spied(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        with opened(*args, **kwargs) as tx:
+            yield tx
+            relaxed.append(tx.relaxed)
+
+    monkeypatch.setattr(h.store, "transaction", spied)
+    first, _ = h.recorder.sent.pop(0)
+    claim = h.runtime.claim(first, "w1")
+    assert claim is not None
+
+    # When each result is recorded and the worker goes on with the next step
+    n = h.runtime.record([Finished(claim.ref, outputs={})], continue_as="w1").next
+    assert n is not None and n.ref.step_key == "n"
+    c = h.runtime.record([Finished(n.ref, outputs={})], continue_as="w1").next
+    assert c is not None and c.ref.step_key == "c"
+    h.runtime.record([Finished(c.ref, outputs={})], continue_as="w1")
+
+    # Then only the last, which records and claims brief steps alone, is relaxed: the
+    # first claims a step that is not brief, the second records one
+    assert relaxed == [False, False, False, True]
+    assert h.store.get_run(run_id).status == "succeeded"

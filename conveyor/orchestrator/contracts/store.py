@@ -60,6 +60,7 @@ class RunTransaction(Protocol):
     run: RunRecord
     now: datetime
     sends: list[Dispatch]
+    relaxed: bool
 
     def steps(self, keys: Collection[str] | None = None) -> list[StepRecord]:
         """The run's steps (or those in ``keys``) in plan order, without their outputs."""
@@ -71,6 +72,10 @@ class RunTransaction(Protocol):
 
     def status_counts(self) -> Counter[StepStatus]:
         """How many of the run's steps are in each status."""
+        ...
+
+    def relax(self) -> None:
+        """Commit without waiting for the disk: only for results of brief steps."""
         ...
 
     def outputs(self) -> dict[str, dict[str, Any]]:

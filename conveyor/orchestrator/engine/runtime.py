@@ -278,10 +278,23 @@ class Runtime:
             # wait for them (and its lease with it); the step goes out as a message.
             if continue_as and not self.stopping() and not self._advance.noted(tx.run.id):
                 claim = self._continue(tx, continue_as, queues)
+            if self._only_brief(tx.run, finished, claim):
+                tx.relax()
             return claim, tx.run.status.terminal
 
         claim, over = self.write(finished[0].ref.run_id, work, finished[0].ref.step_key)
         return Recorded(self._attempt(claim) if claim is not None else None, over)
+
+    def _only_brief(
+        self, run: RunRecord, finished: Sequence[Finished], claim: Claim | None
+    ) -> bool:
+        """Whether a result's transaction records and claims brief steps only: then it
+        need not wait for the disk (``RunTransaction.relax``)."""
+        plan = self.plan(run)
+        keys = [f.ref.step_key for f in finished]
+        if claim is not None:
+            keys += [c.ref.step_key for c in (claim, *claim.batch)]
+        return all(plan.step(key).brief for key in keys)
 
     def _record_in(self, tx: RunTransaction, finished: Sequence[Finished]) -> None:
         tx.append_logs([(f.ref.step_key, f.ref.attempt, f.logs) for f in finished])

@@ -150,18 +150,19 @@ steps = sa.Table(
     sa.Column("started_at", UTCDateTime),
     sa.Column("completed_at", UTCDateTime),
     sa.UniqueConstraint("instance_id", "step_key"),
-    sa.Index("ix_workflow_steps_status", "status"),
 )
-#: A run's queued steps on one queue in plan order: a claim reads the next few brief
-#: steps (``queued_now``) without reading the rest of the run. Partial, so it is small
-#: and no planner takes it for a step looked up by key.
+#: Steps by status, then run, queue and plan order. The reconciler reads every run's
+#: queued or running steps by its first column; a claim reads one run's next few queued
+#: steps on a queue (``queued_now``) as a range of it, in order, and stops at the limit.
+#: One index for both: a planner that thinks a status rare (statistics taken while no
+#: step was queued) cannot then pick a status-only index and read every queued step of
+#: every run.
 sa.Index(
-    "ix_workflow_steps_run_queued",
+    "ix_workflow_steps_status_run",
+    steps.c.status,
     steps.c.instance_id,
     steps.c.queue,
     steps.c.position,
-    postgresql_where=sa.text("status = 'queued'"),
-    sqlite_where=sa.text("status = 'queued'"),
 )
 
 #: What an advance needs of every step; the rest (outputs above all) is read when needed.

@@ -46,6 +46,10 @@ from conveyor.orchestrator.store.transaction import RunTx, version_definition
 
 log = logging.getLogger("conveyor.store")
 
+#: A relaxed run transaction (``RunTx.relax``) commits without waiting for the WAL flush.
+#: SQLite already runs with ``synchronous=NORMAL`` (``db.py``).
+_ASYNC_COMMIT = sa.text("SET LOCAL synchronous_commit TO OFF")
+
 
 class SqlStore(Connector):
     """Reads and writes of the execution log, through the engines of its ``Connector``."""
@@ -71,6 +75,8 @@ class SqlStore(Connector):
             tx.log_max_bytes = self.log_max_bytes
             yield tx
             tx.flush_events()
+            if tx.relaxed and conn.dialect.name == "postgresql":
+                conn.execute(_ASYNC_COMMIT)
         if tx.fold_due:
             self._fold_metrics()
 
@@ -110,7 +116,7 @@ class SqlStore(Connector):
             tx.flush_events()
         if tx.fold_due:
             self._fold_metrics()
-        return self.get_run(run_id)
+        return tx.run  # read under the lock, and kept by every move since: no re-read
 
     def _fold_metrics(self) -> None:
         """Fold the changes behind ``/metrics`` now due, after a commit that made it due.

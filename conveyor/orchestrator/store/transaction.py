@@ -78,14 +78,12 @@ _LOCK_RUN_FOR_CLAIM = _lock_run_with_step(
     steps.c.attempts == sa.bindparam("b_attempt"),
 )
 #: A run's steps queued and due by now on one queue, of some types, in plan order: an
-#: index range (``ix_workflow_steps_run_queued``) read up to the limit, however large the run.
+#: index range (``ix_workflow_steps_status_run``) read up to the limit, however large the run.
 _QUEUED_NOW = (
     sa.select(*STEP_STATE_COLUMNS)
     .where(
         steps.c.instance_id == _RUN,
-        # A literal, not a parameter: the partial index's condition, which a planner
-        # can only match against a constant.
-        steps.c.status == sa.literal_column(f"'{StepStatus.QUEUED.value}'"),
+        steps.c.status == StepStatus.QUEUED.value,
         steps.c.queue == sa.bindparam("b_queue"),
         steps.c.type.in_(sa.bindparam("b_types", expanding=True)),
         sa.or_(steps.c.available_at.is_(None), steps.c.available_at <= sa.bindparam("b_now")),
@@ -117,7 +115,7 @@ _MOVE_STEP = steps.update().where(
     steps.c.id == sa.bindparam("b_id"),
     # The fence, as an expression no index answers: the primary key finds the row. A
     # planner that thinks a status rare (statistics taken between runs) would otherwise
-    # walk ``ix_workflow_steps_status``: every step of every run in that status.
+    # walk ``ix_workflow_steps_status_run``: every step of every run in that status.
     steps.c.status.concat(sa.literal_column("''")) == sa.bindparam("b_status"),
     steps.c.attempts == sa.bindparam("b_attempts"),
 )

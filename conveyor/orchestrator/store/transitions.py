@@ -58,6 +58,21 @@ class Transitions:
     def __init__(self) -> None:
         #: Steps queued by this transaction, to dispatch after it commits.
         self.sends: list[Dispatch] = []
+        #: Whether losing this transaction in a crash of the database server would only
+        #: make steps run again that reach nothing outside their worker (see ``relax``).
+        self.relaxed = False
+
+    def relax(self) -> None:
+        """Commit without waiting for the database to flush it to disk.
+
+        For a transaction whose only effects are the results of brief steps (and the
+        claims of brief steps after them): if the server crashed within a moment of the
+        commit, those steps would still be running at their last durable state, and
+        would run again once their lease ran out, as after a lost worker; brief steps
+        reach nothing outside their worker, so running one twice changes nothing. The
+        database is never inconsistent: later commits are flushed after it, in order.
+        """
+        self.relaxed = True
 
     if TYPE_CHECKING:  # the primitives: the transaction class that inherits this has them
 

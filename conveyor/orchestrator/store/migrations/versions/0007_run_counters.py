@@ -1,10 +1,11 @@
-"""Per-run step counts on the run's row, and an index of a run's queued steps.
+"""Per-run step counts on the run's row, and steps indexed by status, then run.
 
 ``workflow_instances.step_counts`` says how many of the run's steps are in each status;
 the run transaction keeps it as it moves steps, so whether a run is over needs no read
-of its steps. Filled in here from the steps there are. ``ix_workflow_steps_run_queued``
-(partial: queued steps only) lets a claim read a run's next few queued steps on a
-queue in plan order without reading the rest of the run.
+of its steps. Filled in here from the steps there are. ``ix_workflow_steps_status_run``
+(status, run, queue, plan order) replaces the status-only index: the reconciler still
+reads steps by status, and a claim reads a run's next few queued steps on a queue in
+plan order without reading the rest of the run, or any other run's.
 
 Revision ID: 0007
 Revises: 0006
@@ -24,7 +25,8 @@ branch_labels = None
 depends_on = None
 
 STEPS = "workflow_steps"
-QUEUED_INDEX = "ix_workflow_steps_run_queued"
+STATUS_INDEX = "ix_workflow_steps_status"
+STATUS_RUN_INDEX = "ix_workflow_steps_status_run"
 
 #: Every run's counts in one statement, on each database's JSON aggregate.
 _FILL = {
@@ -46,24 +48,19 @@ _FILL = {
 
 
 def upgrade() -> None:
-    """Add and fill workflow_instances.step_counts; index the runs' queued steps."""
+    """Add and fill workflow_instances.step_counts; index steps by status and run."""
     with op.batch_alter_table("workflow_instances") as table:
         table.add_column(sa.Column("step_counts", JSONType))
     op.execute(_FILL[op.get_bind().dialect.name])
     # A run without steps (none are made so, but older data may hold one) counts none.
     op.execute("UPDATE workflow_instances SET step_counts = '{}' WHERE step_counts IS NULL")
-    queued = sa.text("status = 'queued'")
-    op.create_index(
-        QUEUED_INDEX,
-        STEPS,
-        ["instance_id", "queue", "position"],
-        postgresql_where=queued,
-        sqlite_where=queued,
-    )
+    op.create_index(STATUS_RUN_INDEX, STEPS, ["status", "instance_id", "queue", "position"])
+    op.drop_index(STATUS_INDEX, table_name=STEPS)
 
 
 def downgrade() -> None:
     """Revision 0006's tables again."""
-    op.drop_index(QUEUED_INDEX, table_name=STEPS)
+    op.create_index(STATUS_INDEX, STEPS, ["status"])
+    op.drop_index(STATUS_RUN_INDEX, table_name=STEPS)
     with op.batch_alter_table("workflow_instances") as table:
         table.drop_column("step_counts")
