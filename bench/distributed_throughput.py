@@ -297,8 +297,8 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
-def commits(url: str) -> int:
-    """Transactions committed in the database so far, every session's counted.
+def settled_count(url: str, query: str) -> int:
+    """The one number ``query`` reads from the statistics views, every session's counted.
 
     A backend flushes its counters only now and then while it lives; ending the other
     sessions (the workers reconnect on their next use) makes every count visible.
@@ -310,11 +310,16 @@ def commits(url: str) -> int:
         )
         time.sleep(1.0)
         conn.execute("SELECT pg_stat_clear_snapshot()")
-        row = conn.execute(
-            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
-        ).fetchone()
+        row = conn.execute(query).fetchone()
     assert row is not None
     return int(row[0])
+
+
+def commits(url: str) -> int:
+    """Transactions committed in the database so far, every session's counted."""
+    return settled_count(
+        url, "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+    )
 
 
 def percentile(values: list[float], pct: float) -> float:

@@ -37,6 +37,7 @@ from distributed_throughput import (  # type: ignore[import-not-found]
     bench_database,
     chain_pipeline,
     fan_pipeline,
+    settled_count,
     start,
     stop,
     wait_ready,
@@ -80,24 +81,12 @@ def embedded(shape: str, size: int, data_dir: Path) -> tuple[float, float]:
 
 
 def steps_rows_read(url: str) -> int:
-    """Rows of ``workflow_steps`` read so far (sequential and by index), every session's.
-
-    A backend reports its counters only now and then while it lives; ending the other
-    sessions (the workers reconnect on their next use) makes every count visible.
-    """
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        )
-        time.sleep(1.0)
-        conn.execute("SELECT pg_stat_clear_snapshot()")
-        row = conn.execute(
-            "SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0)"
-            " FROM pg_stat_user_tables WHERE relname = 'workflow_steps'"
-        ).fetchone()
-    assert row is not None
-    return int(row[0])
+    """Rows of ``workflow_steps`` read so far (sequential and by index), every session's."""
+    return settled_count(
+        url,
+        "SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0)"
+        " FROM pg_stat_user_tables WHERE relname = 'workflow_steps'",
+    )
 
 
 def analyze(url: str) -> None:

@@ -8,11 +8,12 @@ answer at once and ``runs`` loads no more than it reads with.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict
 from enum import Enum
 from pathlib import Path
@@ -30,6 +31,7 @@ from .lazy import LazyCommand, LazyGroup
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from conveyor.orchestrator.contracts import Store
     from conveyor.orchestrator.settings import Settings
     from conveyor.orchestrator.store import EventRecord, LogRecord, RunRecord, StepRecord
 
@@ -328,15 +330,9 @@ def logs(
         else:
             lines = remote.logs(run.id, step, attempt)
     else:
-        store = backend.open_store(settings)
-        try:
-            run = store.find_run(run_id)
-            steps = {s.key: s for s in store.list_steps(run.id)}
-            _check_step(run, steps, step)
+        with _local_run(settings, run_id, step) as (store, run, steps):
             # Read as printed: a log of any length is never held whole.
             _print_logs(store.iter_logs(run.id, step, attempt=attempt), steps, step, attempt)
-        finally:
-            store.close()
         return
     _print_logs(lines, steps, step, attempt)
 
@@ -358,14 +354,8 @@ def _print_tail(
         _check_step(run, steps, step)
         lines, cut = remote.tail(run.id, step, count, attempt)
     else:
-        store = backend.open_store(settings)
-        try:
-            run = store.find_run(run_id)
-            steps = {s.key: s for s in store.list_steps(run.id)}
-            _check_step(run, steps, step)
+        with _local_run(settings, run_id, step) as (store, run, steps):
             lines = store.tail_logs(run.id, step, count, attempt)
-        finally:
-            store.close()
     _print_logs(lines, steps, step, attempt)
     if cut:  # never a silent stop: say what is missing and how to get it
         click.echo(
@@ -373,6 +363,22 @@ def _print_tail(
             f"`conveyor logs {run.id} {step}` prints the whole log)",
             err=True,
         )
+
+
+@contextlib.contextmanager
+def _local_run(
+    settings: Settings, run_id: str, step: str | None
+) -> Iterator[tuple[Store, RunRecord, dict[str, StepRecord]]]:
+    """The local store, open, with the run ``run_id`` names and its steps (``step``
+    among them, if given); closed after."""
+    store = backend.open_store(settings)
+    try:
+        run = store.find_run(run_id)
+        steps = {s.key: s for s in store.list_steps(run.id)}
+        _check_step(run, steps, step)
+        yield store, run, steps
+    finally:
+        store.close()
 
 
 def _check_step(run: RunRecord, steps: Mapping[str, StepRecord], step: str | None) -> None:
