@@ -438,6 +438,21 @@ def serve_baseline(redis_url: str, name: str, concurrency: int) -> None:
     )
 
 
+def service_options(parser: argparse.ArgumentParser, *, redis_db: int) -> None:
+    """``--redis`` (a database index of its own per bench, flushed first) and
+    ``--postgres`` (an admin URL), for every bench that starts workers."""
+    parser.add_argument(
+        "--redis", default=f"redis://127.0.0.1:6379/{redis_db}", help="flushed first"
+    )
+    parser.add_argument(
+        "--postgres",
+        default=os.environ.get(
+            "CONVEYOR_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+        ),
+        help="an admin URL: the bench creates and drops a database of its own",
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -447,14 +462,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=10, help="independent steps per run")
     parser.add_argument("--long", type=int, default=10_000, help="steps of the RSS run")
     parser.add_argument("-c", "--concurrency", type=int, default=1, help="pool size per worker")
-    parser.add_argument("--redis", default="redis://127.0.0.1:6379/10", help="flushed first")
-    parser.add_argument(
-        "--postgres",
-        default=os.environ.get(
-            "CONVEYOR_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-        ),
-        help="an admin URL: the bench creates and drops a database of its own",
-    )
+    service_options(parser, redis_db=10)
     parser.add_argument("--serve-baseline", metavar="NAME", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_baseline:

@@ -48,6 +48,7 @@ from distributed_throughput import (
     bench_database,
     chain_pipeline,
     fan_pipeline,
+    service_options,
     start,
     stop,
     wait_ready,
@@ -296,14 +297,7 @@ def main() -> None:
         "--prefect-timeout", type=float, default=3600, help="seconds the Prefect side may take"
     )
     parser.add_argument("-c", "--concurrency", type=int, default=1, help="pool size per worker")
-    parser.add_argument("--redis", default="redis://127.0.0.1:6379/12", help="flushed first")
-    parser.add_argument(
-        "--postgres",
-        default=os.environ.get(
-            "CONVEYOR_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-        ),
-        help="an admin URL: the bench creates and drops a database of its own",
-    )
+    service_options(parser, redis_db=12)
     parser.add_argument(
         "--skip-distributed", action="store_true", help="embedded only (no Postgres, Redis)"
     )

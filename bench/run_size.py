@@ -19,7 +19,6 @@ end, and the per-step time printed with the ratio of the largest to the smallest
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -37,6 +36,7 @@ from distributed_throughput import (  # type: ignore[import-not-found]
     bench_database,
     chain_pipeline,
     fan_pipeline,
+    service_options,
     settled_count,
     start,
     stop,
@@ -166,14 +166,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="10,100,1000,10000", help="steps per run")
     parser.add_argument("--skip-embedded", action="store_true")
     parser.add_argument("--skip-distributed", action="store_true")
-    parser.add_argument("--redis", default="redis://127.0.0.1:6379/11", help="flushed first")
-    parser.add_argument(
-        "--postgres",
-        default=os.environ.get(
-            "CONVEYOR_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-        ),
-        help="an admin URL: the bench creates and drops a database of its own",
-    )
+    service_options(parser, redis_db=11)
     args = parser.parse_args()
     sizes = [int(n) for n in args.sizes.split(",")]
     if not args.skip_embedded:
