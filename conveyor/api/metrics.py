@@ -17,10 +17,12 @@ from prometheus_client.registry import Collector
 from conveyor.orchestrator.queues import STANDARD
 from conveyor.orchestrator.status import RunStatus
 from conveyor.orchestrator.store import Stats
+from conveyor.orchestrator.store.stats import BACKOFF, READY
 
 
 class StoreCollector(Collector):
-    """Runs and steps by status, queue depth, and step durations, from the store."""
+    """Runs and steps by status, queue depth (ready or in backoff), and step durations,
+    from the store."""
 
     def __init__(self, stats: Stats) -> None:
         self.stats = stats
@@ -38,9 +40,11 @@ class StoreCollector(Collector):
             runs.add_metric([status], count)
         for (status, type_, queue), count in sorted(now.steps_by_status().items()):
             steps.add_metric([status, type_, queue], count)
-        # Queues a deployment always has are reported (at 0) even before any step used them.
-        for queue, count in sorted((dict.fromkeys(STANDARD, 0) | now.queue_depth()).items()):
-            depth.add_metric([queue], count)
+        # Queues a deployment always has are reported (at 0, in both states) even before
+        # any step used them: an autoscaler or an alert reads a series that exists.
+        always = {(queue, state): 0 for queue in STANDARD for state in (READY, BACKOFF)}
+        for (queue, state), count in sorted((always | now.queue_depth()).items()):
+            depth.add_metric([queue, state], count)
         for h in now.step_durations():
             buckets = [(_bound(b), n) for b, n in h.buckets] + [("+Inf", h.count)]
             durations.add_metric([h.type, h.queue], buckets, sum_value=h.total)
@@ -58,7 +62,10 @@ def _families() -> Families:
             "conveyor_steps", "Steps by status, type and queue.", labels=["status", "type", "queue"]
         ),
         GaugeMetricFamily(
-            "conveyor_queue_depth", "Steps queued and waiting for a worker.", labels=["queue"]
+            "conveyor_queue_depth",
+            "Steps queued, by queue and state: ready (a worker could take it now) or "
+            "backoff (waiting out a retry delay).",
+            labels=["queue", "state"],
         ),
         HistogramMetricFamily(
             "conveyor_step_duration_seconds",

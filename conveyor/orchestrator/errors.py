@@ -145,6 +145,10 @@ class SandboxError(StepFailed):
     """The sandbox failed."""
 
 
+class WorkspaceRefused(StepFailed):
+    """The run's workspace could not be handed to this host (unsafe, corrupt or missing)."""
+
+
 # -- artifacts ------------------------------------------------------------------------
 
 

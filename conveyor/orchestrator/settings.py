@@ -104,6 +104,12 @@ class Settings(BaseSettings):
         description="A queued step unclaimed this long (or this long past its retry time) "
         "is sent again; a run with nothing queued or running this long is advanced again.",
     )
+    workspace_shared: bool = Field(
+        default=False,
+        description="Workers see one workspace directory (a shared volume at data_dir or "
+        "its workspaces/): a run's files are not handed between hosts through the "
+        "artifact store. Off (default): each host keeps its own copy, synced per step.",
+    )
     artifact_store: str = Field(
         default="local", description="Where artifacts go: local (under data_dir) or s3."
     )

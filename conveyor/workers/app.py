@@ -17,6 +17,7 @@ from conveyor.orchestrator.queues import CONTROL, SANDBOX, STANDARD
 from conveyor.orchestrator.settings import Settings
 
 from . import tasks
+from .hosts import serve_host_queues
 from .queues import RECONCILE_TASK, RUN_STEP_TASK
 from .shutdown import watch_shutdown
 
@@ -31,6 +32,7 @@ def make_celery(settings: Settings) -> Celery:
     app.conf.update(celery_config(settings))
     tasks.register(app, settings)
     watch_shutdown()  # a worker's pool processes learn of its warm shutdown
+    serve_host_queues(app, settings)  # and its host's own queues (workspaces there)
     return app
 
 

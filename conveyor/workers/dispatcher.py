@@ -40,6 +40,8 @@ from .queues import RUN_STEP_TASK, step_task_name
 if TYPE_CHECKING:
     from conveyor.orchestrator.pipeline import ExecutionPlan
 
+    from .hosts import HostRouter
+
 #: A run's plan by run id (``Runtime.plan_of``: cached in the process).
 Plans = Callable[[str], "ExecutionPlan"]
 
@@ -53,10 +55,14 @@ DUE_MARGIN = timedelta(milliseconds=200)
 class CeleryDispatcher:
     """The orchestrator's Dispatcher over Celery: one ``run_step`` message per step."""
 
-    def __init__(self, app: Celery, plans: Plans | None = None) -> None:
+    def __init__(
+        self, app: Celery, plans: Plans | None = None, router: HostRouter | None = None
+    ) -> None:
         self.app = app
         #: Where the labels monitors show come from; set once the runtime exists.
         self.plans = plans
+        #: Sends a step to the host that holds its run's workspace (``hosts.py``).
+        self.router = router
         self._timer = DueTimer("conveyor-due-steps")
 
     def dispatch(self, ref: StepRef, eta: datetime | None = None) -> None:
@@ -76,24 +82,30 @@ class CeleryDispatcher:
         Only ever a label: a plan that cannot be read (the store is away) leaves the
         message as it was, never unsent.
         """
+        shadow, kwargs, _ = self._described(ref)
+        return shadow, kwargs
+
+    def _described(self, ref: StepRef) -> tuple[str | None, dict[str, Any], bool]:
+        """The labels of ``ref``, and whether its step is brief (True if unknown)."""
         if self.plans is None:
-            return None, {}
+            return None, {}, True
         try:
             plan = self.plans(ref.run_id)
-            step_type = plan.step(ref.step_key).type
+            step = plan.step(ref.step_key)
         except Exception:  # a label is not worth a lost wake-up call
             log.debug("no labels for step %s of run %s", ref.step_key, ref.run_id, exc_info=True)
-            return None, {}
-        return step_task_name(step_type), {"pipeline": plan.pipeline}
+            return None, {}, True
+        return step_task_name(step.type), {"pipeline": plan.pipeline}, step.brief
 
     def _send(self, ref: StepRef) -> None:
-        shadow, kwargs = self.labels(ref)
+        shadow, kwargs, brief = self._described(ref)
+        queue = ref.queue if self.router is None else self.router.queue_for(ref, brief)
         try:
             self.app.send_task(
                 RUN_STEP_TASK,
                 args=(ref.run_id, ref.step_key, ref.attempt),
                 kwargs=kwargs,
-                queue=ref.queue,
+                queue=queue,
                 ignore_result=True,
                 shadow=shadow,
             )

@@ -33,6 +33,7 @@ from conveyor.orchestrator.settings import Settings
 from conveyor.orchestrator.store import SqlStore
 
 from .dispatcher import CeleryDispatcher
+from .hosts import HostRouter, handing_over, served_queues
 from .shutdown import SHUTDOWN
 
 log = logging.getLogger("conveyor.workers")
@@ -73,7 +74,10 @@ class WorkerProcess:
             owner=owner,
             queues=queues,
             stopping=SHUTDOWN.is_set,  # a warm shutdown takes no new step
+            handoff=handing_over(settings),
         )
+        if handing_over(settings):
+            dispatcher.router = HostRouter(store, settings)
         dispatcher.plans = core.runtime.plan_of  # labels of the messages it sends
         log.info("conveyor worker process %s ready for queues %s", owner, _names(queues))
         return cls(core, dispatcher)
@@ -172,7 +176,7 @@ class PerProcess:
 
 def consumed_queues(app: Celery) -> frozenset[str] | None:
     """The queues this worker consumes (``-Q``), or None outside a worker."""
-    names = frozenset(app.amqp.queues.consume_from or ())
+    names = served_queues(app.amqp.queues.consume_from or ())
     return names or None
 
 

@@ -20,6 +20,7 @@ from conveyor.orchestrator.contracts import StepRef
 from conveyor.orchestrator.errors import NotFound
 from conveyor.orchestrator.settings import Settings
 
+from .hosts import HOST_INFIX
 from .process import PerProcess, WorkerProcess, consumed_queues, patiently
 from .queues import RECONCILE_TASK, RUN_STEP_TASK
 from .watch import AttemptUnsuccessful, TaskWatch
@@ -80,10 +81,11 @@ def register(app: Celery, settings: Settings) -> None:
 
 
 def _queue(task: Any) -> str | None:
-    """The queue the message came from (its routing key: queues are named for them)."""
+    """The queue the message came from (its routing key: queues are named for them);
+    for a host's own queue (``sandbox.host.<id>``), the queue it stands for."""
     info = task.request.delivery_info or {}
     key = info.get("routing_key")
-    return key if isinstance(key, str) and key else None
+    return key.split(HOST_INFIX, 1)[0] if isinstance(key, str) and key else None
 
 
 def _queue_of(process: WorkerProcess, run_id: str, step_key: str) -> str | None:

@@ -252,7 +252,7 @@ def test_readyz_is_200_with_a_live_broker_and_steps_are_queued_for_workers(
     assert ready.status == 200, ready.raw
     assert ready.json["checks"]["broker"] == {"ok": True, "detail": "ok"}
     assert run["steps"][0]["status"] == "queued"  # sent to Celery; no worker listens here
-    assert f'conveyor_queue_depth{{queue="{queue}"}} 1.0'.encode() in depth
+    assert f'conveyor_queue_depth{{queue="{queue}",state="ready"}} 1.0'.encode() in depth
 
 
 def _submit_with_broker(

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,26 +151,48 @@ class Stack:
         values = {k.removeprefix("CONVEYOR_").lower(): v for k, v in self.env.items()}
         return Settings(**{k: v for k, v in values.items() if k in Settings.model_fields})
 
-    def worker(self, name: str, queues: str, concurrency: int = 1, *extra: str) -> Proc:
-        """Start ``conveyor worker -Q queues -n name@%h`` (not waiting for it)."""
+    def worker(
+        self,
+        name: str,
+        queues: str,
+        concurrency: int = 1,
+        *extra: str,
+        env: Mapping[str, str] | None = None,
+        within: Sequence[str] = (),
+    ) -> Proc:
+        """Start ``conveyor worker -Q queues -n name@%h`` (not waiting for it).
+
+        ``env`` goes over the stack's environment; ``within`` is put before the command
+        (``nsenter --net=...``: a worker in another network namespace).
+        """
         args = ["worker", "-Q", queues, "-c", str(concurrency), "-n", f"{name}@%h", *QUIET, *extra]
-        return self._start(name, args, rf"{re.escape(name)}@\S+ ready\.")
+        return self._start(name, args, rf"{re.escape(name)}@\S+ ready\.", env, within)
 
-    def beat(self) -> Proc:
+    def beat(self, *, env: Mapping[str, str] | None = None, within: Sequence[str] = ()) -> Proc:
         """Start ``conveyor beat`` (not waiting for it)."""
-        return self._start("beat", ["beat"], r"beat: Starting")
+        return self._start("beat", ["beat"], r"beat: Starting", env, within)
 
-    def _start(self, name: str, args: list[str], ready: str) -> Proc:
-        return self.command(name, [sys.executable, "-m", "conveyor", *args], ready)
+    def _start(
+        self,
+        name: str,
+        args: list[str],
+        ready: str,
+        env: Mapping[str, str] | None = None,
+        within: Sequence[str] = (),
+    ) -> Proc:
+        argv = [*within, sys.executable, "-m", "conveyor", *args]
+        return self.command(name, argv, ready, env)
 
-    def command(self, name: str, argv: list[str], ready: str) -> Proc:
-        """Start ``argv`` in the stack's environment, in a process group of its own."""
+    def command(
+        self, name: str, argv: list[str], ready: str, env: Mapping[str, str] | None = None
+    ) -> Proc:
+        """Start ``argv`` in the stack's environment (``env`` over it), in a group of its own."""
         log = self.root / f"{name}-{len(self.procs)}.log"
         with log.open("wb") as out:
             popen = subprocess.Popen(
                 argv,
                 cwd=self.root,
-                env=self.env,
+                env={**self.env, **(env or {})},
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,

@@ -26,8 +26,15 @@ CHART = ROOT / "charts" / "conveyor"
 QUEUES = ("control", "sandbox", "scan", "deploy")
 DATABASE_URL = "postgresql://conveyor:pw@db.example:5432/conveyor"
 BROKER_URL = "redis://redis.example:6379/0"
-#: The least a user must give: Conveyor bundles neither Postgres nor a broker.
-REQUIRED: dict[str, Any] = {"database": {"url": DATABASE_URL}, "broker": {"url": BROKER_URL}}
+#: One artifact store every worker pod reaches, so a run's workspace can go between them.
+S3: dict[str, Any] = {"CONVEYOR_ARTIFACT_STORE": "s3", "CONVEYOR_S3_BUCKET": "artifacts"}
+#: The least a user must give: Conveyor bundles neither Postgres nor a broker, and workers
+#: on several pods need a store they all reach (or a shared claim).
+REQUIRED: dict[str, Any] = {
+    "database": {"url": DATABASE_URL},
+    "broker": {"url": BROKER_URL},
+    "config": S3,
+}
 #: The Kubernetes version whose schemas the manifests are checked against.
 KUBE_VERSION = "1.37"
 #: Kinds that come from CRDs, which kubernetes-validate has no schema for.
@@ -381,6 +388,7 @@ def test_existing_secrets_are_used_as_they_are() -> None:
             "database": {"url": "", "existingSecret": "pg", "existingSecretKey": "uri"},
             "broker": {"url": "", "existingSecret": "mq"},
             "secretKey": {"existingSecret": "sealing", "existingSecretKey": "fernet"},
+            "config": S3,
         },
         required=False,
     )
@@ -576,15 +584,21 @@ def test_notes_tell_how_to_reach_it_and_what_is_missing() -> None:
     assert f"port-forward svc/{RELEASE}-conveyor-api" in notes
     assert "conveyor token create --role admin" in notes
     assert f"port-forward svc/{RELEASE}-conveyor-flower" in notes
-    # And warn about what the defaults cannot do: Docker steps, shared artifacts
+    # And warn about what the defaults cannot do: Docker steps
     assert "no worker has a Docker engine" in notes
-    assert "CONVEYOR_ARTIFACT_STORE" in notes
-    # And the warnings go once they are dealt with
-    ready = render(
+    assert "workspace goes from pod to pod through the artifact store" in notes
+    # And artifacts a single pod keeps to itself, when the store is its own directory
+    alone = render(
         {
-            "workers": {"sandbox": {"docker": {"enabled": True}}},
-            "config": {"CONVEYOR_ARTIFACT_STORE": "s3", "CONVEYOR_S3_BUCKET": "a"},
-        }
-    ).notes
+            "database": {"url": DATABASE_URL},
+            "broker": {"url": BROKER_URL},
+            "workers": {"control": {"queues": list(QUEUES)}, **dict.fromkeys(QUEUES[1:], None)},
+            "workerDefaults": {"enabled": True},
+        },
+        required=False,
+    )
+    assert "CONVEYOR_ARTIFACT_STORE" in alone.notes
+    # And the warnings go once they are dealt with
+    ready = render({"workers": {"sandbox": {"docker": {"enabled": True}}}}).notes
     assert "no worker has a Docker engine" not in ready
     assert "CONVEYOR_ARTIFACT_STORE" not in ready

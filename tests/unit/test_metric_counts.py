@@ -1,5 +1,7 @@
 """The counts behind /metrics: kept by the transitions, right after any mix of them, and
-read without touching the runs or steps, so a scrape costs the same whatever the history.
+read without touching the runs or the history of steps, so a scrape costs the same
+whatever the history (queued steps alone are read, to tell ready ones from those in a
+retry backoff).
 """
 
 from __future__ import annotations
@@ -8,16 +10,18 @@ import threading
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
 from prometheus_client import generate_latest
 
 from conveyor.api.metrics import registry_for
+from conveyor.orchestrator.clock import utcnow
 from conveyor.orchestrator.engine.recovery import retry_run
 from conveyor.orchestrator.store.schema import events, runs, steps
 from conveyor.orchestrator.store.sql import SqlStore
-from conveyor.orchestrator.store.stats import Stats
+from conveyor.orchestrator.store.stats import Stats, queued_in_backoff
 from tests.unit.runtime_kit import FAIL, A, B, Harness, pipeline
 
 
@@ -52,7 +56,8 @@ def assert_counts_right(store: SqlStore) -> None:
     for (status, _, queue), n in by_step.items():
         if status == "queued":
             queued[queue] += n
-    assert now.queue_depth() == dict(queued)
+    depth = now.queue_depth()
+    assert {q: depth[q, "ready"] + depth[q, "backoff"] for q, _ in depth} == dict(queued)
     histograms = now.step_durations()
     assert sum(h.count for h in histograms) == ended_attempts(store)
     for h in histograms:
@@ -124,7 +129,7 @@ def statements(store: SqlStore) -> Iterator[list[str]]:
             sa.event.remove(engine, "before_cursor_execute", record)
 
 
-def test_a_scrape_reads_neither_runs_nor_steps(db_store: SqlStore) -> None:
+def test_a_scrape_reads_no_run_and_only_queued_steps(db_store: SqlStore) -> None:
     # Given a history of runs
     a_mix_of_transitions(Harness.on(db_store), check=False)
 
@@ -132,9 +137,59 @@ def test_a_scrape_reads_neither_runs_nor_steps(db_store: SqlStore) -> None:
     with statements(db_store) as seen:
         text = generate_latest(registry_for(Stats(db_store))).decode()
 
-    # Then the counts come from the counts alone: the history's size does not matter
+    # Then the counts come from the counts: the history's size does not matter
     assert 'conveyor_runs{status="succeeded"} 3.0' in text
-    assert seen and not [s for s in seen if runs.name in s or steps.name in s]
+    assert seen and not [s for s in seen if runs.name in s]
+    # And the one statement that reads steps reads queued ones only (for their retry time)
+    reading = [s for s in seen if steps.name in s]
+    assert len(reading) == 1, reading
+    assert "workflow_steps.status = " in reading[0] and "available_at >" in reading[0]
+
+
+@pytest.mark.postgres
+def test_the_backoff_count_walks_the_status_index(pg_store: SqlStore) -> None:
+    # Given a history of runs on Postgres
+    a_mix_of_transitions(Harness.on(pg_store), check=False)
+    query = str(
+        queued_in_backoff(utcnow()).compile(pg_store.engine, compile_kwargs={"literal_binds": True})
+    )
+
+    # When the planner is kept off whole-table scans, as it is once the table is large
+    with pg_store.engine.connect() as conn:
+        conn.execute(sa.text("SET LOCAL enable_seqscan = off"))
+        plan = "\n".join(r[0] for r in conn.execute(sa.text(f"EXPLAIN {query}")))
+
+    # Then the queued steps are read as a range of the (status, run, ...) index
+    assert "ix_workflow_steps_status_run" in plan, plan
+
+
+def test_queued_steps_waiting_out_a_retry_are_backoff_not_ready(db_store: SqlStore) -> None:
+    # Given a step that failed and waits a minute before its next try, and a ready one
+    h = Harness.on(db_store)
+    flaky = h.start(
+        pipeline("{name: a, type: noop, retry: {max_attempts: 3, backoff: 60s}}", B)
+    )
+    h.drive(flaky, {"a": [FAIL]})
+    h.start(pipeline("{name: a, type: noop, queue: sandbox}"))
+
+    # When the metrics are read now, and once the minute has passed
+    now = Stats(db_store).snapshot().queue_depth()
+    later = Stats(db_store).snapshot(utcnow() + timedelta(minutes=2)).queue_depth()
+
+    # Then the failed step is counted as in backoff, then as ready
+    assert now == {
+        ("control", "ready"): 0,
+        ("control", "backoff"): 1,
+        ("sandbox", "ready"): 1,
+        ("sandbox", "backoff"): 0,
+    }
+    assert (later["control", "ready"], later["control", "backoff"]) == (1, 0)
+    # And /metrics shows both states of every queue
+    text = generate_latest(registry_for(Stats(db_store))).decode()
+    assert 'conveyor_queue_depth{queue="control",state="backoff"} 1.0' in text
+    assert 'conveyor_queue_depth{queue="control",state="ready"} 0.0' in text
+    assert 'conveyor_queue_depth{queue="scan",state="ready"} 0.0' in text
+    assert 'conveyor_queue_depth{queue="scan",state="backoff"} 0.0' in text
 
 
 def test_scrapes_at_once_from_many_pods_count_every_change_once(db_store: SqlStore) -> None:

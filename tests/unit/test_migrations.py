@@ -7,6 +7,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from conveyor.orchestrator.contracts import WorkspaceHead
 from conveyor.orchestrator.store import db
 from conveyor.orchestrator.store.schema import (
     UTCDateTime,
@@ -271,5 +272,35 @@ def test_0008_indexes_the_runs_listing_by_each_filter_and_ids_by_prefix(tmp_path
     try:
         assert [r.id for r in store.list_runs(status="succeeded", pipeline="p")] == ["r1"]
         assert store.find_run("r1").id == "r1"
+    finally:
+        store.close()
+
+
+def test_0009_keeps_runs_workspace_heads_and_the_live_worker_hosts(tmp_path: Path) -> None:
+    # Given a database at 0008 with a run
+    engine = old_database(database_url(tmp_path), "0008")
+    ended = datetime(2026, 1, 1, tzinfo=UTC)
+    with engine.begin() as conn:
+        conn.execute(
+            definitions.insert().values(
+                id="d", name="p", version=1, checksum="c", definition={}, created_at=ended
+            )
+        )
+        add_run(conn, "r1", ended)
+
+    # When the database is brought up to date
+    db.upgrade(engine)
+    assert "ix_workflow_instances_workspace_kept" in run_indexes(engine)
+    engine.dispose()
+
+    # Then the old run has no workspace yet, and one can be published and moved on
+    store = SqlStore(database_url(tmp_path))
+    try:
+        assert store.workspace_head("r1") is None
+        assert store.move_workspace_head("r1", None, "a" * 64, "h1")
+        assert not store.move_workspace_head("r1", None, "b" * 64, "h2")
+        assert store.workspace_head("r1") == WorkspaceHead("a" * 64, "h1")
+        store.announce_host("h1", ["sandbox"])
+        assert store.live_hosts(ended) == {"sandbox": frozenset({"h1"})}
     finally:
         store.close()

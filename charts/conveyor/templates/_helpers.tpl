@@ -297,4 +297,174 @@ Takes $.
     # sees (CONVEYOR_DOCKER_ALLOWED_MOUNTS) means the same files to the engine.
     - name: data
       mountPath: {{ .Values.dataDir }}
+    {{- include "conveyor.workspaceMount" . | nindent 4 }}
+{{- end }}
+
+{{/* "true" when every worker sees one workspace directory (a shared claim): nothing is copied. */}}
+{{- define "conveyor.workspaceShared" -}}
+{{- if or .Values.workspaces.sharedClaim .Values.dataVolume.existingClaim }}true{{ end }}
+{{- end }}
+
+{{/* The shared workspaces claim's mount, at the workspace root, when one is set. Takes $. */}}
+{{- define "conveyor.workspaceMount" -}}
+{{- if .Values.workspaces.sharedClaim }}
+- name: workspaces
+  mountPath: {{ printf "%s/workspaces" (trimSuffix "/" .Values.dataDir) }}
+{{- end }}
+{{- end }}
+
+{{- define "conveyor.workspaceVolume" -}}
+{{- if .Values.workspaces.sharedClaim }}
+- name: workspaces
+  persistentVolumeClaim:
+    claimName: {{ .Values.workspaces.sharedClaim }}
+{{- end }}
+{{- end }}
+
+{{/*
+How many worker pods may run at once: replicas, or the most an autoscaler may make. Takes $.
+*/}}
+{{- define "conveyor.workerPods" -}}
+{{- $pods := 0 }}
+{{- range $name, $w := include "conveyor.workers" . | fromJson }}
+{{- if and $.Values.autoscaling.keda.enabled $w.keda.enabled }}
+{{- $pods = add $pods $w.keda.maxReplicas }}
+{{- else if $w.autoscaling.enabled }}
+{{- $pods = add $pods $w.autoscaling.maxReplicas }}
+{{- else }}
+{{- $pods = add $pods $w.replicas }}
+{{- end }}
+{{- end }}
+{{- $pods }}
+{{- end }}
+
+{{/*
+Refuse workers that could not hand a run's workspace from one pod to the next: without a
+shared claim it goes through the artifact store, which must then be one every pod reaches.
+*/}}
+{{- define "conveyor.validateWorkspaces" -}}
+{{- $pods := include "conveyor.workerPods" . | int }}
+{{- $s3 := eq (toString (index .Values.config "CONVEYOR_ARTIFACT_STORE")) "s3" }}
+{{- if and (gt $pods 1) (not $s3) (not (include "conveyor.workspaceShared" .)) }}
+{{- fail (printf "up to %d worker pods would share no directory, and a run's workspace goes from one to the next through the artifact store, here each pod's own (CONVEYOR_ARTIFACT_STORE is not s3): set config.CONVEYOR_ARTIFACT_STORE=s3 (and CONVEYOR_S3_BUCKET), or workspaces.sharedClaim or dataVolume.existingClaim to a ReadWriteMany claim" $pods) }}
+{{- end }}
+{{- end }}
+
+{{/* The broker KEDA reads queue lengths from: redis or rabbitmq. Takes $. */}}
+{{- define "conveyor.kedaBroker" -}}
+{{- $keda := .Values.autoscaling.keda }}
+{{- if $keda.broker }}
+{{- $keda.broker }}
+{{- else if .Values.broker.url }}
+{{- $scheme := (urlParse .Values.broker.url).scheme }}
+{{- if has $scheme (list "redis" "rediss") }}redis
+{{- else if has $scheme (list "amqp" "amqps" "pyamqp") }}rabbitmq
+{{- else }}
+{{- fail (printf "autoscaling.keda: KEDA reads queue lengths from Redis (redis://, rediss://) or RabbitMQ (amqp://, amqps://), not a %s:// broker" $scheme) }}
+{{- end }}
+{{- else }}
+{{- fail "autoscaling.keda.broker (redis or rabbitmq) is required with broker.existingSecret: the chart cannot read the broker's URL to tell" }}
+{{- end }}
+{{- end }}
+
+{{/*
+What KEDA needs of a broker given as broker.url, as keys of the chart's Secret:
+Redis's host:port and password apart, RabbitMQ's URL with an amqp(s) scheme. Takes $.
+*/}}
+{{- define "conveyor.kedaSecretData" -}}
+{{- if and .Values.autoscaling.keda.enabled .Values.broker.url (not .Values.broker.existingSecret) }}
+{{- $url := urlParse .Values.broker.url }}
+{{- if eq (include "conveyor.kedaBroker" .) "redis" }}
+{{- $host := $url.host }}
+{{- if not (contains ":" $host) }}{{ $host = printf "%s:6379" $host }}{{ end }}
+keda-redis-address: {{ $host | b64enc | quote }}
+{{- $user := splitn ":" 2 ($url.userinfo | default "") }}
+{{- if $user._1 }}
+keda-redis-password: {{ $user._1 | b64enc | quote }}
+{{- end }}
+{{- if $user._0 }}
+keda-redis-username: {{ $user._0 | b64enc | quote }}
+{{- end }}
+{{- else }}
+keda-rabbitmq-host: {{ regexReplaceAll "^pyamqp://" .Values.broker.url "amqp://" | b64enc | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+A pool's KEDA ScaledObject: its Deployment scaled on the length of each queue it consumes
+(one trigger per queue; KEDA follows the longest). Takes (dict "root" $ "name" pool
+"worker" values "fullname" deployment "component" label "queues" list).
+*/}}
+{{- define "conveyor.scaledObject" -}}
+{{- $root := .root }}
+{{- $w := .worker }}
+{{- $keda := $root.Values.autoscaling.keda }}
+{{- $broker := include "conveyor.kedaBroker" $root }}
+{{- if and (has "control" .queues) (lt ($w.keda.minReplicas | int) 1) }}
+{{- fail (printf "workers.%s.keda.minReplicas must be at least 1: the pool consumes the control queue, where the reconciler's task runs, so it never scales to zero" .name) }}
+{{- end }}
+{{- if lt ($w.keda.maxReplicas | int) ($w.keda.minReplicas | int) }}
+{{- fail (printf "workers.%s.keda.maxReplicas is below its minReplicas" .name) }}
+{{- end }}
+{{- $perPod := $w.keda.stepsPerReplica | default $w.concurrency | int }}
+{{- $tls := false }}
+{{- $db := 0 }}
+{{- if and (eq $broker "redis") $root.Values.broker.url (not $root.Values.broker.existingSecret) }}
+{{- $url := urlParse $root.Values.broker.url }}
+{{- $tls = eq $url.scheme "rediss" }}
+{{- $db = trimPrefix "/" $url.path | default "0" | int }}
+{{- else if eq $broker "redis" }}
+{{- $tls = $keda.redis.enableTLS }}
+{{- $db = $keda.redis.databaseIndex | int }}
+{{- end }}
+---
+# Scales {{ .fullname }} on how many steps wait in {{ join ", " .queues }}.
+apiVersion: keda.sh/v1alpha1
+kind: ScaledObject
+metadata:
+  name: {{ .fullname }}
+  namespace: {{ $root.Release.Namespace }}
+  labels:
+    {{- include "conveyor.labels" (list $root .component) | nindent 4 }}
+spec:
+  scaleTargetRef:
+    apiVersion: apps/v1
+    kind: Deployment
+    name: {{ .fullname }}
+  pollingInterval: {{ $keda.pollingInterval | int }}
+  cooldownPeriod: {{ $keda.cooldownPeriod | int }}
+  minReplicaCount: {{ $w.keda.minReplicas | int }}
+  maxReplicaCount: {{ $w.keda.maxReplicas | int }}
+  advanced:
+    horizontalPodAutoscalerConfig:
+      behavior:
+        scaleDown:
+          stabilizationWindowSeconds: {{ $keda.scaleDownStabilizationSeconds | int }}
+  triggers:
+    {{- range .queues }}
+    {{- if eq $broker "redis" }}
+    # Celery keeps a queue on Redis as a list named after it.
+    - type: redis
+      metadata:
+        listName: {{ . | quote }}
+        listLength: {{ $perPod | quote }}
+        databaseIndex: {{ $db | quote }}
+        enableTLS: {{ $tls | toString | quote }}
+        {{- if $root.Values.broker.existingSecret }}
+        address: {{ $keda.redis.address | quote }}
+        {{- end }}
+      authenticationRef:
+        name: {{ include "conveyor.component" (list $root "broker") }}
+    {{- else }}
+    - type: rabbitmq
+      metadata:
+        protocol: amqp
+        queueName: {{ . | quote }}
+        mode: QueueLength
+        value: {{ $perPod | quote }}
+      authenticationRef:
+        name: {{ include "conveyor.component" (list $root "broker") }}
+    {{- end }}
+    {{- end }}
 {{- end }}

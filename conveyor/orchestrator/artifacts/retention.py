@@ -187,6 +187,8 @@ class ArtifactRetention:
             count = self.artifacts().delete_run(run_id)
             tx.update_run(artifacts_expired_at=now)
             tx.event(EXPIRED, count=count, retention=describe(retention), seconds=retention)
+        # Its workspace went with its artifacts: a retry starts from an empty one.
+        self.store.forget_workspace(run_id)
         log.info(
             "deleted %d artifacts of run %s (retention %s)", count, run_id, describe(retention)
         )

@@ -10,16 +10,17 @@ One module per seam, every name re-exported here:
 - ``steps``: ``StepType``, ``StepContext``, ``StepLogger``, ``StepRef``, ``Dispatcher``.
 - ``sandbox``: ``Sandbox``, ``SandboxFactory``, ``SandboxConfig``, ``SandboxRequest``,
   ``ExecResult``, ``LineSink``, ``OutputSink``.
-- ``artifacts``: ``ArtifactStore``, ``RunSources``.
+- ``artifacts``: ``ArtifactStore``, ``RunSources``, ``WorkspaceBlobs``.
 - ``images``: ``ImageEngine``, ``BuildSpec``, ``BuiltImage``, ``ContainerResult``,
   ``RegistryAuth``.
 - ``sources``: ``ObjectSource``, ``UrlSource``.
-- ``store``: ``Store``, ``RunTransaction``, ``LogLines``.
+- ``store``: ``Store``, ``RunTransaction``, ``LogLines``, ``WorkspaceHeads``,
+  ``WorkerHosts``.
 
 Importing this package loads no SQLAlchemy: the store's records are plain dataclasses.
 """
 
-from conveyor.orchestrator.contracts.artifacts import ArtifactStore, RunSources
+from conveyor.orchestrator.contracts.artifacts import ArtifactStore, RunSources, WorkspaceBlobs
 from conveyor.orchestrator.contracts.images import (
     BuildSpec,
     BuiltImage,
@@ -52,6 +53,9 @@ from conveyor.orchestrator.contracts.store import (
     Move,
     RunTransaction,
     Store,
+    WorkerHosts,
+    WorkspaceHead,
+    WorkspaceHeads,
 )
 
 __all__ = [
@@ -83,4 +87,8 @@ __all__ = [
     "StepType",
     "Store",
     "UrlSource",
+    "WorkerHosts",
+    "WorkspaceBlobs",
+    "WorkspaceHead",
+    "WorkspaceHeads",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol, runtime_checkable
 
@@ -56,4 +57,34 @@ class RunSources(Protocol):
 
     def delete_source(self, run_id: str) -> None:
         """Remove the run's source archive; nothing happens when there is none."""
+        ...
+
+
+@runtime_checkable
+class WorkspaceBlobs(Protocol):
+    """A store that also keeps a run's workspace between hosts, content-addressed.
+
+    Blobs (file contents) and manifests (what a workspace holds) are named by their
+    SHA-256 and live beside the run's artifacts where no key can reach them, as the
+    source archive does: never listed as artifacts, removed by ``delete_run``.
+    """
+
+    def missing_blobs(self, run_id: str, digests: Collection[str]) -> set[str]:
+        """Those of ``digests`` the store does not hold for the run."""
+        ...
+
+    def put_blob(self, run_id: str, digest: str, src: Path) -> None:
+        """Store the file ``src`` as the blob ``digest``; never visible half-written."""
+        ...
+
+    def open_blob(self, run_id: str, digest: str) -> BinaryIO:
+        """A stream of the blob (``ArtifactNotFound``: none); the reader checks its hash."""
+        ...
+
+    def put_manifest(self, run_id: str, digest: str, data: bytes) -> None:
+        """Store a workspace manifest under its digest; all-or-nothing."""
+        ...
+
+    def get_manifest(self, run_id: str, digest: str) -> bytes:
+        """The manifest stored under ``digest`` (``ArtifactNotFound``: none)."""
         ...

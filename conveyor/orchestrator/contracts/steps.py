@@ -132,6 +132,9 @@ class StepRef:
     step_key: str
     attempt: int
     queue: str
+    #: Send it to any worker of ``queue``, never to the host holding the run's workspace:
+    #: a re-send of a message that may be lost there (its host may be gone).
+    anywhere: bool = False
 
 
 class Dispatcher(Protocol):

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -198,8 +199,40 @@ class RunTransaction(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class WorkspaceHead:
+    """A run's newest workspace: its manifest's SHA-256 and the host that published it."""
+
+    digest: str
+    host: str
+
+
+class WorkspaceHeads(Protocol):
+    """Where each run's newest workspace manifest is kept, moved by compare-and-set."""
+
+    def workspace_head(self, run_id: str) -> WorkspaceHead | None:
+        """The run's newest workspace, or None before any step published one."""
+        ...
+
+    def move_workspace_head(self, run_id: str, expected: str | None, new: str, host: str) -> bool:
+        """Make ``new`` the head if the head is still ``expected``; False if it moved."""
+        ...
+
+    def forget_workspace(self, run_id: str) -> WorkspaceHead | None:
+        """Clear the run's head (its blobs are being removed); what it was, if anything."""
+        ...
+
+    def succeeded_with_workspace(self, limit: int = 100) -> list[str]:
+        """Runs that succeeded and still keep a workspace in the artifact store."""
+        ...
+
+    def runs_ended(self, run_ids: Collection[str]) -> set[str]:
+        """Which of ``run_ids`` are over or do not exist (their workspaces can go)."""
+        ...
+
+
 @runtime_checkable
-class Store(Protocol):
+class Store(WorkspaceHeads, Protocol):
     """The execution store: runs, their steps, events and logs (SQL, or the twin).
 
     Writes to a run happen in ``transaction``; the rest are reads for the engine, the
@@ -368,4 +401,20 @@ class Store(Protocol):
 
         A step whose run was cancelled reads ``cancelled``: its worker should stop.
         """
+        ...
+
+
+class WorkerHosts(Protocol):
+    """The worker hosts alive, each with the queues it consumes."""
+
+    def announce_host(self, host: str, queues: Collection[str]) -> None:
+        """``host`` is alive and consumes ``queues`` (replacing what it said before)."""
+        ...
+
+    def withdraw_host(self, host: str, queues: Collection[str] | None = None) -> None:
+        """``host`` no longer consumes ``queues`` (None: any)."""
+        ...
+
+    def live_hosts(self, seen_since: datetime) -> dict[str, frozenset[str]]:
+        """Queue name -> the hosts that said they consume it since ``seen_since``."""
         ...

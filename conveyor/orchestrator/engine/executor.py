@@ -7,7 +7,6 @@ step type can fail its step but never the worker.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import socket
@@ -24,8 +23,8 @@ from conveyor.orchestrator.engine.attempt import Attempt, Finished, Outcome, Rec
 from conveyor.orchestrator.engine.context import Context, LazyOutputs, StoreLogger
 from conveyor.orchestrator.engine.monitor import Monitor
 from conveyor.orchestrator.engine.runtime import Runtime
-from conveyor.orchestrator.engine.source_archive import WorkspaceSeeder
 from conveyor.orchestrator.engine.variables import Masker, base_context
+from conveyor.orchestrator.engine.workspace import StepWorkspace, Workspaces
 from conveyor.orchestrator.errors import (
     ConveyorError,
     StepCancelled,
@@ -84,11 +83,12 @@ class Executor:
         artifacts: Callable[[], ArtifactStore],
         owner: str | None = None,
         queues: Collection[str] | None = None,
-        seeder: WorkspaceSeeder | None = None,
+        workspaces: Workspaces | None = None,
     ) -> None:
         self.runtime, self.step_types, self.sandboxes = runtime, step_types, sandboxes
-        #: Unpacks a run's source archive into its workspace on this host (``--source``).
-        self.seeder = seeder
+        #: Brings a run's workspace to this host before a step opens it (its source
+        #: archive, or what steps on other hosts left), and publishes what a step changed.
+        self.workspaces = workspaces or Workspaces()
         self.settings, self.store, self.templates = settings, store, templates
         #: The artifact store steps see, made on first use and shared by every step.
         self.artifacts = artifacts
@@ -149,13 +149,16 @@ class Executor:
             return Finished(ref, outcome=Outcome(attempt.secrets_error)), None
         masker = Masker(attempt.secrets)
         logger = StoreLogger(self.store, ref.run_id, ref.step_key, ref.attempt, masker)
-        ctx = self._context(attempt, logger)
+        workspace = self.workspaces.for_attempt(
+            ref.run_id, attempt.plan.workspace_source, lambda text: logger.line(text, "system")
+        )
+        ctx = self._context(attempt, logger, workspace)
         self.monitor.track(attempt.step.id, ref, ctx, attempt.leased_at)
         try:
             outputs = self._run(attempt, ctx)
             if ctx.cancelled:  # it returned after it was told to stop: that result is void
                 raise StepCancelled("the step returned after it was cancelled")
-            return self._conclude(attempt, ctx, masker, outputs=outputs), None
+            return self._conclude(attempt, ctx, masker, outputs=outputs, workspace=workspace), None
         except BaseException as exc:  # the worker's top: every failure becomes the step's
             finished = self._conclude(attempt, ctx, masker, error=exc)
             return finished, (None if isinstance(exc, Exception) else exc)
@@ -173,7 +176,9 @@ class Executor:
         owner = self.owner if all(f.outcome is None for f in done) else None
         return _record(lambda: self.runtime.record(done, continue_as=owner, queues=self.queues))
 
-    def _context(self, attempt: Attempt, logger: StoreLogger) -> Context:
+    def _context(
+        self, attempt: Attempt, logger: StoreLogger, workspace: StepWorkspace | None
+    ) -> Context:
         deadline, timeout_message = attempt.deadline()
         run, ref = attempt.run, attempt.ref
         return Context(
@@ -193,14 +198,8 @@ class Executor:
             artifacts=self.artifacts,
             settings=self.settings,
             previous_run=attempt.reads.previous_success,
-            seed=self._seed(run.id, attempt.plan.workspace_source),
+            seed=workspace.open if workspace is not None else None,
         )
-
-    def _seed(self, run_id: str, source: str | None) -> Callable[[], None] | None:
-        """What puts the run's source archive into its workspace here, if it has one."""
-        if source is None or self.seeder is None:
-            return None
-        return functools.partial(self.seeder.ensure, run_id, source)
 
     def _run(self, attempt: Attempt, ctx: Context) -> Mapping[str, Any]:
         plan_step = attempt.plan_step
@@ -274,21 +273,28 @@ class Executor:
         *,
         outputs: Mapping[str, Any] | None = None,
         error: BaseException | None = None,
+        workspace: StepWorkspace | None = None,
     ) -> Finished:
-        """Close the step's sandboxes and say how it ended, with its last log lines."""
+        """Close the step's sandboxes and say how it ended, with its last log lines.
+
+        A step that succeeded publishes what it changed in the workspace first (while
+        its lease is still watched): a step whose changes cannot be published failed.
+        """
         try:
             ctx.close()
         except Exception as exc:  # cleanup trouble is reported, never hides the result
             ctx.log.line(f"sandbox cleanup failed: {exc}", "system")
-        fenced = self.monitor.untrack(attempt.ref)
-        if fenced is not None:
-            return self._fenced(attempt, ctx, fenced)
         clean: dict[str, Any] = {}
         if error is None:
             try:
                 clean = masker.value(_checked_outputs(outputs, self.settings.max_output_bytes))
+                if workspace is not None and not self.monitor.fenced(attempt.ref):
+                    workspace.publish()
             except StepFailed as exc:
                 error = exc
+        fenced = self.monitor.untrack(attempt.ref)
+        if fenced is not None:
+            return self._fenced(attempt, ctx, fenced)
         outcome = None
         if error is not None:
             outcome = _outcome(attempt, ctx, error, masker)
@@ -314,6 +320,8 @@ class Executor:
 
     def run_over(self, run_id: str) -> None:
         """Remove the run's workspaces, now or once its last step running here is done."""
+        if self.workspaces.handoff is not None:
+            self.workspaces.run_over(run_id, self.store.get_run(run_id).status == "succeeded")
         if self.monitor.run_over(run_id):
             self.sandboxes.cleanup_run(run_id)
 

@@ -92,6 +92,11 @@ class Monitor:
             self._renewed.pop(key, None)
             return self._fenced.pop(key, None)
 
+    def fenced(self, ref: StepRef) -> bool:
+        """True once the attempt lost its lease (it must change nothing more)."""
+        with self._lock:
+            return _key(ref) in self._fenced
+
     def run_over(self, run_id: str) -> bool:
         """The run ended: True when no step of it runs here (its workspace can go now)."""
         with self._lock:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from conveyor.orchestrator.artifacts.retention import ArtifactRetention
 from conveyor.orchestrator.clock import utcnow
 from conveyor.orchestrator.engine.runtime import Runtime
+from conveyor.orchestrator.engine.workspace import Workspaces
 from conveyor.orchestrator.errors import Conflict
 from conveyor.orchestrator.status import RunStatus, StepStatus
 from conveyor.orchestrator.store.records import RunRecord
@@ -66,6 +67,8 @@ class Report:
     resumed: int = 0
     #: Runs whose artifacts were deleted for their retention.
     expired_artifacts: int = 0
+    #: Succeeded runs whose workspace in the artifact store was removed.
+    workspaces_removed: int = 0
 
     def __bool__(self) -> bool:
         return bool(
@@ -74,6 +77,7 @@ class Report:
             or self.redispatched
             or self.resumed
             or self.expired_artifacts
+            or self.workspaces_removed
         )
 
 
@@ -87,12 +91,15 @@ class Reconciler:
         stale_after: float = 30.0,
         batch: int = 500,
         retention: ArtifactRetention | None = None,
+        workspaces: Workspaces | None = None,
     ) -> None:
         self.runtime = runtime
         self.stale_after = timedelta(seconds=stale_after)
         self.batch = batch
         #: Deletes artifacts past their retention (every few minutes, not every pass).
         self.retention = retention
+        #: Removes what succeeded runs left of their workspaces in the artifact store.
+        self.workspaces = workspaces
 
     def run_once(self, now: datetime | None = None) -> Report:
         """One pass over overdue runs, stalled runs, stale queued steps, expired leases and
@@ -111,6 +118,8 @@ class Reconciler:
             report.resumed += self.resume(run_id)
         if self.retention is not None and self.retention.due(now):
             report.expired_artifacts = self.retention.sweep(now)
+        if self.workspaces is not None and self.workspaces.handoff is not None:
+            report.workspaces_removed = self.workspaces.sweep(self.batch)
         return report
 
     def reclaim(self, run_id: str, key: str, now: datetime) -> bool:

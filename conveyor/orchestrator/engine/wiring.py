@@ -14,12 +14,13 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 from conveyor.orchestrator.artifacts.retention import ArtifactRetention, ExplainedArtifacts
-from conveyor.orchestrator.contracts import ArtifactStore, Dispatcher, StepType
+from conveyor.orchestrator.contracts import ArtifactStore, Dispatcher, StepType, WorkspaceBlobs
 from conveyor.orchestrator.engine.executor import Executor
 from conveyor.orchestrator.engine.recovery import Reconciler
 from conveyor.orchestrator.engine.runtime import Runtime
 from conveyor.orchestrator.engine.source_archive import WorkspaceSeeder
 from conveyor.orchestrator.engine.vault import make_vault
+from conveyor.orchestrator.engine.workspace import Workspaces, host_id
 from conveyor.orchestrator.errors import ConveyorError
 from conveyor.orchestrator.pipeline.plan import Compiler
 from conveyor.orchestrator.plugins import Sandboxes, StepTypes, load_artifact_store
@@ -63,6 +64,7 @@ def wire(
     queues: Collection[str] | None = None,
     compiler: Compiler | None = None,
     stopping: Callable[[], bool] | None = None,
+    handoff: bool = False,
 ) -> Core:
     """Build the core on ``store``; ``dispatcher`` sends the steps that become ready.
 
@@ -70,7 +72,9 @@ def wire(
     host and pid), going on only with steps of ``queues`` (default: any). ``compiler``:
     the process's compiler when it has one already (``step_types`` are then its).
     ``stopping``: True once the process is shutting down; it then takes no new step
-    (see ``Runtime``).
+    (see ``Runtime``). ``handoff``: this process's host keeps its own copies of runs'
+    workspaces, kept in step with other hosts' through the artifact store (workers
+    that share no workspace directory); else a run's workspace is one directory.
     """
     if compiler is None:  # else the process compiled with it already: it keeps the one
         types = StepTypes() if step_types is None else step_types
@@ -86,6 +90,7 @@ def wire(
     raw = functools.cache(lambda: load_artifact_store(settings))
     # What steps see: a miss says when and why a run's artifacts went.
     explained = functools.cache(lambda: ExplainedArtifacts(raw(), store))
+    workspaces = _workspaces(settings, store, raw, handoff)
     executor = None
     if run_steps:
         executor = Executor(
@@ -98,8 +103,46 @@ def wire(
             artifacts=explained,
             owner=owner,
             queues=queues,
-            seeder=WorkspaceSeeder(settings, raw),
+            workspaces=workspaces,
         )
     retention = ArtifactRetention.from_settings(store, settings, explained)
-    reconciler = Reconciler(runtime, stale_after=settings.stale_after_seconds, retention=retention)
+    reconciler = Reconciler(
+        runtime,
+        stale_after=settings.stale_after_seconds,
+        retention=retention,
+        workspaces=workspaces,
+    )
     return Core(settings, store, compiler, runtime, raw, retention, reconciler, executor)
+
+
+def _workspaces(
+    settings: Settings, store: SqlStore, raw: Callable[[], ArtifactStore], handoff: bool
+) -> Workspaces:
+    """Runs' workspaces on this host: seeded from their source archives, and handed
+    over through the artifact store when ``handoff``."""
+    seeder = WorkspaceSeeder(settings, raw)
+    if not handoff:
+        return Workspaces(seed=seeder.ensure)
+    from conveyor.orchestrator.workspaces.handoff import WorkspaceHandoff  # noqa: PLC0415
+
+    return Workspaces(
+        seed=seeder.ensure,
+        heads=store,
+        handoff=WorkspaceHandoff(
+            settings.workspace_root,
+            settings.data_dir / "workspace-state",
+            lambda: _blobs(raw()),
+            store,
+            host_id(settings.data_dir),
+        ),
+    )
+
+
+def _blobs(artifacts: ArtifactStore) -> WorkspaceBlobs:
+    """The artifact store as the keeper of workspace blobs; refused if it cannot be."""
+    if not isinstance(artifacts, WorkspaceBlobs):
+        raise ConveyorError(
+            f"the artifact store {type(artifacts).__name__} cannot keep workspaces: "
+            "share the workspace directory (CONVEYOR_WORKSPACE_SHARED) or use local or s3"
+        )
+    return artifacts

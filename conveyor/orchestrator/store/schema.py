@@ -102,6 +102,11 @@ runs = sa.Table(
     #: run transaction's moves: whether the run is over needs no read of its steps.
     #: NULL: not counted yet (the next transaction that needs it counts once).
     sa.Column("step_counts", JSONType),
+    #: The run's newest workspace manifest (its SHA-256) in the artifact store, and the
+    #: host that published it; NULL until a step publishes one and once the run's
+    #: workspace is removed (``store/workspaces.py``).
+    sa.Column("workspace_head", sa.String(64)),
+    sa.Column("workspace_host", sa.String(64)),
     # The runs listing, newest first, by each filter it takes: a page reads a page of
     # index whatever the history (``SqlStore.list_runs``). Status first also serves the
     # reconciler's reads of the runs still going.
@@ -125,6 +130,25 @@ sa.Index(
     runs.c.completed_at,
     postgresql_where=runs.c.artifacts_expired_at.is_(None),
     sqlite_where=runs.c.artifacts_expired_at.is_(None),
+)
+
+#: Runs whose workspace is still kept: few at any time (it goes when the run ends), so
+#: the sweep that removes what a run's end left reads only them.
+sa.Index(
+    "ix_workflow_instances_workspace_kept",
+    runs.c.status,
+    postgresql_where=runs.c.workspace_head.isnot(None),
+    sqlite_where=runs.c.workspace_head.isnot(None),
+)
+
+#: The worker hosts alive and the queues each consumes: where a run's next step is sent
+#: to find the workspace it needs already there (``store/workspaces.py``).
+worker_hosts = sa.Table(
+    "worker_hosts",
+    metadata,
+    sa.Column("host", sa.String(64), primary_key=True),
+    sa.Column("queue", sa.String(50), primary_key=True),
+    sa.Column("seen_at", UTCDateTime, nullable=False),
 )
 
 #: Every column of a run but its plan, which is large and read once per process.

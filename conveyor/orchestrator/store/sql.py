@@ -21,7 +21,7 @@ from conveyor.orchestrator.clock import new_id, utcnow
 from conveyor.orchestrator.errors import Conflict, NotFound
 from conveyor.orchestrator.status import RunStatus, StepStatus
 from conveyor.orchestrator.store import logs
-from conveyor.orchestrator.store.connector import Connector, translate_errors
+from conveyor.orchestrator.store.connector import translate_errors
 from conveyor.orchestrator.store.findings import StoreLedger
 from conveyor.orchestrator.store.records import (
     EventRecord,
@@ -43,6 +43,7 @@ from conveyor.orchestrator.store.schema import (
 )
 from conveyor.orchestrator.store.stats import Stats, seeded_changes
 from conveyor.orchestrator.store.transaction import RunTx, version_definition
+from conveyor.orchestrator.store.workspaces import WorkspaceRecords
 
 log = logging.getLogger("conveyor.store")
 
@@ -51,7 +52,7 @@ log = logging.getLogger("conveyor.store")
 _ASYNC_COMMIT = sa.text("SET LOCAL synchronous_commit TO OFF")
 
 
-class SqlStore(Connector):
+class SqlStore(WorkspaceRecords):
     """Reads and writes of the execution log, through the engines of its ``Connector``."""
 
     def __init__(

@@ -10,6 +10,12 @@ both in one statement. Two API pods scraping at once each fold only the rows the
 deleted, so nothing is counted twice. Writers fold too, after the commit of every
 transaction whose changes pass a multiple of ``FOLD_EVERY``: with nobody scraping,
 the unfolded changes stay a few thousand rows, not the whole history.
+
+Whether a queued step is ready or waiting out a retry backoff depends on the clock, not
+on a transition, so no count can keep it: the same statement also counts the queued
+steps whose ``available_at`` is still ahead, by queue. It reads only queued steps, as a
+range of the (status, run, queue, position) index: a cost that follows the queues'
+length, not the history.
 """
 
 from __future__ import annotations
@@ -25,10 +31,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from conveyor.orchestrator.clock import utcnow
 from conveyor.orchestrator.status import RunStatus, StepStatus
 from conveyor.orchestrator.store.connector import Connector
 from conveyor.orchestrator.store.records import StepRecord
-from conveyor.orchestrator.store.schema import metric_changes, metric_counts
+from conveyor.orchestrator.store.schema import metric_changes, metric_counts, steps
 
 #: Step durations (seconds) that the histogram counts up to; +Inf is implied.
 DURATION_BUCKETS: tuple[float, ...] = (0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600)
@@ -41,6 +48,11 @@ FOLD_EVERY = 2_000
 Key = tuple[str, str, str, str, str]
 _KEY = ("kind", "status", "type", "queue", "le")
 _ENDED = (StepStatus.SUCCEEDED, StepStatus.FAILED)
+#: The ``kind`` of the rows that count queued steps still waiting out a retry backoff.
+_BACKOFF = "backoff"
+#: The states ``conveyor_queue_depth`` tells apart: a worker could take it now, or it
+#: waits for its retry time.
+READY, BACKOFF = "ready", "backoff"
 
 
 def bucket_label(seconds: float, bounds: Sequence[float] = DURATION_BUCKETS) -> str:
@@ -140,13 +152,20 @@ class Snapshot:
         """How many steps are in each (status, type, queue)."""
         return {(k[1], k[2], k[3]): n for k, (n, _) in self.counts.items() if k[0] == "step" and n}
 
-    def queue_depth(self) -> dict[str, int]:
-        """Steps waiting for a worker, by queue."""
-        depth: defaultdict[str, int] = defaultdict(int)
+    def queue_depth(self) -> dict[tuple[str, str], int]:
+        """Queued steps by (queue, state): ``ready`` for a worker to take now, or
+        ``backoff``, waiting out a retry delay. Every queue with a queued step has both."""
+        queued: defaultdict[str, int] = defaultdict(int)
         for (status, _, queue), n in self.steps_by_status().items():
             if status == StepStatus.QUEUED.value:
-                depth[queue] += n
-        return dict(depth)
+                queued[queue] += n
+        waiting = {k[3]: n for k, (n, _) in self.counts.items() if k[0] == _BACKOFF and n}
+        depth: dict[tuple[str, str], int] = {}
+        for queue in sorted(queued.keys() | waiting.keys()):
+            backoff = min(waiting.get(queue, 0), queued[queue])
+            depth[queue, READY] = queued[queue] - backoff
+            depth[queue, BACKOFF] = backoff
+        return depth
 
     def step_durations(self, bounds: Sequence[float] = DURATION_BUCKETS) -> list[DurationHistogram]:
         """A histogram per (type, queue) of every attempt that ran and ended."""
@@ -175,11 +194,12 @@ class Stats:
     def __init__(self, store: Connector) -> None:
         self.store = store
 
-    def snapshot(self) -> Snapshot:
-        """Fold the changes written since the last scrape, then read every count.
+    def snapshot(self, now: datetime | None = None) -> Snapshot:
+        """Fold the changes written since the last scrape, then read every count, and the
+        queued steps whose retry time is after ``now`` (default: the current time).
 
-        Its cost follows how many kinds of step there are and how much changed since the
-        last scrape, not how many runs the database holds.
+        Its cost follows how many kinds of step there are, how much changed since the
+        last scrape and how many steps are queued, not how many runs the database holds.
         """
         self.fold()
         total = sa.union_all(
@@ -189,6 +209,7 @@ class Stats:
             sa.select(
                 *(metric_changes.c[k] for k in _KEY), metric_changes.c.n, metric_changes.c.seconds
             ),
+            queued_in_backoff(now or utcnow()),
         ).subquery()
         keys = [total.c[k] for k in _KEY]
         query = sa.select(
@@ -239,8 +260,8 @@ class Stats:
         """How many steps are in each (status, type, queue)."""
         return self.snapshot().steps_by_status()
 
-    def queue_depth(self) -> dict[str, int]:
-        """Steps waiting for a worker, by queue."""
+    def queue_depth(self) -> dict[tuple[str, str], int]:
+        """Queued steps by (queue, state), ``ready`` or ``backoff``."""
         return self.snapshot().queue_depth()
 
     def step_durations(
@@ -248,6 +269,28 @@ class Stats:
     ) -> list[DurationHistogram]:
         """Histograms of every attempt that ran and ended (succeeded or failed)."""
         return self.snapshot().step_durations(buckets)
+
+
+def queued_in_backoff(now: datetime) -> sa.Select[Any]:
+    """Queued steps whose retry time is after ``now``, by queue, shaped as count rows.
+
+    ``status = 'queued'`` is the first column of ``ix_workflow_steps_status_run``, so
+    only queued steps are read, however long the history.
+    """
+    blank = sa.literal_column("''", sa.String)
+    return (
+        sa.select(
+            sa.literal_column(f"'{_BACKOFF}'", sa.String).label("kind"),
+            sa.literal_column(f"'{StepStatus.QUEUED.value}'", sa.String).label("status"),
+            blank.label("type"),
+            steps.c.queue,
+            blank.label("le"),
+            sa.func.count().label("n"),
+            sa.literal_column("0.0", sa.Float).label("seconds"),
+        )
+        .where(steps.c.status == StepStatus.QUEUED.value, steps.c.available_at > now)
+        .group_by(steps.c.queue)
+    )
 
 
 def _upsert(dialect: str) -> sa.Executable:

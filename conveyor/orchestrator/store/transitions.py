@@ -127,7 +127,7 @@ class Transitions:
         """Send a queued step again (its message may be lost); its status stays."""
         self.update_step(step, available_at=self.now)
         self.event("step.redispatched", step.key, attempt=step.attempts)
-        ref = self._ref(step, step.attempts)
+        ref = replace(self._ref(step, step.attempts), anywhere=True)
         self.sends.append((ref, None))
         return ref
 

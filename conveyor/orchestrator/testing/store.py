@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
@@ -43,6 +43,7 @@ from conveyor.orchestrator.testing.rows import (
     succeeded_outputs,
 )
 from conveyor.orchestrator.testing.transaction import MemoryRunTx
+from conveyor.orchestrator.testing.workspaces import MemoryWorkspaceRecords
 
 if TYPE_CHECKING:
     from conveyor.orchestrator.contracts import Store
@@ -50,13 +51,14 @@ if TYPE_CHECKING:
 _GOING = (RunStatus.RUNNING, RunStatus.BLOCKED)
 
 
-class MemoryStore:
+class MemoryStore(MemoryWorkspaceRecords):
     """The in-memory twin of ``SqlStore``, for tests: same answers, same errors."""
 
     #: Seconds a writer waits for a run's lock before giving up (SQLite's busy timeout).
     lock_timeout = 60.0
 
     def __init__(self) -> None:
+        super().__init__()
         self._runs: dict[str, RunRows] = {}
         self._by_key: dict[str, str] = {}  # idempotency key -> run id
         self._step_runs: dict[str, str] = {}  # step id -> run id
@@ -70,6 +72,19 @@ class MemoryStore:
         self.log_max_bytes = DEFAULT_MAX_BYTES
         #: The findings ledgers steps recorded into, by (run id, step key).
         self.ledgers: dict[tuple[str, str], MemoryLedger] = {}
+
+    def succeeded_with_workspace(self, limit: int = 100) -> list[str]:
+        """Runs that succeeded and still keep a workspace (``SqlStore``'s twin)."""
+        with self._heads_lock:
+            kept = list(self._heads)
+        done = [
+            r for r in kept if r in self._runs and self._runs[r].run.status == RunStatus.SUCCEEDED
+        ]
+        return done[:limit]
+
+    def runs_ended(self, run_ids: Collection[str]) -> set[str]:
+        """Which of ``run_ids`` are over or do not exist (``SqlStore``'s twin)."""
+        return {r for r in run_ids if r not in self._runs or self._runs[r].run.status.terminal}
 
     @property
     def is_sqlite(self) -> bool:

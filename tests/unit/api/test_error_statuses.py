@@ -35,6 +35,7 @@ EXPECTED = {
     "StepTimeout": 500,
     "StepCancelled": 500,
     "SandboxError": 500,
+    "WorkspaceRefused": 500,
     "ArtifactError": 422,
     "ArtifactNotFound": 404,
     "ArtifactExpired": 404,

@@ -198,8 +198,9 @@ def test_metrics_count_runs_steps_queues_and_step_durations_from_the_store(
     assert got["conveyor_runs", (("status", "failed"),)] == 0
     queued = ("conveyor_steps", (("queue", "control"), ("status", "queued"), ("type", "step.log")))
     assert got[queued] == 1
-    assert got["conveyor_queue_depth", (("queue", "control"),)] == 1
-    assert got["conveyor_queue_depth", (("queue", "sandbox"),)] == 0
+    assert got["conveyor_queue_depth", (("queue", "control"), ("state", "ready"))] == 1
+    assert got["conveyor_queue_depth", (("queue", "control"), ("state", "backoff"))] == 0
+    assert got["conveyor_queue_depth", (("queue", "sandbox"), ("state", "ready"))] == 0
     labels = (("queue", "sandbox"), ("type", "step.shell_exec"))
     assert got["conveyor_step_duration_seconds_count", labels] == 1
     assert got["conveyor_step_duration_seconds_bucket", (("le", "+Inf"), *labels)] == 1

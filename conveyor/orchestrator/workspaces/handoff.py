@@ -1,0 +1,261 @@
+"""Handing a run's workspace between hosts: ``WorkspaceHandoff.prepare`` and ``publish``.
+
+Before a step that uses the workspace runs, ``prepare`` brings this host's copy to the
+run's head (the newest manifest, named by the store's ``WorkspaceHeads``), fetching only
+the files this host lacks. After it succeeds, ``publish`` records what the step changed
+relative to that baseline, uploads the contents the artifact store lacks, and moves the
+head by compare-and-set to the head with those changes applied, re-reading and
+re-applying when another step moved it first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import random
+import stat
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from conveyor.orchestrator.contracts.artifacts import WorkspaceBlobs
+from conveyor.orchestrator.contracts.store import WorkspaceHeads
+from conveyor.orchestrator.errors import ArtifactNotFound, ConveyorError, WorkspaceRefused
+
+from .index import LocalIndex, StatKey, stat_key
+from .local import THREADS, MaterialiseStats, SnapshotStats, materialise, snapshot
+from .manifest import Changes, Manifest, apply, diff
+
+#: Tries at moving the head before giving up (each after another step moved it).
+TRIES = 50
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """What a step started from: the manifest its workspace held, and the head it was."""
+
+    manifest: Manifest
+    #: The head's digest (None: no step of the run had published yet).
+    head: str | None
+    fetched: MaterialiseStats = field(default_factory=MaterialiseStats)
+
+
+@dataclass
+class PublishStats:
+    """What publishing a step's workspace changes took."""
+
+    changed: int = 0
+    removed: int = 0
+    files_uploaded: int = 0
+    bytes_uploaded: int = 0
+    #: Files changed whose content the store held already (the same bytes elsewhere).
+    files_stored_already: int = 0
+    #: Files read and hashed (those unchanged since last time come from the cache).
+    files_hashed: int = 0
+    #: Pipes, sockets and devices left out.
+    skipped: list[str] = field(default_factory=list)
+    #: The head after publishing (None: nothing changed, nothing written).
+    head: str | None = None
+    tries: int = 0
+    seconds: float = 0.0
+
+
+class WorkspaceHandoff:
+    """One host's side of the workspaces of runs under ``root`` (``root/<run_id>``)."""
+
+    def __init__(
+        self,
+        root: Path,
+        state_dir: Path,
+        blobs: Callable[[], WorkspaceBlobs],
+        heads: WorkspaceHeads,
+        host: str,
+    ) -> None:
+        self.root = root
+        self.state_dir = state_dir
+        self._blobs = blobs
+        self.heads = heads
+        self.host = host
+
+    def workspace(self, run_id: str) -> Path:
+        """The run's workspace on this host."""
+        return self.root / run_id
+
+    def prepare(self, run_id: str) -> Baseline:
+        """Bring this host's copy of the run's workspace to the run's head.
+
+        Before any step published, nothing is fetched and the baseline is empty: the
+        first step to publish carries what the directory held before it (a seeded
+        source) along with its own changes, so other hosts get it too.
+        """
+        head = self.heads.workspace_head(run_id)
+        index = LocalIndex(self.state_dir, run_id)
+        with index.locked():
+            if head is None:
+                if index.manifest is None:
+                    index.manifest = Manifest()
+                    index.save()
+                return Baseline(Manifest(), None)
+            if index.manifest is not None and index.manifest.digest == head.digest:
+                return Baseline(index.manifest, head.digest)
+            target = self._manifest(run_id, head.digest)
+            stats = materialise(self.workspace(run_id), target, self._blobs(), index, run_id)
+            index.save()
+        return Baseline(target, head.digest, stats)
+
+    def publish(self, run_id: str, baseline: Baseline) -> PublishStats:
+        """Record what the step changed since ``baseline`` as the run's new head."""
+        started = time.perf_counter()
+        stats = PublishStats()
+        root = self.workspace(run_id)
+        index = LocalIndex(self.state_dir, run_id)
+        seen = SnapshotStats()
+        with index.locked():
+            now = snapshot(root, index, seen)
+            index.save()
+        keys = {path: key for path, (key, _) in index.cache.items()}
+        stats.files_hashed, stats.skipped = seen.hashed, seen.skipped
+        changes = diff(baseline.manifest, now)
+        stats.changed, stats.removed = len(changes.set), len(changes.removed)
+        if not changes:
+            stats.seconds = time.perf_counter() - started
+            return stats
+        store = self._blobs()
+        self._upload(store, run_id, root, changes, now, keys, stats)
+        stats.head = self._move_head(store, run_id, baseline, changes, stats)
+        with index.locked():
+            index.manifest = apply(index.manifest or Manifest(), changes)
+            index.save()
+        stats.seconds = time.perf_counter() - started
+        return stats
+
+    def _upload(
+        self,
+        store: WorkspaceBlobs,
+        run_id: str,
+        root: Path,
+        changes: Changes,
+        now: Manifest,
+        keys: dict[str, StatKey],
+        stats: PublishStats,
+    ) -> None:
+        by_digest: dict[str, str] = {}
+        for path, entry in changes.files.items():
+            by_digest.setdefault(entry.digest, path)
+        missing = _store_call(lambda: store.missing_blobs(run_id, list(by_digest)))
+        stats.files_stored_already = len(by_digest) - len(missing)
+
+        def upload(digest: str) -> None:
+            path = by_digest[digest]
+            with _opened(root, path, now[path].size, keys.get(path)) as src:
+                _store_call(lambda: store.put_blob(run_id, digest, src))
+
+        with ThreadPoolExecutor(THREADS, thread_name_prefix="conveyor-upload") as pool:
+            for digest in pool.map(lambda d: (upload(d), d)[1], sorted(missing)):
+                stats.files_uploaded += 1
+                stats.bytes_uploaded += now[by_digest[digest]].size
+
+    def _move_head(
+        self,
+        store: WorkspaceBlobs,
+        run_id: str,
+        baseline: Baseline,
+        changes: Changes,
+        stats: PublishStats,
+    ) -> str:
+        for attempt in range(TRIES):
+            stats.tries = attempt + 1
+            head = self.heads.workspace_head(run_id)
+            if head is None:
+                base = Manifest()
+            elif head.digest == baseline.head:
+                base = baseline.manifest
+            else:
+                base = self._manifest(run_id, head.digest)
+            new = apply(base, changes)
+            expected = head.digest if head is not None else None
+            if new.digest == expected:
+                return new.digest  # the head holds these changes already
+            _store_call(lambda: store.put_manifest(run_id, new.digest, new.to_bytes()))
+            if self.heads.move_workspace_head(run_id, expected, new.digest, self.host):
+                return new.digest
+            time.sleep(random.uniform(0.001, 0.01 * (attempt + 1)))  # noqa: S311
+        raise WorkspaceRefused(
+            f"the run's workspace head moved {TRIES} times while this step published its files"
+        )
+
+    def _manifest(self, run_id: str, digest: str) -> Manifest:
+        try:
+            data = self._blobs().get_manifest(run_id, digest)
+        except ArtifactNotFound:
+            raise WorkspaceRefused(
+                f"workspace manifest {digest} is missing from the artifact store"
+            ) from None
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise WorkspaceRefused(f"workspace manifest {digest} does not match its digest")
+        return Manifest.from_bytes(data)
+
+    def forget(self, run_id: str) -> None:
+        """Drop this host's state of the run (its workspace is removed by the caller)."""
+        LocalIndex(self.state_dir, run_id).forget()
+
+
+def _store_call(call: Callable[[], T]) -> T:
+    """Call the artifact store; its errors fail the step in one line."""
+    try:
+        return call()
+    except WorkspaceRefused:
+        raise
+    except ConveyorError as exc:
+        raise WorkspaceRefused(f"the workspace could not be stored: {exc.message}") from None
+
+
+_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+@contextlib.contextmanager
+def _opened(root: Path, path: str, size: int, key: StatKey | None) -> Iterator[Path]:
+    """A name for the file ``path`` that cannot lead anywhere else (no link on the way).
+
+    The file is opened without following links; the store reads it through
+    ``/proc/self/fd`` where there is one, so a link put in its place since the snapshot
+    is never followed out of the workspace.
+    """
+    fd = _open_inside(root, path)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size != size or key not in (None, stat_key(st)):
+            raise WorkspaceRefused(f"{path!r} changed while it was being published")
+        proc = Path(f"/proc/self/fd/{fd}")
+        yield proc if proc.exists() else root / path
+        if stat_key(os.fstat(fd)) != stat_key(st):
+            raise WorkspaceRefused(f"{path!r} changed while it was being published")
+    finally:
+        os.close(fd)
+
+
+def _open_inside(root: Path, path: str) -> int:
+    dir_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        *parents, name = path.split("/")
+        for part in parents:
+            try:
+                step = os.open(
+                    part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd
+                )
+            except OSError:
+                raise WorkspaceRefused(f"{path!r} changed while it was being published") from None
+            os.close(dir_fd)
+            dir_fd = step
+        try:
+            return os.open(name, _READ, dir_fd=dir_fd)
+        except OSError:
+            raise WorkspaceRefused(f"{path!r} changed while it was being published") from None
+    finally:
+        os.close(dir_fd)
