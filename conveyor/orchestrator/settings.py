@@ -113,6 +113,11 @@ class Settings(BaseSettings):
     artifact_store: str = Field(
         default="local", description="Where artifacts go: local (under data_dir) or s3."
     )
+    artifact_dir: Path | None = Field(
+        default=None,
+        description="The local artifact store's directory (default: data_dir/artifacts); "
+        "a volume every host mounts shares artifacts and workspaces without S3.",
+    )
     s3_bucket: str | None = Field(default=None, description="Bucket of the s3 artifact store.")
     s3_prefix: str = Field(default="conveyor", description="Key prefix inside the bucket.")
     s3_endpoint_url: str | None = Field(
@@ -189,6 +194,11 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'conveyor.db').resolve()}"
+
+    @property
+    def artifact_root(self) -> Path:
+        """The local artifact store's directory."""
+        return self.artifact_dir or self.data_dir / "artifacts"
 
     @property
     def workspace_root(self) -> Path:

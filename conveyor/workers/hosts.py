@@ -4,7 +4,7 @@ A host is a data directory (``CONVEYOR_DATA_DIR``): worker processes that share 
 one host and share its copies of runs' workspaces. Unless workspaces are shared by
 every host (``CONVEYOR_WORKSPACE_SHARED``), each worker also consumes one queue per
 queue it serves, for its host only (``sandbox.host.<host id>``), and says so in the
-database every few seconds while it lives (``worker_hosts``). The dispatcher sends a
+database at every heartbeat while it lives (``worker_hosts``). The dispatcher sends a
 step that opens sandboxes to the host holding its run's newest workspace when that
 host serves the step's queue and was seen lately, and to the shared queue otherwise;
 brief steps, which never open a workspace, always go to the shared queue. A message
@@ -38,10 +38,9 @@ log = logging.getLogger("conveyor.workers.hosts")
 
 #: The infix of a host's own queues: ``<queue>.host.<host id>``.
 HOST_INFIX = ".host."
-#: How often a worker says which queues its host serves.
-ANNOUNCE_SECONDS = 5.0
-#: A host not heard of for this long gets no step sent to its own queues.
-LIVE_SECONDS = 20.0
+#: A host not heard of for this many announcements (one per heartbeat) gets no step
+#: sent to its own queues.
+LIVE_ANNOUNCEMENTS = 3
 #: How often a worker looks for workspaces of runs that are over on its host.
 SWEEP_SECONDS = 60.0
 #: How long the dispatcher trusts what it read of the live hosts.
@@ -58,6 +57,11 @@ def served_queues(names: Collection[str]) -> frozenset[str]:
     return frozenset(n for n in names if HOST_INFIX not in n)
 
 
+def live_seconds(settings: Settings) -> float:
+    """How long since its last announcement a host counts as alive."""
+    return LIVE_ANNOUNCEMENTS * settings.heartbeat_seconds + 1.0
+
+
 def handing_over(settings: Settings) -> bool:
     """True when hosts keep their own copies of workspaces (nothing is shared)."""
     return not settings.workspace_shared
@@ -68,6 +72,7 @@ class HostRouter:
 
     def __init__(self, store: SqlStore, settings: Settings) -> None:
         self.store = store
+        self.live_seconds = live_seconds(settings)
         self._live: dict[str, frozenset[str]] = {}
         self._read_at = float("-inf")
         self._lock = threading.Lock()
@@ -90,7 +95,7 @@ class HostRouter:
     def _hosts(self, queue: str) -> frozenset[str]:
         with self._lock:
             if time.monotonic() - self._read_at > ROUTES_TTL:
-                since = utcnow() - timedelta(seconds=LIVE_SECONDS)
+                since = utcnow() - timedelta(seconds=self.live_seconds)
                 self._live = self.store.live_hosts(since)
                 self._read_at = time.monotonic()
             return self._live.get(queue, frozenset())
@@ -137,7 +142,7 @@ class HostAnnouncer:
                     next_sweep = time.monotonic() + SWEEP_SECONDS
             except Exception as exc:  # the database is away: say it again next time
                 log.warning("host %s could not announce its queues: %s", self.host, exc)
-            self._stop.wait(ANNOUNCE_SECONDS)
+            self._stop.wait(self.settings.heartbeat_seconds)
 
     def sweep(self) -> int:
         """Remove this host's workspaces of runs that are over; how many went."""

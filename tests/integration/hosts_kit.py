@@ -160,15 +160,17 @@ class Cluster:
         netns: bool = False,
         beat: bool = False,
         wait: bool = True,
+        data_dir: Path | None = None,
     ) -> Host:
         """Start a host with one worker per entry of ``queues`` (``sandbox,control``...).
 
         Its workers are named ``<name>-<i>``; with ``beat`` it also runs ``conveyor
         beat`` (the reconciler's clock). Waits until every process is ready unless
-        ``wait`` is false (then :meth:`ready` does).
+        ``wait`` is false (then :meth:`ready` does). ``data_dir``: a directory it shares
+        with other hosts (a shared volume), instead of one of its own.
         """
-        host = Host(name, self.workers.root / "hosts" / name)
-        host.data_dir.mkdir(parents=True)
+        host = Host(name, data_dir or self.workers.root / "hosts" / name)
+        host.data_dir.mkdir(parents=True, exist_ok=True)
         self.hosts[name] = host
         within: list[str] = []
         if netns:
@@ -253,6 +255,9 @@ class Cluster:
         host.netns = _netns_of(anchor.popen.pid)
         if host.netns is None or host.netns == _netns_of(os.getpid()):
             missing("network namespaces", f"the relay of {host.name} is not in a namespace")
+        # Loopback only: the host can reach nothing but its relay.
+        devices = Path(f"/proc/{host.anchor}/net/dev").read_text().splitlines()[2:]
+        assert [line.split(":")[0].strip() for line in devices] == ["lo"], devices
         return ["nsenter", f"--net=/proc/{host.anchor}/ns/net", "--"]
 
 

@@ -156,11 +156,16 @@ def wait_http(url: str, proc: Proc) -> None:
 
 @pytest.fixture
 def chart(cluster: Stack, pg_database: str, broker_url: str) -> Rendered:
-    """The chart rendered for this machine's Postgres and the test's Redis database."""
+    """The chart rendered for this machine's Postgres and the test's Redis database.
+
+    The processes share the stack's data directory, as pods share a ReadWriteMany claim.
+    """
     return render(
         {
             "database": {"url": pg_database},
             "broker": {"url": broker_url},
+            "config": {"CONVEYOR_ARTIFACT_STORE": "local"},
+            "dataVolume": {"existingClaim": "conveyor-data"},
             "dataDir": str(cluster.data_dir),
             "api": {"port": free_port()},
             "flower": {"port": free_port()},

@@ -28,7 +28,8 @@ from cryptography.fernet import Fernet
 
 from conveyor.orchestrator.store.records import RunRecord
 from tests.integration.api_server import Server, api_server, conveyor, eventually
-from tests.integration.hosts_kit import Cluster, cluster
+from tests.integration.hosts_kit import BUCKET, Cluster, cluster
+from tests.integration.s3_kit import client
 from tests.integration.test_submit_source import multipart, source_dir
 from tests.integration.workers_kit import Submitter, assert_gap_free
 
@@ -126,6 +127,11 @@ def submitter(hosts: Cluster) -> Iterator[Submitter]:
     result.close()
 
 
+def left(deadline: float) -> float:
+    """Seconds until ``deadline`` (on the monotonic clock), at least one."""
+    return max(1.0, deadline - time.monotonic())
+
+
 def explain(hosts: Cluster, run: RunRecord) -> str:
     """Each step's status and reason, and the processes' logs: for assertion messages."""
     steps = [(s.key, s.status.value, s.last_error) for s in hosts.store.list_steps(run.id)]
@@ -139,7 +145,7 @@ def test_runs_crossing_sandbox_and_scan_hosts_see_the_files_of_their_needs(
     # When twenty runs go sandbox -> scan -> sandbox at once
     started = time.monotonic()
     runs = [submitter.submit(CROSSING) for _ in range(RUNS)]
-    ended = [submitter.wait(run.id, 240, hosts.workers) for run in runs]
+    ended = [submitter.wait(run.id, left(started + 180), hosts.workers) for run in runs]
     print(f"{RUNS} runs in {time.monotonic() - started:.1f}s")
 
     # Then every run succeeded, and each step saw exactly what the steps before it left
@@ -160,6 +166,31 @@ def test_runs_crossing_sandbox_and_scan_hosts_see_the_files_of_their_needs(
         placed[(where["checkout"][0], where["scan"][0], where["verify"][0])] += 1
         assert_gap_free(events)
     print("hosts (checkout, scan, verify):", dict(placed))
+
+
+def test_hosts_that_share_a_volume_copy_nothing_through_the_store(tmp_path: Path) -> None:
+    # Given two hosts whose data directory is one shared volume, and settings that say so
+    shared = tmp_path / "volume"
+    with cluster(tmp_path, CONVEYOR_WORKSPACE_SHARED="true") as hosts:
+        hosts.host("a", ["sandbox,control"], wait=False, data_dir=shared)
+        hosts.host("b", ["scan"], wait=False, data_dir=shared)
+        hosts.ready()
+        submitter = Submitter(hosts.store, hosts.workers.settings)
+        try:
+            # When runs cross from a to b and back
+            started = time.monotonic()
+            runs = [submitter.submit(CROSSING) for _ in range(3)]
+            ended = [submitter.wait(run.id, left(started + 90), hosts.workers) for run in runs]
+        finally:
+            submitter.close()
+        # Then they succeed, seeing the same files
+        for run in ended:
+            assert run.status.value == "succeeded", explain(hosts, run)
+            verified = {s.key: s for s in hosts.store.list_steps(run.id)}["verify"].outputs
+            assert {k: verified.get(k) for k in VERIFIED} == VERIFIED
+        # And not one file went to the artifact store (the pipelines keep no artifacts)
+        s3 = client(hosts.s3_endpoint)
+        assert s3.list_objects_v2(Bucket=BUCKET).get("Contents", []) == []
 
 
 #: Four steps that do not need each other, then one that needs only the slowest.

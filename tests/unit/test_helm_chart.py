@@ -37,8 +37,9 @@ REQUIRED: dict[str, Any] = {
 }
 #: The Kubernetes version whose schemas the manifests are checked against.
 KUBE_VERSION = "1.37"
-#: Kinds that come from CRDs, which kubernetes-validate has no schema for.
-CUSTOM_KINDS = {"ServiceMonitor"}
+#: Kinds that come from CRDs, which kubernetes-validate has no schema for (KEDA's are
+#: checked in test_chart_keda.py).
+CUSTOM_KINDS = {"ServiceMonitor", "ScaledObject", "TriggerAuthentication"}
 RELEASE, NAMESPACE = "ci", "builds"
 SECRET_ENV = {"CONVEYOR_DATABASE_URL", "CONVEYOR_BROKER_URL", "CONVEYOR_SECRET_KEY"}
 
@@ -162,6 +163,7 @@ def mounts(c: dict[str, Any]) -> dict[str, str]:
                 "scan": {
                     "docker": {"enabled": True},
                     "autoscaling": {"enabled": True},
+                    "keda": {"enabled": False},
                 },
             },
             "dind": {"resources": {"requests": {"cpu": "500m"}}, "nativeSidecar": False},
@@ -169,6 +171,8 @@ def mounts(c: dict[str, Any]) -> dict[str, str]:
             "api": {"ingress": {"enabled": True, "tls": [{"secretName": "t", "hosts": ["h"]}]}},
             "serviceMonitor": {"enabled": True, "tokenSecret": {"name": "prometheus-token"}},
             "dataVolume": {"existingClaim": "conveyor-data"},
+            "workspaces": {"sharedClaim": "conveyor-workspaces"},
+            "autoscaling": {"keda": {"enabled": True}},
             "config": {"CONVEYOR_ARTIFACT_STORE": "s3", "CONVEYOR_S3_BUCKET": "artifacts"},
         },
         {"workers": {"sandbox": {"docker": {"enabled": True}}}},
@@ -331,6 +335,67 @@ def test_beat_runs_exactly_once() -> None:
         )
         if h["spec"]["scaleTargetRef"]["name"].endswith("beat")
     ]
+
+
+# -- workspaces ---------------------------------------------------------------------------
+
+WORKSPACES = "/var/lib/conveyor/workspaces"
+
+
+def test_workers_on_several_pods_need_a_store_they_all_reach() -> None:
+    # Given the four default pools, the local artifact store and no shared claim
+    given = {"database": {"url": DATABASE_URL}, "broker": {"url": BROKER_URL}}
+    error = refused(given, required=False)
+    # Then the chart refuses, saying how a run's workspace could go from pod to pod
+    assert "up to 4 worker pods would share no directory" in error
+    assert "CONVEYOR_ARTIFACT_STORE=s3" in error and "workspaces.sharedClaim" in error
+    # And an autoscaler's ceiling counts, not the replicas of the moment
+    one = {"workers": {"control": {"queues": list(QUEUES)}, **dict.fromkeys(QUEUES[1:], None)}}
+    scaled = merged(one, {"workers": {"control": {"autoscaling": {"enabled": True}}}})
+    assert "up to 4 worker pods" in refused(merged(given, scaled), required=False)
+    # And a single worker pod, which holds every workspace, renders
+    alone = render(merged(given, one), required=False)
+    pools = [d for d in alone.kind("Deployment") if "-worker-" in d["metadata"]["name"]]
+    assert [d["spec"]["replicas"] for d in pools] == [1]
+    # And with S3 the workspaces are handed over through it, each pod with its own copy
+    config = render().get("ConfigMap", f"{RELEASE}-conveyor")["data"]
+    assert config["CONVEYOR_WORKSPACE_SHARED"] == "false"
+    assert "workspaces" not in mounts(container(render().deployment("worker-scan"), "worker"))
+
+
+def test_a_shared_workspaces_claim_is_one_directory_for_every_step() -> None:
+    # Given a ReadWriteMany claim for the workspaces (no S3), and Docker for the sandbox pool
+    values = {
+        "database": {"url": DATABASE_URL},
+        "broker": {"url": BROKER_URL},
+        "workspaces": {"sharedClaim": "conveyor-workspaces"},
+        "workers": {"sandbox": {"docker": {"enabled": True}}},
+    }
+    rendered = render(values, required=False)
+    # Then every worker and the API mount it at the workspace root
+    for component in ("api", *(f"worker-{q}" for q in QUEUES)):
+        deployment = rendered.deployment(component)
+        pod = deployment["spec"]["template"]["spec"]
+        claims = {v["name"]: v.get("persistentVolumeClaim") for v in pod["volumes"]}
+        assert claims["workspaces"] == {"claimName": "conveyor-workspaces"}, component
+        assert mounts(main(deployment))["workspaces"] == WORKSPACES, component
+    # And the Docker sidecar sees it at the same path, so a step's container does too
+    sandbox = rendered.deployment("worker-sandbox")
+    assert mounts(container(sandbox, "docker"))["workspaces"] == WORKSPACES
+    # And Conveyor is told that nothing is to be copied
+    config = rendered.get("ConfigMap", f"{RELEASE}-conveyor")["data"]
+    assert config["CONVEYOR_WORKSPACE_SHARED"] == "true"
+    assert "nothing is copied" in rendered.notes
+    # And a shared data directory means the same
+    whole = render(
+        {**values, "workspaces": {"sharedClaim": ""}, "dataVolume": {"existingClaim": "data"}},
+        required=False,
+    )
+    assert whole.get("ConfigMap", f"{RELEASE}-conveyor")["data"]["CONVEYOR_WORKSPACE_SHARED"] == (
+        "true"
+    )
+    # And the setting is the chart's to make, not a value of config to contradict it
+    assert "CONVEYOR_WORKSPACE_SHARED" in refused({"config": {"CONVEYOR_WORKSPACE_SHARED": True}})
 
 
 # -- the schema migration -----------------------------------------------------------------

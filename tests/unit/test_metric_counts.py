@@ -166,9 +166,7 @@ def test_the_backoff_count_walks_the_status_index(pg_store: SqlStore) -> None:
 def test_queued_steps_waiting_out_a_retry_are_backoff_not_ready(db_store: SqlStore) -> None:
     # Given a step that failed and waits a minute before its next try, and a ready one
     h = Harness.on(db_store)
-    flaky = h.start(
-        pipeline("{name: a, type: noop, retry: {max_attempts: 3, backoff: 60s}}", B)
-    )
+    flaky = h.start(pipeline("{name: a, type: noop, retry: {max_attempts: 3, backoff: 60s}}", B))
     h.drive(flaky, {"a": [FAIL]})
     h.start(pipeline("{name: a, type: noop, queue: sandbox}"))
 

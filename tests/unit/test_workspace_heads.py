@@ -80,10 +80,16 @@ def test_hosts_are_live_while_they_announce_their_queues(store: Store) -> None:
         "sandbox": frozenset({"h1", "h2"}),
         "scan": frozenset({"h1"}),
     }
-    # An announcement replaces the last; a withdrawal removes the host's queues
+    # Two workers of one host announce their own queues; a withdrawal removes the
+    # queues named (a warm shutdown), or all of the host's
     store.announce_host("h1", ["scan"])
+    store.announce_host("h1", ["deploy"])
+    store.withdraw_host("h1", ["sandbox"])
     store.withdraw_host("h2")
-    assert store.live_hosts(before) == {"scan": frozenset({"h1"})}
+    assert store.live_hosts(before) == {
+        "scan": frozenset({"h1"}),
+        "deploy": frozenset({"h1"}),
+    }
     # A host not heard of since the cutoff is not live
     assert store.live_hosts(utcnow() + timedelta(seconds=5)) == {}
 

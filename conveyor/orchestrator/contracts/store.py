@@ -408,7 +408,7 @@ class WorkerHosts(Protocol):
     """The worker hosts alive, each with the queues it consumes."""
 
     def announce_host(self, host: str, queues: Collection[str]) -> None:
-        """``host`` is alive and consumes ``queues`` (replacing what it said before)."""
+        """``host`` is alive and consumes ``queues`` (each worker says only its own)."""
         ...
 
     def withdraw_host(self, host: str, queues: Collection[str] | None = None) -> None:

@@ -83,7 +83,7 @@ class StepWorkspace:
             self._seed()
         if self._handoff is not None:
             self._baseline = self._handoff.prepare(self.run_id)
-            moved = _describe(getattr(self._baseline, "stats", None), "fetched")
+            moved = _describe(self._baseline.fetched, "fetched")
             if moved:
                 self._say(f"workspace: {moved}")
         self.opened = True

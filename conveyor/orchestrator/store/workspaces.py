@@ -14,6 +14,7 @@ from collections.abc import Collection
 from datetime import datetime
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
 from conveyor.orchestrator.clock import utcnow
 from conveyor.orchestrator.contracts.store import WorkspaceHead
@@ -103,15 +104,19 @@ class WorkspaceRecords(Connector):
     # -- worker hosts ----------------------------------------------------------------
 
     def announce_host(self, host: str, queues: Collection[str]) -> None:
-        """``host`` is alive and consumes ``queues`` (replacing what it said before)."""
-        now = utcnow()
+        """``host`` is alive and consumes ``queues`` (other workers of the host may
+        announce other queues: each says only its own)."""
+        if not queues:
+            return
+        rows = [{"host": host, "queue": q, "seen_at": utcnow()} for q in sorted(set(queues))]
+        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        insert = dialect.insert(worker_hosts)
+        query = insert.on_conflict_do_update(
+            index_elements=[worker_hosts.c.host, worker_hosts.c.queue],
+            set_={"seen_at": insert.excluded.seen_at},
+        )
         with self.writing() as conn:
-            conn.execute(worker_hosts.delete().where(worker_hosts.c.host == host))
-            if queues:
-                conn.execute(
-                    worker_hosts.insert(),
-                    [{"host": host, "queue": q, "seen_at": now} for q in sorted(set(queues))],
-                )
+            conn.execute(query, rows)
 
     def withdraw_host(self, host: str, queues: Collection[str] | None = None) -> None:
         """``host`` no longer consumes ``queues`` (None: any)."""

@@ -38,11 +38,9 @@ class MemoryWorkspaceRecords:
             return self._heads.pop(run_id, None)
 
     def announce_host(self, host: str, queues: Collection[str]) -> None:
-        """``host`` is alive and consumes ``queues`` (replacing what it said before)."""
+        """``host`` is alive and consumes ``queues`` (each worker says only its own)."""
         now = utcnow()
         with self._heads_lock:
-            for key in [k for k in self._hosts if k[0] == host]:
-                del self._hosts[key]
             for queue in queues:
                 self._hosts[(host, queue)] = now
 

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -151,13 +152,14 @@ class WorkspaceHandoff:
         missing = _store_call(lambda: store.missing_blobs(run_id, list(by_digest)))
         stats.files_stored_already = len(by_digest) - len(missing)
 
-        def upload(digest: str) -> None:
+        def upload(digest: str) -> str:
             path = by_digest[digest]
             with _opened(root, path, now[path].size, keys.get(path)) as src:
                 _store_call(lambda: store.put_blob(run_id, digest, src))
+            return digest
 
         with ThreadPoolExecutor(THREADS, thread_name_prefix="conveyor-upload") as pool:
-            for digest in pool.map(lambda d: (upload(d), d)[1], sorted(missing)):
+            for digest in pool.map(upload, sorted(missing)):
                 stats.files_uploaded += 1
                 stats.bytes_uploaded += now[by_digest[digest]].size
 
@@ -182,7 +184,7 @@ class WorkspaceHandoff:
             expected = head.digest if head is not None else None
             if new.digest == expected:
                 return new.digest  # the head holds these changes already
-            _store_call(lambda: store.put_manifest(run_id, new.digest, new.to_bytes()))
+            _store_call(partial(store.put_manifest, run_id, new.digest, new.to_bytes()))
             if self.heads.move_workspace_head(run_id, expected, new.digest, self.host):
                 return new.digest
             time.sleep(random.uniform(0.001, 0.01 * (attempt + 1)))  # noqa: S311

@@ -103,7 +103,7 @@ def snapshot(root: Path, index: LocalIndex, stats: SnapshotStats | None = None) 
         raise
     cache: dict[str, tuple[StatKey, str]] = {}
     for path, entry in entries.items():
-        if entry.kind == "file":
+        if entry.kind == "file" and entry.digest:  # from the cache; the rest are hashed below
             cache[path] = (keys[path], entry.digest)
     for path, found in _hash_all(todo):
         if found is None:  # gone since the walk: a step of the run deleted it meanwhile

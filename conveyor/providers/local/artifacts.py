@@ -11,19 +11,25 @@ before kept it in a sidecar ``<key>.meta.json`` beside the file, a name another 
 could overwrite; such a sidecar is still read, and moved into the tree, unless that name
 is itself an artifact's (then it is an artifact, never metadata). A run's source
 archive (``conveyor submit --source``) is ``<run_id>/.source.tar.gz``, out of reach for
-the same reason, and goes with the run's artifacts.
+the same reason, and goes with the run's artifacts; so do the blobs and manifests of its
+workspace (``WorkspaceBlobs``), under ``<run_id>/.blobs/<sha256>`` and
+``<run_id>/.manifests/<sha256>``. A blob is renamed into place whole but not synced on
+its own: the file system is synced once before a manifest naming it is written.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import hashlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Collection
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from conveyor.orchestrator.artifacts import (
     Artifact,
@@ -39,13 +45,19 @@ META_DIR = ".meta"
 SOURCE = ".source.tar.gz"
 #: The sidecar of stores written before the metadata tree (read, then migrated).
 LEGACY = ".meta.json"
+#: A run's workspace contents and manifests, by SHA-256 (``WorkspaceBlobs``).
+BLOBS = ".blobs"
+MANIFESTS = ".manifests"
+#: Past this many digests asked about, the blob folder is listed once instead.
+LIST_PAST = 64
+_DIGEST = frozenset("0123456789abcdef")
 
 
 class LocalArtifactStore:
     """The ArtifactStore of the embedded shape (and of single-host setups)."""
 
     def __init__(self, settings: Settings, root: Path | None = None) -> None:
-        self.root = (root or settings.data_dir / "artifacts").resolve()
+        self.root = (root or settings.artifact_root).resolve()
 
     def put(self, run_id: str, key: str, src: Path, kind: str = "file") -> Artifact:
         """Store ``src`` under ``key``, replacing any artifact of that key at once."""
@@ -76,6 +88,78 @@ class LocalArtifactStore:
         target, meta = self._source(run_id)
         target.unlink(missing_ok=True)
         meta.unlink(missing_ok=True)
+
+    # -- a run's workspace between hosts: blobs and manifests by SHA-256 (WorkspaceBlobs)
+
+    def missing_blobs(self, run_id: str, digests: Collection[str]) -> set[str]:
+        """Those of ``digests`` not stored for the run."""
+        base = self.root / validate_run_id(run_id) / BLOBS
+        wanted = {_digest(d) for d in digests}
+        if len(wanted) > LIST_PAST:
+            try:
+                return wanted - set(os.listdir(base))
+            except FileNotFoundError:
+                return wanted
+        return {d for d in wanted if not (base / d).is_file()}
+
+    def put_blob(self, run_id: str, digest: str, src: Path) -> None:
+        """Store ``src`` as the blob ``digest`` (checked as it is copied)."""
+        target = self.root / validate_run_id(run_id) / BLOBS / _digest(digest)
+        if target.is_file():
+            return  # the same bytes, stored already
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            handle, name = tempfile.mkstemp(dir=target.parent, prefix=".upload-")
+        except OSError as exc:
+            raise ArtifactError(f"could not store blob {digest}: {exc.strerror or exc}") from None
+        try:
+            with open(src, "rb") as source, os.fdopen(handle, "wb") as out:
+                checksum, _ = copy_hashed(source, out)
+            if checksum != digest:
+                raise ChecksumMismatch(f"blob {digest} changed while it was stored")
+            os.replace(name, target)
+        except OSError as exc:
+            raise ArtifactError(f"could not store blob {digest}: {exc.strerror or exc}") from exc
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)
+
+    def open_blob(self, run_id: str, digest: str) -> BinaryIO:
+        """A stream of the blob ``digest``."""
+        target = self.root / validate_run_id(run_id) / BLOBS / _digest(digest)
+        try:
+            return open(target, "rb")  # the caller closes it
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise ArtifactNotFound(f"run {run_id} has no blob {digest}") from None
+
+    def put_manifest(self, run_id: str, digest: str, data: bytes) -> None:
+        """Store a workspace manifest, once every blob written before it is on disk."""
+        if hashlib.sha256(data).hexdigest() != _digest(digest):
+            raise ChecksumMismatch(f"manifest {digest} does not match its digest")
+        base = self.root / validate_run_id(run_id) / MANIFESTS
+        try:
+            base.mkdir(parents=True, exist_ok=True)
+            _sync_file_system(base)
+            handle, name = tempfile.mkstemp(dir=base, prefix=".upload-")
+            try:
+                with os.fdopen(handle, "wb") as out:
+                    out.write(data)
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(name, base / digest)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name)
+        except OSError as exc:
+            raise ArtifactError(f"could not store manifest {digest}: {exc.strerror}") from exc
+
+    def get_manifest(self, run_id: str, digest: str) -> bytes:
+        """The workspace manifest ``digest``."""
+        target = self.root / validate_run_id(run_id) / MANIFESTS / _digest(digest)
+        try:
+            return target.read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise ArtifactNotFound(f"run {run_id} has no workspace manifest {digest}") from None
 
     def _source(self, run_id: str) -> tuple[Path, Path]:
         base = self.root / validate_run_id(run_id)
@@ -194,6 +278,37 @@ def _store(target: Path, meta: Path, src: Path, key: str, kind: str) -> Artifact
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name)
     return artifact
+
+
+def _digest(digest: str) -> str:
+    """``digest`` if it is a SHA-256 in lowercase hex (it names a file)."""
+    if len(digest) != 64 or not _DIGEST.issuperset(digest):
+        raise ArtifactError(f"{digest[:80]!r} is not a SHA-256 digest")
+    return digest
+
+
+def _libc_syncfs() -> Any:
+    try:
+        call = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+    call.argtypes = [ctypes.c_int]
+    return call
+
+
+_SYNCFS = _libc_syncfs()
+
+
+def _sync_file_system(path: Path) -> None:
+    """Put everything written to the file system of ``path`` on disk (one flush)."""
+    if _SYNCFS is None:
+        os.sync()
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        _SYNCFS(fd)
+    finally:
+        os.close(fd)
 
 
 def _write_meta(meta: Path, artifact: Artifact) -> None:

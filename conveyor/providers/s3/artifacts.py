@@ -5,11 +5,19 @@ metadata travels with its object, so no other key (``<key>.meta.json`` included)
 reach it.
 An upload becomes visible only when it is complete (S3's own guarantee for single and
 multipart uploads), so readers never see half an artifact.
+
+A run's workspace between hosts (``WorkspaceBlobs``) lives beside its artifacts as
+``<run_id>/.blobs/<sha256>`` and ``<run_id>/.manifests/<sha256>``, where no key reaches:
+never listed, removed by ``delete_run``. A small blob is sent with its SHA-256 for S3 to
+check; asked about many blobs at once, the store lists the run's blobs once rather than
+asking about each.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import base64
+import hashlib
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,6 +47,12 @@ MIB = 1024 * 1024
 #: The run's source archive, beside its artifacts: no key names it (keys start with a
 #: letter or digit), so it is never listed, and ``delete_run`` takes it too.
 SOURCE = ".source.tar.gz"
+#: A run's workspace contents and manifests, by SHA-256 (``WorkspaceBlobs``).
+BLOBS = ".blobs"
+MANIFESTS = ".manifests"
+#: Past this many digests asked about, the run's blobs are listed instead (1,000 a page).
+LIST_PAST = 16
+_DIGEST = frozenset("0123456789abcdef")
 
 MISSING = ("404", "NoSuchKey", "NotFound")
 #: Seconds to connect, and to wait for each read, before a request counts as failed; a
@@ -132,6 +146,82 @@ class S3ArtifactStore:
         with _errors(f"the source archive of run {run_id}"):
             self.client.delete_object(Bucket=self.bucket, Key=self._source(run_id))
 
+    # -- a run's workspace between hosts: blobs and manifests by SHA-256 (WorkspaceBlobs)
+
+    def missing_blobs(self, run_id: str, digests: Collection[str]) -> set[str]:
+        """Those of ``digests`` not stored for the run."""
+        wanted = {_digest(d) for d in digests}
+        base = f"{self.prefix}/{validate_run_id(run_id)}/{BLOBS}/"
+        with _errors(f"the workspace blobs of run {run_id}"):
+            if len(wanted) > LIST_PAST:
+                return wanted - {name[len(base) :] for name in self._names(base)}
+            missing = set()
+            for digest in wanted:
+                try:
+                    self.client.head_object(Bucket=self.bucket, Key=base + digest)
+                except ClientError as exc:
+                    if str(exc.response.get("Error", {}).get("Code", "")) not in MISSING:
+                        raise
+                    missing.add(digest)
+            return missing
+
+    def put_blob(self, run_id: str, digest: str, src: Path) -> None:
+        """Upload ``src`` as the blob ``digest`` (small ones checked by S3 against it)."""
+        name = self._blob(run_id, digest)
+        with _errors(f"blob {digest}"):
+            size = src.stat().st_size
+            if size < TRANSFER.multipart_threshold:
+                data = src.read_bytes()
+                if hashlib.sha256(data).hexdigest() != digest:
+                    raise ChecksumMismatch(f"blob {digest} changed while it was stored")
+                self.client.put_object(
+                    Bucket=self.bucket,
+                    Key=name,
+                    Body=data,
+                    Metadata={"sha256": digest, "kind": "blob"},
+                    ChecksumSHA256=base64.b64encode(bytes.fromhex(digest)).decode(),
+                )
+            else:  # streamed in parts; the reader checks the whole against the digest
+                self.client.upload_file(
+                    str(src),
+                    self.bucket,
+                    name,
+                    ExtraArgs={"Metadata": {"sha256": digest, "kind": "blob"}},
+                    Config=TRANSFER,
+                )
+
+    def open_blob(self, run_id: str, digest: str) -> BinaryIO:
+        """A stream of the blob ``digest``."""
+        with _errors(f"blob {digest} of run {run_id}"):
+            answer = self.client.get_object(Bucket=self.bucket, Key=self._blob(run_id, digest))
+        return cast(BinaryIO, answer["Body"])
+
+    def put_manifest(self, run_id: str, digest: str, data: bytes) -> None:
+        """Store a workspace manifest under its digest."""
+        if hashlib.sha256(data).hexdigest() != _digest(digest):
+            raise ChecksumMismatch(f"manifest {digest} does not match its digest")
+        name = f"{self.prefix}/{validate_run_id(run_id)}/{MANIFESTS}/{digest}"
+        with _errors(f"manifest {digest}"):
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=name,
+                Body=data,
+                Metadata={"sha256": digest, "kind": "manifest"},
+                ChecksumSHA256=base64.b64encode(bytes.fromhex(digest)).decode(),
+            )
+
+    def get_manifest(self, run_id: str, digest: str) -> bytes:
+        """The workspace manifest ``digest``."""
+        name = f"{self.prefix}/{validate_run_id(run_id)}/{MANIFESTS}/{_digest(digest)}"
+        with _errors(f"workspace manifest {digest} of run {run_id}"):
+            answer = self.client.get_object(Bucket=self.bucket, Key=name)
+            with answer["Body"] as body:
+                data: bytes = body.read()
+        return data
+
+    def _blob(self, run_id: str, digest: str) -> str:
+        return f"{self.prefix}/{validate_run_id(run_id)}/{BLOBS}/{_digest(digest)}"
+
     def _source(self, run_id: str) -> str:
         return f"{self.prefix}/{validate_run_id(run_id)}/{SOURCE}"
 
@@ -150,7 +240,7 @@ class S3ArtifactStore:
             for start in range(0, len(names), 1000):
                 batch: list[Any] = [{"Key": n} for n in names[start : start + 1000]]
                 self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch})
-        return len([n for n in names if not n.rsplit("/", 1)[-1].startswith(".")])
+        return len([n for n in names if not n[len(base) :].startswith(".")])
 
     def _names(self, base: str) -> Iterator[str]:
         paginator = self.client.get_paginator("list_objects_v2")
@@ -160,6 +250,13 @@ class S3ArtifactStore:
 
     def _name(self, run_id: str, key: str) -> str:
         return f"{self.prefix}/{validate_run_id(run_id)}/{validate_key(key)}"
+
+
+def _digest(digest: str) -> str:
+    """``digest`` if it is a SHA-256 in lowercase hex (it names an object)."""
+    if len(digest) != 64 or not _DIGEST.issuperset(digest):
+        raise ArtifactError(f"{digest[:80]!r} is not a SHA-256 digest")
+    return digest
 
 
 def new_client(settings: Settings) -> Any:
