@@ -132,10 +132,19 @@ def left(deadline: float) -> float:
     return max(1.0, deadline - time.monotonic())
 
 
+def outputs(hosts: Cluster, run_id: str) -> dict[str, dict[str, Any]]:
+    """Each step's outputs (empty for a step that recorded none)."""
+    return {s.key: s.outputs or {} for s in hosts.store.list_steps(run_id)}
+
+
 def explain(hosts: Cluster, run: RunRecord) -> str:
     """Each step's status and reason, and the processes' logs: for assertion messages."""
-    steps = [(s.key, s.status.value, s.last_error) for s in hosts.store.list_steps(run.id)]
-    return f"{run.id} {run.status}: {steps}\n{hosts.workers.logs()}"
+    events = hosts.store.list_events(run.id)
+    steps = [
+        (s.key, s.status.value, s.last_error, hosts.ran_on(events, s.key))
+        for s in hosts.store.list_steps(run.id)
+    ]
+    return f"{run.id} {run.status}: (step, status, reason, hosts) {steps}\n{hosts.workers.logs()}"
 
 
 def test_runs_crossing_sandbox_and_scan_hosts_see_the_files_of_their_needs(
@@ -153,9 +162,10 @@ def test_runs_crossing_sandbox_and_scan_hosts_see_the_files_of_their_needs(
     for run in ended:
         assert run.status.value == "succeeded", explain(hosts, run)
         steps = {s.key: s for s in hosts.store.list_steps(run.id)}
-        blob = steps["checkout"].outputs["blob"]
-        assert len(blob) == 64 and steps["scan"].outputs["blob"] == blob
-        verified = steps["verify"].outputs
+        said = outputs(hosts, run.id)
+        blob = said["checkout"]["blob"]
+        assert len(blob) == 64 and said["scan"]["blob"] == blob
+        verified = said["verify"]
         assert {k: verified.get(k) for k in VERIFIED} == VERIFIED, explain(hosts, run)
         assert verified["blob"] == blob
         # And the steps ran where their queues are served, each once
@@ -186,7 +196,7 @@ def test_hosts_that_share_a_volume_copy_nothing_through_the_store(tmp_path: Path
         # Then they succeed, seeing the same files
         for run in ended:
             assert run.status.value == "succeeded", explain(hosts, run)
-            verified = {s.key: s for s in hosts.store.list_steps(run.id)}["verify"].outputs
+            verified = outputs(hosts, run.id)["verify"]
             assert {k: verified.get(k) for k in VERIFIED} == VERIFIED
         # And not one file went to the artifact store (the pipelines keep no artifacts)
         s3 = client(hosts.s3_endpoint)
@@ -215,16 +225,16 @@ def test_a_step_sees_what_finished_before_it_and_nothing_of_a_failed_step(
     # Given steps in parallel: `early` and `broken` (which fails, its run going on)
     # finish well before `gate`, and `reader` needs `gate` only, on another host
     runs = [submitter.submit(PARALLEL) for _ in range(3)]
-    for run in runs:
-        submitter.wait(run.id, 120, hosts.workers)
+    for submitted in runs:
+        run = submitter.wait(submitted.id, 120, hosts.workers)
         # When reader starts (after everything else finished)
         steps = {s.key: s for s in hosts.store.list_steps(run.id)}
         assert steps["broken"].status.value == "failed", explain(hosts, run)
         assert steps["reader"].status.value == "succeeded", explain(hosts, run)
         # Then it sees `early`'s file though it does not need `early`; on the path
         # both wrote, `gate`'s (the later finisher's) file; nothing of `broken`
-        outputs = steps["reader"].outputs
-        assert {k: outputs[k] for k in ("early", "same", "broken")} == {
+        read = outputs(hosts, run.id)["reader"]
+        assert {k: read.get(k) for k in ("early", "same", "broken")} == {
             "early": "early",
             "same": "gate",
             "broken": "absent",
