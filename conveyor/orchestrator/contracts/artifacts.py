@@ -88,3 +88,7 @@ class WorkspaceBlobs(Protocol):
     def get_manifest(self, run_id: str, digest: str) -> bytes:
         """The manifest stored under ``digest`` (``ArtifactNotFound``: none)."""
         ...
+
+    def delete_workspace(self, run_id: str) -> int:
+        """Remove the run's blobs and manifests (its artifacts stay); how many went."""
+        ...

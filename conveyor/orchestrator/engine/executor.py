@@ -160,7 +160,7 @@ class Executor:
                 raise StepCancelled("the step returned after it was cancelled")
             return self._conclude(attempt, ctx, masker, outputs=outputs, workspace=workspace), None
         except BaseException as exc:  # the worker's top: every failure becomes the step's
-            finished = self._conclude(attempt, ctx, masker, error=exc)
+            finished = self._conclude(attempt, ctx, masker, error=exc, workspace=workspace)
             return finished, (None if isinstance(exc, Exception) else exc)
 
     def _record_all(self, done: list[Finished]) -> Recorded:
@@ -278,7 +278,8 @@ class Executor:
         """Close the step's sandboxes and say how it ended, with its last log lines.
 
         A step that succeeded publishes what it changed in the workspace first (while
-        its lease is still watched): a step whose changes cannot be published failed.
+        its lease is still watched): a step whose changes cannot be published failed. One
+        that did not succeed publishes nothing (``StepWorkspace.finish``).
         """
         try:
             ctx.close()
@@ -289,9 +290,13 @@ class Executor:
             try:
                 clean = masker.value(_checked_outputs(outputs, self.settings.max_output_bytes))
                 if workspace is not None and not self.monitor.fenced(attempt.ref):
-                    workspace.publish()
+                    workspace.finish(succeeded=True)
             except StepFailed as exc:
                 error = exc
+        if workspace is not None:
+            if error is not None and not self.monitor.fenced(attempt.ref):
+                workspace.finish(succeeded=False)
+            workspace.release()
         fenced = self.monitor.untrack(attempt.ref)
         if fenced is not None:
             return self._fenced(attempt, ctx, fenced)

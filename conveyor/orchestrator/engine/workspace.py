@@ -22,11 +22,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from conveyor.orchestrator.errors import StepFailed
+from conveyor.orchestrator.errors import ConveyorError, StepFailed
 
 if TYPE_CHECKING:
     from conveyor.orchestrator.contracts import WorkspaceHeads
-    from conveyor.orchestrator.workspaces.handoff import WorkspaceHandoff
+    from conveyor.orchestrator.workspaces.handoff import Baseline, WorkspaceHandoff
 
 log = logging.getLogger("conveyor.workspaces")
 
@@ -58,9 +58,12 @@ class StepWorkspace:
     """What one attempt does with its run's workspace on this host.
 
     ``open`` runs before each sandbox the step opens (it acts once): the run's source
-    is unpacked if this host has none of it yet, then this host's copy is brought to
-    the run's newest workspace. ``publish`` runs once the step succeeded: its changes
-    become the run's newest workspace. A step that never opened one publishes nothing.
+    is unpacked if this host has none of it yet (and, before any step published, it
+    becomes the run's first workspace), then this host's copy is brought to the run's
+    newest workspace. ``finish`` runs once the step ended: if it succeeded, its changes
+    become the run's newest workspace; if not, nothing it changed is published and
+    this host's copy is brought back to the newest workspace when no other step of the
+    run uses it. A step that never opened one does neither.
     """
 
     def __init__(
@@ -72,35 +75,74 @@ class StepWorkspace:
         say: Callable[[str], None],
     ) -> None:
         self.run_id, self._seed, self._handoff, self._say = run_id, seed, handoff, say
-        self._baseline: Any = None
+        self._baseline: Baseline | None = None
+        self._mark: Path | None = None
         self.opened = False
 
     def open(self) -> None:
         """Make this host's copy of the workspace current (once per attempt)."""
         if self.opened:
             return
+        handoff = self._handoff
+        if handoff is not None and self._mark is None:
+            self._mark = handoff.enter(self.run_id)
         if self._seed is not None:
             self._seed()
-        if self._handoff is not None:
-            self._baseline = self._handoff.prepare(self.run_id)
-            moved = _describe(self._baseline.fetched, "fetched")
+        if handoff is not None:
+            baseline = handoff.prepare(self.run_id)
+            if baseline.head is None and self._seed is not None:
+                baseline = handoff.publish_first(self.run_id, baseline)
+            self._baseline = baseline
+            moved = _describe(baseline.fetched, "fetched")
             if moved:
                 self._say(f"workspace: {moved}")
         self.opened = True
 
-    def publish(self) -> None:
-        """Publish what the step changed as the run's newest workspace."""
-        if self._handoff is None or not self.opened:
+    def finish(self, succeeded: bool) -> None:
+        """Publish what the step changed (it succeeded), or keep it from every other step
+        (it did not). Raises StepFailed when what a successful step changed cannot be
+        published: the step then failed."""
+        handoff = self._handoff
+        if handoff is None:
             return
         try:
-            stats = self._handoff.publish(self.run_id, self._baseline)
+            if self._baseline is None:
+                return
+            if succeeded:
+                self._publish(handoff, self._baseline)
+            else:
+                self._discard(handoff)
+        finally:
+            if self._mark is not None:
+                handoff.leave(self._mark)
+                self._mark = None
+
+    def release(self) -> None:
+        """Stop using this host's copy without publishing or discarding (a step whose
+        lease may be another's by now)."""
+        if self._handoff is not None and self._mark is not None:
+            self._handoff.leave(self._mark)
+            self._mark = None
+
+    def _publish(self, handoff: WorkspaceHandoff, baseline: Baseline) -> None:
+        try:
+            stats = handoff.publish(self.run_id, baseline)
         except StepFailed:
             raise
+        except ConveyorError as exc:  # the database or the artifact store is away
+            raise StepFailed(f"workspace could not be published: {exc.message}") from None
         except OSError as exc:
             raise StepFailed(f"workspace could not be published: {exc}") from None
         moved = _describe(stats, "uploaded")
         if moved:
             self._say(f"workspace: {moved}")
+
+    def _discard(self, handoff: WorkspaceHandoff) -> None:
+        try:
+            if handoff.discard(self.run_id, self._mark):
+                self._say("workspace: what this attempt changed here was undone")
+        except Exception as exc:  # the step failed already: say so, and go on
+            self._say(f"workspace: what this attempt changed could not be undone: {exc}")
 
 
 class Workspaces:
@@ -148,7 +190,7 @@ class Workspaces:
         if self.handoff is None:
             return False
         try:
-            self.handoff.forget(run_id)
+            self.handoff.remove(run_id)
         except Exception as exc:
             log.warning("workspace of run %s not removed yet: %s", run_id, exc)
             return False

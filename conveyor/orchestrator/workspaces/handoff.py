@@ -16,6 +16,7 @@ import os
 import random
 import stat
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -206,6 +207,74 @@ class WorkspaceHandoff:
     def forget(self, run_id: str) -> None:
         """Drop this host's state of the run (its workspace is removed by the caller)."""
         LocalIndex(self.state_dir, run_id).forget()
+
+    def remove(self, run_id: str) -> int:
+        """Remove the run's handed-over workspace everywhere it is kept: the head first
+        (no step fetches it any more), then its blobs and manifests, then this host's
+        state. How many blobs and manifests went."""
+        self.heads.forget_workspace(run_id)
+        count = _store_call(lambda: self._blobs().delete_workspace(run_id))
+        self.forget(run_id)
+        return count
+
+    # -- steps using the workspace here, and those that fail ------------------------
+
+    def enter(self, run_id: str) -> Path:
+        """Mark a step of the run as using this host's copy (before ``prepare``)."""
+        return LocalIndex(self.state_dir, run_id).enter(uuid.uuid4().hex)
+
+    def leave(self, mark: Path) -> None:
+        """The step marked ``mark`` no longer uses this host's copy."""
+        mark.unlink(missing_ok=True)
+
+    def publish_first(self, run_id: str, baseline: Baseline) -> Baseline:
+        """Publish what the directory holds before any step ran (the run's source) as the
+        run's first head; if another host did so first, bring this copy to its head.
+
+        Only ever from no head to the first: the source is the start of the run's
+        history, never laid over a later head (that would undo what steps changed).
+        """
+        root = self.workspace(run_id)
+        index = LocalIndex(self.state_dir, run_id)
+        with index.locked():
+            now = snapshot(root, index)
+            index.save()
+        keys = {path: key for path, (key, _) in index.cache.items()}
+        changes = diff(baseline.manifest, now)
+        if not changes:
+            return baseline
+        store = self._blobs()
+        self._upload(store, run_id, root, changes, now, keys, PublishStats())
+        first = apply(baseline.manifest, changes)
+        _store_call(partial(store.put_manifest, run_id, first.digest, first.to_bytes()))
+        with index.locked():
+            # What the directory holds is known either way: the next step's baseline.
+            index.manifest = now
+            index.save()
+        if self.heads.move_workspace_head(run_id, None, first.digest, self.host):
+            return Baseline(now, first.digest)
+        return self.prepare(run_id)
+
+    def discard(self, run_id: str, mark: Path | None) -> bool:
+        """The step that held ``mark`` did not succeed: nothing it changed is published.
+
+        When no other step of the run uses this host's copy, the copy is brought back
+        to the run's head at once (what the step wrote goes, what it removed or changed
+        comes back), so no later step sees it. With another step running here, the two
+        shared the directory, and the copy is left as it is (that step's files cannot be
+        told from this one's). True when the copy was brought back.
+        """
+        root = self.workspace(run_id)
+        index = LocalIndex(self.state_dir, run_id)
+        with index.locked():
+            if index.others(mark) or not root.is_dir():
+                return False
+            head = self.heads.workspace_head(run_id)
+            target = Manifest() if head is None else self._manifest(run_id, head.digest)
+            index.manifest = snapshot(root, index)
+            materialise(root, target, self._blobs(), index, run_id)
+            index.save()
+        return True
 
 
 def _store_call(call: Callable[[], T]) -> T:

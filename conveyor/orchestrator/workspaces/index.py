@@ -4,8 +4,12 @@ Kept outside the workspace (a step cannot change it), under a state directory of
 host: ``<state_dir>/<run_id>.manifest`` is the manifest the directory held when this host
 last materialised or published it, ``<run_id>.cache`` the SHA-256 of each file keyed by
 its size, modification and change times and inode, so a file that did not change is
-not read again. Worker processes of one host share it: ``locked()`` holds an exclusive
-``flock`` on ``<run_id>.lock`` for each read-modify-write.
+not read again, and ``<run_id>.tainted`` what steps that failed here left (each path as
+the failed step left it, or removed), never to be published from here. Worker processes
+of one host share it: ``locked()`` holds an exclusive ``flock`` on ``<run_id>.lock`` for
+each read-modify-write. ``<run_id>.active/`` holds one file per step of the run using
+the workspace on this host (named with its process id), so a host knows whether a step
+of the run other than the caller still runs here.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from pathlib import Path
 
 from conveyor.orchestrator.errors import WorkspaceRefused
 
-from .manifest import Manifest
+from .manifest import Entry, Manifest
 
 #: What a file's digest is trusted by: size, mtime_ns, inode, ctime_ns.
 StatKey = tuple[int, int, int, int]
@@ -43,6 +47,8 @@ class LocalIndex:
         self.manifest: Manifest | None = None
         #: path -> (stat key, SHA-256) of the files last hashed or written here.
         self.cache: dict[str, tuple[StatKey, str]] = {}
+        #: path -> what a failed step left there (None: it removed it); never published.
+        self.tainted: dict[str, Entry | None] = {}
 
     @property
     def _base(self) -> Path:
@@ -72,6 +78,15 @@ class LocalIndex:
             self.cache = {p: ((v[0], v[1], v[2], v[3]), v[4]) for p, v in raw.items()}
         except (FileNotFoundError, ValueError, TypeError, IndexError, AttributeError):
             self.cache = {}  # lost or unreadable: files are hashed again, nothing worse
+        try:
+            rows = json.loads(Path(f"{self._base}.tainted").read_text())
+            self.tainted = {p: (Entry(*v) if v is not None else None) for p, v in rows.items()}
+        except FileNotFoundError:
+            self.tainted = {}
+        except (ValueError, TypeError, AttributeError):
+            raise WorkspaceRefused(
+                f"this host's record of failed steps' files of run {self.run_id} is unreadable"
+            ) from None
 
     def save(self) -> None:
         """Write the state (each file replaced at once); call it inside ``locked()``."""
@@ -81,11 +96,60 @@ class LocalIndex:
             _replace(Path(f"{self._base}.manifest"), self.manifest.to_bytes())
         rows = {p: [*key, digest] for p, (key, digest) in self.cache.items()}
         _replace(Path(f"{self._base}.cache"), json.dumps(rows, separators=(",", ":")).encode())
+        tainted = Path(f"{self._base}.tainted")
+        if not self.tainted:
+            tainted.unlink(missing_ok=True)
+        else:
+            marks = {
+                p: (None if e is None else [e.kind, e.mode, e.digest, e.size, e.target])
+                for p, e in self.tainted.items()
+            }
+            _replace(tainted, json.dumps(marks, separators=(",", ":")).encode())
+
+    def enter(self, token: str) -> Path:
+        """Mark a step of the run as using the workspace here (``others`` sees it)."""
+        folder = Path(f"{self._base}.active")
+        folder.mkdir(parents=True, exist_ok=True)
+        mark = folder / f"{token}.{os.getpid()}"
+        mark.touch()
+        return mark
+
+    def others(self, mine: Path | None = None) -> bool:
+        """True when a step of the run other than ``mine`` uses the workspace here (a
+        mark whose process is gone does not count, and is removed)."""
+        try:
+            marks = list(Path(f"{self._base}.active").iterdir())
+        except FileNotFoundError:
+            return False
+        found = False
+        for mark in marks:
+            if mine is not None and mark == mine:
+                continue
+            pid = mark.name.rsplit(".", 1)[-1]
+            if pid.isdigit() and _alive(int(pid)):
+                found = True
+            else:
+                mark.unlink(missing_ok=True)
+        return found
 
     def forget(self) -> None:
         """Remove the run's state on this host (its workspace went with the run)."""
-        for suffix in (".manifest", ".cache", ".lock"):
+        for suffix in (".manifest", ".cache", ".tainted", ".lock"):
             Path(f"{self._base}{suffix}").unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            for mark in Path(f"{self._base}.active").iterdir():
+                mark.unlink(missing_ok=True)
+            Path(f"{self._base}.active").rmdir()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _replace(path: Path, data: bytes) -> None:

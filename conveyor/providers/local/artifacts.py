@@ -223,6 +223,16 @@ class LocalArtifactStore:
         if legacy is not None:
             legacy.unlink(missing_ok=True)
 
+    def delete_workspace(self, run_id: str) -> int:
+        """Remove the run's workspace blobs and manifests; how many files went."""
+        count = 0
+        for name in (BLOBS, MANIFESTS):
+            folder = self.root / validate_run_id(run_id) / name
+            with contextlib.suppress(FileNotFoundError):
+                count += sum(1 for p in folder.iterdir() if not p.name.startswith("."))
+            shutil.rmtree(folder, ignore_errors=True)
+        return count
+
     def delete_run(self, run_id: str) -> int:
         """Remove every artifact of a run."""
         count = len(self.list(run_id))

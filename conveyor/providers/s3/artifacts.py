@@ -232,6 +232,18 @@ class S3ArtifactStore:
             self.client.head_object(Bucket=self.bucket, Key=name)
             self.client.delete_object(Bucket=self.bucket, Key=name)
 
+    def delete_workspace(self, run_id: str) -> int:
+        """Remove the run's workspace blobs and manifests; how many objects went."""
+        base = f"{self.prefix}/{validate_run_id(run_id)}/"
+        names: list[str] = []
+        with _errors(run_id):
+            for folder in (BLOBS, MANIFESTS):
+                names += self._names(f"{base}{folder}/")
+            for start in range(0, len(names), 1000):
+                batch: list[Any] = [{"Key": n} for n in names[start : start + 1000]]
+                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch})
+        return len(names)
+
     def delete_run(self, run_id: str) -> int:
         """Remove every artifact of a run."""
         base = f"{self.prefix}/{validate_run_id(run_id)}/"
