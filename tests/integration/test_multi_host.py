@@ -206,7 +206,14 @@ def test_hosts_that_share_a_volume_copy_nothing_through_the_store(tmp_path: Path
 #: Four steps that do not need each other, then one that needs only the slowest.
 PARALLEL = pipeline(
     shell("early", "echo early > early.txt", "echo early > same.txt", needs=[]),
-    shell("broken", "echo broken > broken.txt", "exit 3", needs=[], on_error="continue"),
+    shell(
+        "broken",
+        "echo broken > broken.txt",
+        "exit 3",
+        needs=[],
+        on_error="continue",
+        queue="scan",
+    ),
     shell("gate", "sleep 4", "echo gate > same.txt", needs=[]),
     shell(
         "reader",
@@ -222,8 +229,12 @@ PARALLEL = pipeline(
 def test_a_step_sees_what_finished_before_it_and_nothing_of_a_failed_step(
     hosts: Cluster, submitter: Submitter
 ) -> None:
-    # Given steps in parallel: `early` and `broken` (which fails, its run going on)
-    # finish well before `gate`, and `reader` needs `gate` only, on another host
+    # Given steps in parallel: `early` and `broken` (which fails, its run going on, on
+    # the scan host where no other step of its run runs meanwhile) finish well before
+    # `gate`, and `reader` needs `gate` only, on the scan host after `broken` failed
+    # there: what a failed step wrote is undone on its host and never published (steps
+    # of one run running at once on one host share its directory, so there a failed
+    # step's files are undone only once no other step of the run runs there)
     runs = [submitter.submit(PARALLEL) for _ in range(3)]
     for submitted in runs:
         run = submitter.wait(submitted.id, 120, hosts.workers)

@@ -8,13 +8,17 @@ host runs which step is certain. What each step finds is what a user would see.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
+from conveyor.orchestrator.clock import utcnow
 from conveyor.orchestrator.engine import Core, wire
+from conveyor.orchestrator.engine.source_archive import new_run_id, pack_source, store_source
 from conveyor.orchestrator.settings import Settings
 from conveyor.orchestrator.status import RunStatus
 from conveyor.orchestrator.store.sql import SqlStore
@@ -134,3 +138,143 @@ def test_a_succeeded_run_leaves_no_workspace_in_the_store(
     left = [p for p in (tmp_path / "artifacts").rglob("*") if p.is_file()]
     assert left == []
     assert not a.workspace(run.id).exists() or not os.listdir(a.workspace(run.id))
+
+
+def submit_with_source(host: Host, text: str, source: Path) -> str:
+    """Start a run whose workspace begins as ``source`` (as ``POST /runs`` with one)."""
+    archive = source.parent / "source.tar.gz"
+    pack_source(source, archive)
+    run_id = new_run_id()
+    checksum = store_source(host.core.artifact_store(), run_id, archive)
+    plan = host.core.compiler.compile(text).select(None)
+    plan = plan.model_copy(update={"workspace_source": checksum})
+    compiled = host.core.compiler.compile(text)
+    return host.core.runtime.submit(plan, compiled.source, {}, run_id=run_id).id
+
+
+SEEDED = """
+pipelines:
+  p:
+    steps:
+      - name: edit
+        type: step.shell_exec
+        config:
+          commands: ["sleep 0.2", "echo edited > notes.txt"]
+      - name: other
+        type: step.shell_exec
+        queue: scan
+        needs: []
+        config:
+          commands: ["sleep 1", "echo other > other.txt"]
+      - name: last
+        type: step.shell_exec
+        queue: scan
+        needs: [edit, other]
+        config:
+          commands:
+            - test "$(cat notes.txt)" = edited && test -f other.txt && test -f keep/me.txt
+"""
+
+
+def test_a_runs_source_is_its_first_workspace_and_never_undoes_a_later_change(
+    hosts: tuple[MemoryDispatcher, Host, Host], tmp_path: Path
+) -> None:
+    # Given a source, and two steps that start from it at once on two hosts: `edit`
+    # changes a file of it and finishes first; `other` (which does not need `edit`)
+    # finishes later
+    source = tmp_path / "src"
+    (source / "keep").mkdir(parents=True)
+    (source / "keep" / "me.txt").write_text("kept\n")
+    (source / "notes.txt").write_text("original\n")
+    sent, a, b = hosts
+    run_id = submit_with_source(a, SEEDED, source)
+
+    # When both run at once, then `last` on host b
+    first = [ref for ref, _ in sent.sent]
+    sent.sent.clear()
+    assert sorted(r.step_key for r in first) == ["edit", "other"]
+    threads = [
+        threading.Thread(
+            target=(a if r.queue == "sandbox" else b).core.running().execute, args=(r,)
+        )
+        for r in first
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    status = drive(sent, a, b, run_id)
+
+    # Then `other` publishing later did not bring the source's notes.txt back over
+    # `edit`'s: the source is published once, as the run's first workspace
+    steps = {s.key: s for s in a.core.store.list_steps(run_id)}
+    assert status == RunStatus.SUCCEEDED, {k: s.last_error for k, s in steps.items()}
+
+
+def test_a_failed_step_alone_on_its_host_leaves_nothing_there(
+    hosts: tuple[MemoryDispatcher, Host, Host],
+) -> None:
+    sent, a, b = hosts
+    text = """
+pipelines:
+  p:
+    steps:
+      - name: first
+        type: step.shell_exec
+        config: {commands: ["echo one > one.txt", "echo kept > two.txt"]}
+      - name: broken
+        type: step.shell_exec
+        needs: [first]
+        on_error: continue
+        config: {commands: ["echo junk > junk.txt", "rm one.txt", "echo bad > two.txt", "exit 3"]}
+      - name: after
+        type: step.shell_exec
+        needs: [broken]
+        config:
+          commands:
+            - test ! -e junk.txt && test -f one.txt && test "$(cat two.txt)" = kept
+"""
+    compiled = a.core.compiler.compile(text)
+    run = a.core.runtime.submit(compiled.select(None), compiled.source, {})
+
+    # When `broken` fails on host a, where `after` then runs
+    status = drive(sent, a, b, run.id)
+
+    # Then `after` saw the workspace as `first` left it, and broken's log says so
+    steps = {s.key: s for s in a.core.store.list_steps(run.id)}
+    assert steps["broken"].status.value == "failed"
+    assert status == RunStatus.SUCCEEDED, {k: s.last_error for k, s in steps.items()}
+    logs = [r.text for r in a.core.store.list_logs(run.id) if r.step_key == "broken"]
+    assert "workspace: what this attempt changed here was undone" in logs
+
+
+def blob_files(root: Path) -> list[Path]:
+    """Workspace blobs and manifests kept in the local artifact store under ``root``."""
+    return [p for p in root.rglob("*") if p.is_file() and {".blobs", ".manifests"} & set(p.parts)]
+
+
+def test_a_failed_runs_workspace_is_kept_for_a_retry_until_retention_removes_it(
+    hosts: tuple[MemoryDispatcher, Host, Host], tmp_path: Path
+) -> None:
+    sent, a, b = hosts
+    text = PIPELINE.replace("./build.sh > built.txt", "exit 4")
+    compiled = a.core.compiler.compile(text)
+    run = a.core.runtime.submit(compiled.select(None), compiled.source, {})
+    assert drive(sent, a, b, run.id) == RunStatus.FAILED
+
+    # A failed run keeps its handed-over workspace: checkout's three files and scan's
+    # file (scanned.txt holds main.py's bytes: one blob), and two manifests
+    kept = blob_files(tmp_path / "artifacts")
+    assert a.core.store.workspace_head(run.id) is not None
+    assert len([p for p in kept if ".blobs" in p.parts]) == 3
+    assert len([p for p in kept if ".manifests" in p.parts]) == 2
+    # and the reconciler's sweep leaves it (only succeeded runs' go)
+    assert a.core.reconciler.run_once().workspaces_removed == 0
+
+    # When its artifacts' retention has passed
+    later = utcnow() + timedelta(days=2)
+    assert a.core.retention.expire(run.id, 3600.0, later)
+
+    # Then its workspace went with them: no head, no blob, no manifest
+    assert a.core.store.workspace_head(run.id) is None
+    assert blob_files(tmp_path / "artifacts") == []
