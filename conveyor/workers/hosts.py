@@ -31,8 +31,10 @@ from celery import Celery, signals
 from conveyor.orchestrator.clock import utcnow
 from conveyor.orchestrator.contracts import StepRef
 from conveyor.orchestrator.engine.workspace import host_id
+from conveyor.orchestrator.errors import ConveyorError
 from conveyor.orchestrator.settings import Settings
 from conveyor.orchestrator.store import SqlStore
+from conveyor.orchestrator.workspaces.index import LocalIndex
 
 log = logging.getLogger("conveyor.workers.hosts")
 
@@ -155,9 +157,8 @@ class HostAnnouncer:
         ended = self._open().runs_ended(names)
         for run_id in ended:
             shutil.rmtree(root / run_id, ignore_errors=True)
-            for leftover in state.glob(f"{run_id}.*"):
-                with contextlib.suppress(OSError):
-                    leftover.unlink()
+            with contextlib.suppress(ConveyorError, OSError):
+                LocalIndex(state, run_id).forget()
         return len(ended)
 
 

@@ -87,7 +87,9 @@ def test_a_host_removes_its_copies_of_workspaces_of_runs_that_are_over(tmp_path:
         (settings.workspace_root / run_id / "src").mkdir(parents=True)
     state = settings.data_dir / "workspace-state"
     state.mkdir()
-    (state / f"{over}.json").write_text("{}")
+    (state / f"{over}.manifest").write_bytes(b"")
+    (state / f"{over}.cache").write_text("{}")
+    (state / f"{over}.active").mkdir()
     announcer = HostAnnouncer(settings, "h1", ["sandbox"])
     try:
         assert announcer.sweep() == 2

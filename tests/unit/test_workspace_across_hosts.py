@@ -18,6 +18,7 @@ import pytest
 
 from conveyor.orchestrator.clock import utcnow
 from conveyor.orchestrator.engine import Core, wire
+from conveyor.orchestrator.engine.recovery import retry_run
 from conveyor.orchestrator.engine.source_archive import new_run_id, pack_source, store_source
 from conveyor.orchestrator.settings import Settings
 from conveyor.orchestrator.status import RunStatus
@@ -278,3 +279,27 @@ def test_a_failed_runs_workspace_is_kept_for_a_retry_until_retention_removes_it(
     # Then its workspace went with them: no head, no blob, no manifest
     assert a.core.store.workspace_head(run.id) is None
     assert blob_files(tmp_path / "artifacts") == []
+
+
+def test_retrying_a_failed_run_starts_its_step_from_what_its_needs_left(
+    hosts: tuple[MemoryDispatcher, Host, Host], tmp_path: Path
+) -> None:
+    # Given a run whose last step failed on host a, where the run's copy was removed
+    # when it ended
+    sent, a, b = hosts
+    flag = tmp_path / "fixed"
+    text = PIPELINE.replace("./build.sh > built.txt", f"test -e {flag} && ./build.sh > built.txt")
+    compiled = a.core.compiler.compile(text)
+    run = a.core.runtime.submit(compiled.select(None), compiled.source, {})
+    assert drive(sent, a, b, run.id) == RunStatus.FAILED
+    assert not a.workspace(run.id).exists()
+
+    # When it is retried once the cause is fixed
+    flag.touch()
+    retry_run(a.core.runtime, run.id)
+
+    # Then `build` ran again on host a with checkout's and scan's files
+    status = drive(sent, a, b, run.id)
+    steps = {s.key: s for s in a.core.store.list_steps(run.id)}
+    assert status == RunStatus.SUCCEEDED, {k: s.last_error for k, s in steps.items()}
+    assert steps["build"].attempts == 2

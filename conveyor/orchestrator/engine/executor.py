@@ -138,7 +138,7 @@ class Executor:
             return recorded.next, recorded.run_over
         finally:
             if self.monitor.released(run_id):
-                self.sandboxes.cleanup_run(run_id)
+                self._cleanup(run_id)
             if interrupt is not None:
                 raise interrupt
 
@@ -328,7 +328,13 @@ class Executor:
         if self.workspaces.handoff is not None:
             self.workspaces.run_over(run_id, self.store.get_run(run_id).status == "succeeded")
         if self.monitor.run_over(run_id):
-            self.sandboxes.cleanup_run(run_id)
+            self._cleanup(run_id)
+
+    def _cleanup(self, run_id: str) -> None:
+        """Remove what the run left on this host: its workspace and this host's record
+        of it (a retry here starts from the run's handed-over workspace)."""
+        self.sandboxes.cleanup_run(run_id)
+        self.workspaces.removed_here(run_id)
 
     def signal_cancel(self, run_id: str) -> None:
         """Tell every step of ``run_id`` running here to stop."""

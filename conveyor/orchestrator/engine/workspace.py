@@ -178,6 +178,11 @@ class Workspaces:
             return
         self.forget(run_id)
 
+    def removed_here(self, run_id: str) -> None:
+        """This host's copy of the run's workspace was removed: forget what it held."""
+        if self.handoff is not None:
+            self.handoff.forget(run_id)
+
     def sweep(self, limit: int = 100) -> int:
         """Remove the handed-over workspaces succeeded runs still keep; how many went."""
         if self.handoff is None or self.heads is None:

@@ -104,7 +104,9 @@ class WorkspaceHandoff:
                     index.manifest = Manifest()
                     index.save()
                 return Baseline(Manifest(), None)
-            if index.manifest is not None and index.manifest.digest == head.digest:
+            if not self.workspace(run_id).is_dir():
+                index.manifest = Manifest()  # removed here since (the run ended before)
+            elif index.manifest is not None and index.manifest.digest == head.digest:
                 return Baseline(index.manifest, head.digest)
             target = self._manifest(run_id, head.digest)
             stats = materialise(self.workspace(run_id), target, self._blobs(), index, run_id)
