@@ -303,3 +303,33 @@ def test_retrying_a_failed_run_starts_its_step_from_what_its_needs_left(
     steps = {s.key: s for s in a.core.store.list_steps(run.id)}
     assert status == RunStatus.SUCCEEDED, {k: s.last_error for k, s in steps.items()}
     assert steps["build"].attempts == 2
+
+
+@pytest.mark.parametrize("harm", ["tampered", "missing"])
+def test_a_blob_that_is_not_what_the_manifest_says_fails_the_step_in_one_line(
+    hosts: tuple[MemoryDispatcher, Host, Host], tmp_path: Path, harm: str
+) -> None:
+    # Given checkout ran on host a and one of its blobs is then harmed in the store
+    sent, a, b = hosts
+    compiled = a.core.compiler.compile(PIPELINE)
+    run = a.core.runtime.submit(compiled.select(None), compiled.source, {})
+    ref, _ = sent.sent.pop(0)
+    a.core.running().execute(ref)
+    blobs = [p for p in blob_files(tmp_path / "artifacts") if ".blobs" in p.parts]
+    victim = next(p for p in blobs if p.stat().st_size == len("print(1)\n"))
+    if harm == "tampered":
+        victim.write_text("print(2)\n")
+    else:
+        victim.unlink()
+    outside = sorted(p.name for p in tmp_path.iterdir())
+
+    # When scan starts on host b
+    assert drive(sent, a, b, run.id) == RunStatus.FAILED
+
+    # Then it failed saying which blob and file, and nothing was written outside
+    scan = next(s for s in a.core.store.list_steps(run.id) if s.key == "scan")
+    assert scan.last_error is not None and "\n" not in scan.last_error
+    assert victim.name in scan.last_error and "src/pkg/main.py" in scan.last_error
+    assert ("does not match" if harm == "tampered" else "missing") in scan.last_error
+    assert sorted(p.name for p in tmp_path.iterdir()) == outside
+    assert not (b.workspace(run.id) / "src" / "pkg" / "main.py").exists()

@@ -86,7 +86,11 @@ class StepWorkspace:
         handoff = self._handoff
         if handoff is not None and self._mark is None:
             self._mark = handoff.enter(self.run_id)
-        if self._seed is not None:
+        # Once the run has a head, the source is in it: this host fetches what it lacks
+        # rather than unpacking the whole archive first.
+        if self._seed is not None and (
+            handoff is None or handoff.heads.workspace_head(self.run_id) is None
+        ):
             self._seed()
         if handoff is not None:
             baseline = handoff.prepare(self.run_id)
