@@ -25,12 +25,15 @@ RUN = "3f0c2a1e-run"
 
 
 class Counting:
-    """The local artifact store, counting blobs stored and read (the real store beneath)."""
+    """The local artifact store, counting blobs and packs stored and read (the real store
+    beneath)."""
 
     def __init__(self, inner: LocalArtifactStore) -> None:
         self.inner = inner
         self.put: list[str] = []
         self.opened: list[str] = []
+        self.packs: list[str] = []
+        self.reads: list[tuple[str, int, int]] = []
 
     def missing_blobs(self, run_id: str, digests: Any) -> set[str]:
         return self.inner.missing_blobs(run_id, digests)
@@ -42,6 +45,15 @@ class Counting:
     def open_blob(self, run_id: str, digest: str) -> BinaryIO:
         self.opened.append(digest)
         return self.inner.open_blob(run_id, digest)
+
+    def put_pack(self, run_id: str, data: bytes) -> str:
+        digest = self.inner.put_pack(run_id, data)
+        self.packs.append(digest)
+        return digest
+
+    def read_pack(self, run_id: str, digest: str, start: int, length: int) -> bytes:
+        self.reads.append((digest, start, length))
+        return self.inner.read_pack(run_id, digest, start, length)
 
     def put_manifest(self, run_id: str, digest: str, data: bytes) -> None:
         self.inner.put_manifest(run_id, digest, data)

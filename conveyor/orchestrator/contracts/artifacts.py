@@ -64,9 +64,11 @@ class RunSources(Protocol):
 class WorkspaceBlobs(Protocol):
     """A store that also keeps a run's workspace between hosts, content-addressed.
 
-    Blobs (file contents) and manifests (what a workspace holds) are named by their
+    Blobs (file contents), packs (many small contents end to end, stored as one object)
+    and manifests (what a workspace holds, and where in which pack) are named by their
     SHA-256 and live beside the run's artifacts where no key can reach them, as the
-    source archive does: never listed as artifacts, removed by ``delete_run``.
+    source archive does: never listed as artifacts, removed by ``delete_run``. Each is
+    on disk (or in the bucket) once its call returns, as an artifact is after ``put``.
     """
 
     def missing_blobs(self, run_id: str, digests: Collection[str]) -> set[str]:
@@ -81,6 +83,15 @@ class WorkspaceBlobs(Protocol):
         """A stream of the blob (``ArtifactNotFound``: none); the reader checks its hash."""
         ...
 
+    def put_pack(self, run_id: str, data: bytes) -> str:
+        """Store ``data`` as a pack named by its SHA-256, which it returns; all-or-nothing."""
+        ...
+
+    def read_pack(self, run_id: str, digest: str, start: int, length: int) -> bytes:
+        """``length`` bytes of the pack ``digest`` from ``start`` (fewer where it ends;
+        ``ArtifactNotFound``: no such pack); the reader checks each content's hash."""
+        ...
+
     def put_manifest(self, run_id: str, digest: str, data: bytes) -> None:
         """Store a workspace manifest under its digest; all-or-nothing."""
         ...
@@ -90,5 +101,5 @@ class WorkspaceBlobs(Protocol):
         ...
 
     def delete_workspace(self, run_id: str) -> int:
-        """Remove the run's blobs and manifests (its artifacts stay); how many went."""
+        """Remove the run's blobs, packs and manifests (its artifacts stay); how many went."""
         ...

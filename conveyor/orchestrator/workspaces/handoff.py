@@ -29,8 +29,9 @@ from conveyor.orchestrator.contracts.store import WorkspaceHeads
 from conveyor.orchestrator.errors import ArtifactNotFound, ConveyorError, WorkspaceRefused
 
 from .index import LocalIndex, StatKey, stat_key
-from .local import THREADS, MaterialiseStats, SnapshotStats, materialise, snapshot
+from .local import THREADS, Inside, MaterialiseStats, SnapshotStats, materialise, snapshot
 from .manifest import Changes, Manifest, apply, diff
+from .packs import PACK_MIN, PACKED_MAX, Content, pack
 
 #: Tries at moving the head before giving up (each after another step moved it).
 TRIES = 50
@@ -130,6 +131,10 @@ class WorkspaceHandoff:
         if not changes:
             stats.seconds = time.perf_counter() - started
             return stats
+        held = baseline.manifest.packed  # contents the store holds in packs already
+        changes.packed.update(
+            {e.digest: held[e.digest] for e in changes.files.values() if e.digest in held}
+        )
         store = self._blobs()
         self._upload(store, run_id, root, changes, now, keys, stats)
         stats.head = self._move_head(store, run_id, baseline, changes, stats)
@@ -152,8 +157,24 @@ class WorkspaceHandoff:
         by_digest: dict[str, str] = {}
         for path, entry in changes.files.items():
             by_digest.setdefault(entry.digest, path)
-        missing = _store_call(lambda: store.missing_blobs(run_id, list(by_digest)))
+        asked = [d for d in by_digest if d not in changes.packed]  # in a pack: stored
+        missing = _store_call(lambda: store.missing_blobs(run_id, asked)) if asked else set()
         stats.files_stored_already = len(by_digest) - len(missing)
+        small = [d for d in missing if now[by_digest[d]].size < PACKED_MAX]
+        if len(small) >= PACK_MIN:  # many small contents: a few packs, not a blob each
+            contents = sorted(
+                (Content(d, now[by_digest[d]].size, by_digest[d]) for d in small),
+                key=lambda c: c.path,
+            )
+            inside = Inside(root)
+            try:
+                read = lambda c: inside.read(c.path, c.size, keys.get(c.path))  # noqa: E731
+                changes.packed.update(pack(store, run_id, contents, read))
+            finally:
+                inside.close()
+            stats.files_uploaded += len(contents)
+            stats.bytes_uploaded += sum(c.size for c in contents)
+            missing = missing.difference(small)
 
         def upload(digest: str) -> str:
             path = by_digest[digest]

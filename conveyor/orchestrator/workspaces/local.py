@@ -41,10 +41,14 @@ from conveyor.orchestrator.errors import ArtifactNotFound, ConveyorError, Worksp
 
 from .index import LocalIndex, StatKey, stat_key
 from .manifest import RESERVED, Entry, Manifest, check_link, diff
+from .packs import Member, Range, ranges, unpack
 
 CHUNK = 1024 * 1024
 #: Files hashed, copied or fetched at once (hashlib and file I/O let go of the GIL).
 THREADS = min(8, (os.cpu_count() or 2) * 2)
+#: Small files are hashed (or written) this many to a task, up to about this many bytes.
+BATCH_FILES = 64
+BATCH_BYTES = 4 * 1024 * 1024
 #: A file modified this close to a snapshot may change again within the same clock tick
 #: of its file system: its digest is used, but not trusted by the cache.
 RACY_NS = 50_000_000
@@ -91,7 +95,7 @@ def snapshot(root: Path, index: LocalIndex, stats: SnapshotStats | None = None) 
     """
     stats = stats if stats is not None else SnapshotStats()
     entries: dict[str, Entry] = {}
-    todo: list[tuple[str, str]] = []  # (relative path, absolute path) of files to hash
+    todo: list[tuple[str, str, int]] = []  # (relative path, absolute path, size) to hash
     keys: dict[str, StatKey] = {}
     started = time.time_ns()
     try:
@@ -126,7 +130,7 @@ def _walk(
     prefix: str,
     real_root: str,
     entries: dict[str, Entry],
-    todo: list[tuple[str, str]],
+    todo: list[tuple[str, str, int]],
     keys: dict[str, StatKey],
     index: LocalIndex,
     stats: SnapshotStats,
@@ -156,7 +160,7 @@ def _walk(
                 entries[path] = Entry.file(cached[1], st.st_size, stat.S_IMODE(mode))
             else:
                 entries[path] = Entry.file("", st.st_size, stat.S_IMODE(mode))
-                todo.append((path, item.path))
+                todo.append((path, item.path, st.st_size))
         elif stat.S_ISLNK(mode):
             target = os.readlink(item.path)
             check_link(path, target)
@@ -173,13 +177,29 @@ def _inside(root: str, path: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
-def _hash_all(todo: list[tuple[str, str]]) -> Iterator[tuple[str, tuple[StatKey, str] | None]]:
+def _hash_all(
+    todo: list[tuple[str, str, int]],
+) -> Iterator[tuple[str, tuple[StatKey, str] | None]]:
+    """Hash each file of ``todo`` (path, absolute path, size), small ones a batch per task."""
     if len(todo) < 4:
-        for path, full in todo:
+        for path, full, _ in todo:
             yield path, _hash_file(path, full)
         return
+    batches: list[list[tuple[str, str, int]]] = [[]]
+    filled = 0
+    for item in todo:
+        if len(batches[-1]) >= BATCH_FILES or filled >= BATCH_BYTES:
+            batches.append([])
+            filled = 0
+        batches[-1].append(item)
+        filled += item[2]
+
+    def hash_batch(batch: list[tuple[str, str, int]]) -> list[tuple[StatKey, str] | None]:
+        return [_hash_file(path, full) for path, full, _ in batch]
+
     with ThreadPoolExecutor(THREADS, thread_name_prefix="conveyor-hash") as pool:
-        yield from zip((p for p, _ in todo), pool.map(lambda t: _hash_file(*t), todo), strict=True)
+        for batch, found in zip(batches, pool.map(hash_batch, batches), strict=True):
+            yield from zip((path for path, _, _ in batch), found, strict=True)
 
 
 def _hash_file(path: str, full: str) -> tuple[StatKey, str] | None:
@@ -206,6 +226,77 @@ def _hash_file(path: str, full: str) -> tuple[StatKey, str] | None:
         if stat_key(before) == stat_key(after):
             return stat_key(after), digest.hexdigest()
     raise WorkspaceRefused(f"{path!r} kept changing while it was read")
+
+
+class Inside:
+    """Files of a workspace read whole, each opened below directories opened one part at
+    a time without following links (so a link put on the way since the snapshot is
+    never followed out), and only while its status is what the snapshot saw.
+
+    Each thread keeps its own open directories; ``close`` closes them all.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._local = threading.local()
+        self._all: list[dict[str, int]] = []
+        self._lock = threading.Lock()
+
+    def read(self, path: str, size: int, key: StatKey | None) -> bytes:
+        """The content of ``path``; WorkspaceRefused if it changed since the snapshot."""
+        head, _, name = path.rpartition("/")
+        try:
+            fd = os.open(name, _READ, dir_fd=self._dir(head, path))
+        except OSError:
+            raise WorkspaceRefused(f"{path!r} changed while it was being published") from None
+        try:
+            st = os.fstat(fd)
+            if (
+                not stat.S_ISREG(st.st_mode)
+                or st.st_size != size
+                or key not in (None, stat_key(st))
+            ):
+                raise WorkspaceRefused(f"{path!r} changed while it was being published")
+            pieces = []
+            left = size
+            while left > 0 and (piece := os.read(fd, left)):
+                pieces.append(piece)
+                left -= len(piece)
+            if stat_key(os.fstat(fd)) != stat_key(st):
+                raise WorkspaceRefused(f"{path!r} changed while it was being published")
+        finally:
+            os.close(fd)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def _dir(self, path: str, why: str) -> int:
+        opened: dict[str, int] | None = getattr(self._local, "dirs", None)
+        if opened is None:
+            opened = self._local.dirs = {}
+            with self._lock:
+                self._all.append(opened)
+        fd = opened.get(path)
+        if fd is not None:
+            return fd
+        try:
+            if not path:
+                fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            else:
+                head, _, name = path.rpartition("/")
+                fd = os.open(name, _DIR, dir_fd=self._dir(head, why))
+        except OSError:
+            raise WorkspaceRefused(f"{why!r} changed while it was being published") from None
+        if len(opened) >= OPEN_DIRS:
+            oldest = next(p for p in opened if p)  # the root stays: every path needs it
+            os.close(opened.pop(oldest))
+        opened[path] = fd
+        return fd
+
+    def close(self) -> None:
+        with self._lock:
+            for opened in self._all:
+                for fd in opened.values():
+                    os.close(fd)
+                opened.clear()
 
 
 # -- materialise --------------------------------------------------------------------------
@@ -459,43 +550,70 @@ def _write_files(
     run_id: str,
     stats: MaterialiseStats,
 ) -> None:
-    """Fetch (or copy from this host) each digest once, then put it at each of its paths."""
+    """Fetch (or copy from this host) each digest once, then put it at each of its paths.
+
+    Contents in packs are read a range at a time (neighbours together); the rest, and
+    any content this host holds at another path, one at a time.
+    """
     local: dict[str, str] = {}
     for path, entry in current.files:
         if entry.digest in wanted and target.get(path, entry) == entry:
             local.setdefault(entry.digest, path)  # not overwritten meanwhile: safe to read
 
-    def fetch(digest: str) -> tuple[str, str, bool]:
+    def member(digest: str) -> Member:
         first = wanted[digest][0]
+        return Member(digest, target[first].size, target.packed[digest][1], first)
+
+    def fetch(digest: str) -> list[tuple[str, str, bool]]:
         source = local.get(digest)
         if source is not None:
             tmp = _copy_local(root, tree, source, digest)
             if tmp is not None:
-                return digest, tmp, True
-        return digest, _download(root, blobs, run_id, digest, first), False
+                return [(digest, tmp, True)]
+        if digest in target.packed:  # the copy here changed meanwhile: from its pack
+            return fetch_range(ranges([(member(digest), target.packed[digest][0])])[0])
+        return [(digest, _download(root, blobs, run_id, digest, wanted[digest][0]), False)]
 
+    def fetch_range(where: Range) -> list[tuple[str, str, bool]]:
+        done: list[tuple[str, str, bool]] = []
+        try:
+            for found, data in unpack(blobs, run_id, where):
+                done.append((found.digest, _write_bytes(root, data), False))
+        except BaseException:
+            for _, tmp, _ in done:
+                os.unlink(tmp)
+            raise
+        return done
+
+    packed = [d for d in wanted if d not in local and d in target.packed]
+    grouped = ranges((member(d), target.packed[d][0]) for d in packed)
+    alone = [d for d in wanted if d in local or d not in target.packed]
     lock = threading.Lock()
     with ThreadPoolExecutor(THREADS, thread_name_prefix="conveyor-fetch") as pool:
-        futures: list[Future[tuple[str, str, bool]]] = [pool.submit(fetch, d) for d in wanted]
+        futures: list[Future[list[tuple[str, str, bool]]]] = [
+            *(pool.submit(fetch_range, r) for r in grouped),
+            *(pool.submit(fetch, d) for d in alone),
+        ]
         try:
             for future in futures:
-                digest, tmp, reused = future.result()
-                size = target[wanted[digest][0]].size
-                with lock:
-                    if reused:
-                        stats.files_reused += 1
-                        stats.bytes_reused += size
-                    else:
-                        stats.files_fetched += 1
-                        stats.bytes_fetched += size
-                _place_files(root, tree, tmp, digest, wanted[digest], target, index, stats)
+                for digest, tmp, reused in future.result():
+                    size = target[wanted[digest][0]].size
+                    with lock:
+                        if reused:
+                            stats.files_reused += 1
+                            stats.bytes_reused += size
+                        else:
+                            stats.files_fetched += 1
+                            stats.bytes_fetched += size
+                    _place_files(root, tree, tmp, digest, wanted[digest], target, index, stats)
         finally:
             for future in futures:
                 future.cancel()
             for future in futures:
                 if not future.cancelled() and future.exception() is None:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(future.result()[1])
+                    for _, tmp, _ in future.result():
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(tmp)
 
 
 def _place_files(
@@ -566,6 +684,18 @@ def _download(root: Path, blobs: WorkspaceBlobs, run_id: str, digest: str, path:
     if not ok:
         os.unlink(tmp)
         raise WorkspaceRefused(f"blob {digest} of {path!r} does not match its digest")
+    return tmp
+
+
+def _write_bytes(root: Path, data: memoryview) -> str:
+    """A new file beside the workspace holding ``data`` (checked already); its name."""
+    handle, tmp = tempfile.mkstemp(dir=root.parent, prefix=f".{root.name}.fetch-")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+    except BaseException:
+        os.unlink(tmp)
+        raise
     return tmp
 
 

@@ -2,14 +2,22 @@
 
 A manifest names every path of a workspace (POSIX, relative to its root) with its kind,
 permission bits, and either the SHA-256 and size of a file's content or the target of a
-link. Its bytes are compact versioned JSON compressed with zlib, and its digest is the
-SHA-256 of those bytes, so equal workspaces have equal digests.
+link. It also says where the store keeps the contents that travel in packs (many small
+files stored as one object, see ``packs``): the pack's SHA-256 and the offset there; a
+content it does not place is a blob of its own. Its bytes are compact versioned JSON
+compressed with zlib, and its digest is the SHA-256 of those bytes, so equal workspaces
+stored alike have equal digests. Two manifests are equal when their paths and entries
+are, wherever their contents are stored.
+
+Version 2 adds the packs (``"p"``: their digests; a file's row ends with the pack's
+number in that list and the offset); version 1 (no packs) is still read.
 
 ``Manifest.from_bytes`` trusts nothing it reads (it may come from a store someone else
 can write to): any path that is absolute, holds ``..``, ``.``, an empty part or a NUL,
 lies under the workspace's own ``.conveyor/`` directory, or sits below a file or a link;
-any link whose target leads out of the workspace; any malformed digest, size or mode:
-each is refused as ``WorkspaceRefused`` with one line naming it.
+any link whose target leads out of the workspace; any malformed digest, size, mode or pack
+place, or a content placed in two places: each is refused as ``WorkspaceRefused`` with
+one line naming it.
 
 Link targets are relative and stay inside the workspace when resolved from the link's
 own directory, or absolute under ``/workspace`` (where a container sees the workspace:
@@ -34,15 +42,16 @@ from conveyor.orchestrator.errors import WorkspaceRefused
 RESERVED = ".conveyor"
 #: Where a container sees the workspace: the one place an absolute link may point.
 CONTAINER_ROOT = "/workspace"
-VERSION = 1
+VERSION = 2
+#: Versions still read (1: no packs).
+READS = (1, 2)
 #: A manifest inflates to at most this many bytes (about a million paths).
 MAX_BYTES = 256 * 1024 * 1024
 MAX_PATH = 4096
 
 Kind = Literal["file", "dir", "link"]
-_KINDS: dict[str, Kind] = {"f": "file", "d": "dir", "l": "link"}
-_LETTERS = {kind: letter for letter, kind in _KINDS.items()}
 _DIGEST = re.compile(r"[0-9a-f]{64}")
+_ODD = frozenset(("", ".", ".."))
 
 
 @dataclass(frozen=True)
@@ -85,9 +94,10 @@ def check_path(path: str) -> str:
     if path.startswith("/"):
         raise WorkspaceRefused(f"the workspace path {path!r} is absolute")
     parts = path.split("/")
-    if any(p in ("", ".") for p in parts):
+    bad = _ODD.intersection(parts)
+    if bad and bad != {".."}:
         raise WorkspaceRefused(f"the workspace path {path!r} has an empty or '.' part")
-    if ".." in parts:
+    if bad:
         raise WorkspaceRefused(f"the workspace path {path!r} leads out of the workspace (..)")
     if parts[0] == RESERVED:
         raise WorkspaceRefused(f"the workspace path {path!r} is in the workspace's own directory")
@@ -114,11 +124,24 @@ def check_link(path: str, target: str) -> str:
     return target
 
 
-class Manifest(Mapping[str, Entry]):
-    """Every path of a workspace and its entry, by POSIX path relative to the root."""
+#: Where a content is kept inside a pack: the pack's SHA-256 and the offset there.
+Place = tuple[str, int]
 
-    def __init__(self, entries: Mapping[str, Entry] | Iterable[tuple[str, Entry]] = ()) -> None:
+
+class Manifest(Mapping[str, Entry]):
+    """Every path of a workspace and its entry, by POSIX path relative to the root.
+
+    ``packed`` says, for contents kept in packs, where (by content digest); only those
+    of its own files are written out.
+    """
+
+    def __init__(
+        self,
+        entries: Mapping[str, Entry] | Iterable[tuple[str, Entry]] = (),
+        packed: Mapping[str, Place] | None = None,
+    ) -> None:
         self._entries: dict[str, Entry] = dict(entries)
+        self.packed: dict[str, Place] = dict(packed or {})
         self._bytes: bytes | None = None
 
     def __getitem__(self, path: str) -> Entry:
@@ -136,7 +159,7 @@ class Manifest(Mapping[str, Entry]):
         return NotImplemented
 
     def __hash__(self) -> int:
-        return hash(self.digest)
+        return hash(frozenset(self._entries.items()))
 
     def __repr__(self) -> str:
         return f"Manifest({len(self)} paths, {self.digest[:12]})"
@@ -155,16 +178,22 @@ class Manifest(Mapping[str, Entry]):
         """The manifest as compact versioned JSON, compressed: what the store keeps."""
         if self._bytes is None:
             rows: list[list[Any]] = []
+            packs: dict[str, int] = {}
             for path in sorted(self._entries):
                 e = self._entries[path]
                 if e.kind == "file":
-                    rows.append([path, "f", e.mode, e.digest, e.size])
+                    row: list[Any] = [path, "f", e.mode, e.digest, e.size]
+                    place = self.packed.get(e.digest)
+                    if place is not None:
+                        row += [packs.setdefault(place[0], len(packs)), place[1]]
+                    rows.append(row)
                 elif e.kind == "dir":
                     rows.append([path, "d", e.mode])
                 else:
                     rows.append([path, "l", e.target])
-            text = json.dumps({"v": VERSION, "e": rows}, separators=(",", ":"), ensure_ascii=False)
-            self._bytes = zlib.compress(text.encode("utf-8", "surrogateescape"), 6)
+            doc = {"v": VERSION, "e": rows, "p": list(packs)}
+            text = json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+            self._bytes = zlib.compress(text.encode("utf-8", "surrogateescape"), 1)
         return self._bytes
 
     @property
@@ -186,64 +215,82 @@ class Manifest(Mapping[str, Entry]):
             doc = json.loads(text.decode("utf-8", "surrogateescape"))
         except (ValueError, RecursionError) as exc:
             raise WorkspaceRefused(f"the workspace manifest is not JSON ({exc})") from None
-        if not isinstance(doc, dict) or doc.get("v") != VERSION or set(doc) != {"v", "e"}:
-            raise WorkspaceRefused(f"the workspace manifest is not version {VERSION}")
-        rows = doc["e"]
+        version = doc.get("v") if isinstance(doc, dict) else None
+        if version not in READS or set(doc) != ({"v", "e"} if version == 1 else {"v", "e", "p"}):
+            raise WorkspaceRefused("the workspace manifest is not version 1 or 2")
+        rows, packs = doc["e"], doc.get("p", [])
         if not isinstance(rows, list):
             raise WorkspaceRefused("the workspace manifest has no list of entries")
+        if not isinstance(packs, list) or not all(is_digest(p) for p in packs):
+            raise WorkspaceRefused("the workspace manifest has a malformed list of packs")
         entries: dict[str, Entry] = {}
+        packed: dict[str, Place] = {}
         for row in rows:
-            path, entry = _read_row(row)
+            path, entry, place = _read_row(row, packs)
             if path in entries:
                 raise WorkspaceRefused(f"the workspace path {path!r} is in the manifest twice")
             entries[path] = entry
-        manifest = cls(entries)
-        manifest.check()
+            if place is not None and packed.setdefault(entry.digest, place) != place:
+                raise WorkspaceRefused(
+                    f"the workspace manifest places the content of {path!r} in two places"
+                )
+        manifest = cls(entries, packed)
+        manifest.check(paths=False)  # each path and link was checked as it was read
         return manifest
 
-    def check(self) -> None:
-        """Refuse a path below a file or a link, and a link that leads out."""
-        for path, entry in self._entries.items():
-            check_path(path)
+    def check(self, *, paths: bool = True) -> None:
+        """Refuse a path below a file or a link, and a link that leads out (and, with
+        ``paths``, any path :func:`check_path` refuses)."""
+        entries = self._entries
+        for path, entry in entries.items():
+            if paths:
+                check_path(path)
+                if entry.kind == "link":
+                    check_link(path, entry.target)
             parent = path
             while "/" in parent:
-                parent = parent.rsplit("/", 1)[0]
-                above = self._entries.get(parent)
-                if above is not None and above.kind != "dir":
+                parent = parent.rpartition("/")[0]
+                above = entries.get(parent)
+                if above is None:
+                    continue  # not named: a directory, made on the way
+                if above.kind != "dir":
                     raise WorkspaceRefused(
                         f"the workspace path {path!r} is below {parent!r}, which is a {above.kind}"
                     )
-            if entry.kind == "link":
-                check_link(path, entry.target)
+                break  # a directory, whose own parents are checked in its turn
 
 
-def _read_row(row: object) -> tuple[str, Entry]:
-    if not isinstance(row, list) or len(row) < 3 or not isinstance(row[1], str):
+def _read_row(row: object, packs: list[str]) -> tuple[str, Entry, Place | None]:
+    if type(row) is not list or len(row) < 3 or type(row[1]) is not str:
         raise WorkspaceRefused(f"the workspace manifest has a malformed entry ({str(row)[:100]})")
     path = check_path(row[0])
-    kind = _KINDS.get(row[1])
-    if kind == "file" and len(row) == 5:
+    letter, length = row[1], len(row)
+    if letter == "f" and length in (5, 7):
         mode, digest, size = row[2], row[3], row[4]
-        if not is_digest(digest):
+        if type(digest) is not str or _DIGEST.fullmatch(digest) is None:
             raise WorkspaceRefused(f"the file {path!r} has a malformed digest")
-        if not _is_int(size) or size < 0:
+        if type(size) is not int or size < 0:
             raise WorkspaceRefused(f"the file {path!r} has a malformed size")
-        return path, Entry("file", _mode(path, mode), digest, size)
-    if kind == "dir" and len(row) == 3:
-        return path, Entry("dir", _mode(path, row[2]))
-    if kind == "link" and len(row) == 3:
-        return path, Entry.link(check_link(path, row[2]))
+        place: Place | None = None
+        if length == 7:
+            number, offset = row[5], row[6]
+            if type(number) is not int or not 0 <= number < len(packs):
+                raise WorkspaceRefused(f"the file {path!r} names a pack the manifest lacks")
+            if type(offset) is not int or offset < 0:
+                raise WorkspaceRefused(f"the file {path!r} has a malformed place in its pack")
+            place = (packs[number], offset)
+        return path, Entry("file", _mode(path, mode), digest, size), place
+    if letter == "d" and length == 3:
+        return path, Entry("dir", _mode(path, row[2])), None
+    if letter == "l" and length == 3:
+        return path, Entry.link(check_link(path, row[2])), None
     raise WorkspaceRefused(f"the workspace path {path!r} has a malformed entry")
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _mode(path: str, mode: object) -> int:
-    if not _is_int(mode) or not 0 <= mode <= 0o7777:  # type: ignore[operator]
+    if type(mode) is not int or not 0 <= mode <= 0o7777:
         raise WorkspaceRefused(f"the workspace path {path!r} has a malformed mode")
-    return mode  # type: ignore[return-value]
+    return mode
 
 
 # -- what a step changed ------------------------------------------------------------------
@@ -251,10 +298,15 @@ def _mode(path: str, mode: object) -> int:
 
 @dataclass(frozen=True)
 class Changes:
-    """What a step did to a workspace: entries it set (added or changed), paths it removed."""
+    """What a step did to a workspace: entries it set (added or changed), paths it removed.
+
+    ``packed`` says where the store keeps the contents of the files it set that travel
+    in packs (filled in as they are stored; :func:`apply` carries it over).
+    """
 
     set: dict[str, Entry] = field(default_factory=dict)
     removed: frozenset[str] = frozenset()
+    packed: dict[str, Place] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(self.set or self.removed)
@@ -281,7 +333,8 @@ def apply(head: Mapping[str, Entry], changes: Changes) -> Manifest:
 
     A removed path takes what lies below it with it (unless the changes set it again); a
     path set below a missing parent brings its parent directories (one set below a file
-    or a link, which another step made meanwhile, turns that into a directory).
+    or a link, which another step made meanwhile, turns that into a directory). Where
+    the head keeps a content, it stays; the changes place the rest.
     """
     entries = dict(head)
     if changes.removed:
@@ -303,7 +356,8 @@ def apply(head: Mapping[str, Entry], changes: Changes) -> Manifest:
             above = entries.get(parent)
             if above is None or above.kind != "dir":
                 entries[parent] = Entry.dir()
-    return Manifest(entries)
+    packed = getattr(head, "packed", {})
+    return Manifest(entries, {**changes.packed, **packed} if changes.packed else packed)
 
 
 def _below_any(path: str, removed: frozenset[str]) -> bool:

@@ -11,16 +11,16 @@ before kept it in a sidecar ``<key>.meta.json`` beside the file, a name another 
 could overwrite; such a sidecar is still read, and moved into the tree, unless that name
 is itself an artifact's (then it is an artifact, never metadata). A run's source
 archive (``conveyor submit --source``) is ``<run_id>/.source.tar.gz``, out of reach for
-the same reason, and goes with the run's artifacts; so do the blobs and manifests of its
-workspace (``WorkspaceBlobs``), under ``<run_id>/.blobs/<sha256>`` and
-``<run_id>/.manifests/<sha256>``. A blob is renamed into place whole but not synced on
-its own: the file system is synced once before a manifest naming it is written.
+the same reason, and goes with the run's artifacts; so do the blobs, packs and manifests
+of its workspace (``WorkspaceBlobs``), under ``<run_id>/.blobs/<sha256>``,
+``<run_id>/.packs/<sha256>`` and ``<run_id>/.manifests/<sha256>``. Each is written as an
+artifact is: to a temporary file, synced to disk, then renamed into place whole, so a
+manifest is only ever written once the blobs and packs it names are on disk.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import hashlib
 import json
 import os
@@ -29,7 +29,7 @@ import tempfile
 from collections.abc import Collection
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from conveyor.orchestrator.artifacts import (
     Artifact,
@@ -47,6 +47,7 @@ SOURCE = ".source.tar.gz"
 LEGACY = ".meta.json"
 #: A run's workspace contents and manifests, by SHA-256 (``WorkspaceBlobs``).
 BLOBS = ".blobs"
+PACKS = ".packs"
 MANIFESTS = ".manifests"
 #: Past this many digests asked about, the blob folder is listed once instead.
 LIST_PAST = 64
@@ -119,8 +120,10 @@ class LocalArtifactStore:
                 while piece := source.read(CHUNK):
                     hasher.update(piece)
                     out.write(piece)
-            if hasher.hexdigest() != digest:
-                raise ChecksumMismatch(f"blob {digest} changed while it was stored")
+                if hasher.hexdigest() != digest:
+                    raise ChecksumMismatch(f"blob {digest} changed while it was stored")
+                out.flush()
+                os.fsync(out.fileno())  # on disk before the rename, as an artifact
             os.replace(name, target)
         except OSError as exc:
             raise ArtifactError(f"could not store blob {digest}: {exc.strerror or exc}") from exc
@@ -136,26 +139,37 @@ class LocalArtifactStore:
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise ArtifactNotFound(f"run {run_id} has no blob {digest}") from None
 
+    def put_pack(self, run_id: str, data: bytes) -> str:
+        """Store ``data`` as the pack named by its SHA-256; that name."""
+        digest = hashlib.sha256(data).hexdigest()
+        _write_whole(self.root / validate_run_id(run_id) / PACKS / digest, data, "pack")
+        return digest
+
+    def read_pack(self, run_id: str, digest: str, start: int, length: int) -> bytes:
+        """``length`` bytes of the pack ``digest`` from ``start`` (fewer where it ends)."""
+        target = self.root / validate_run_id(run_id) / PACKS / _digest(digest)
+        try:
+            fd = os.open(target, os.O_RDONLY | os.O_CLOEXEC)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise ArtifactNotFound(f"run {run_id} has no pack {digest}") from None
+        except OSError as exc:
+            raise ArtifactError(f"could not read pack {digest}: {exc.strerror}") from None
+        try:
+            pieces: list[bytes] = []
+            while length > 0 and (piece := os.pread(fd, length, start)):
+                pieces.append(piece)
+                start, length = start + len(piece), length - len(piece)
+        except OSError as exc:
+            raise ArtifactError(f"could not read pack {digest}: {exc.strerror}") from None
+        finally:
+            os.close(fd)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
     def put_manifest(self, run_id: str, digest: str, data: bytes) -> None:
-        """Store a workspace manifest, once every blob written before it is on disk."""
+        """Store a workspace manifest (the blobs and packs it names are on disk already)."""
         if hashlib.sha256(data).hexdigest() != _digest(digest):
             raise ChecksumMismatch(f"manifest {digest} does not match its digest")
-        base = self.root / validate_run_id(run_id) / MANIFESTS
-        try:
-            base.mkdir(parents=True, exist_ok=True)
-            _sync_file_system(base)
-            handle, name = tempfile.mkstemp(dir=base, prefix=".upload-")
-            try:
-                with os.fdopen(handle, "wb") as out:
-                    out.write(data)
-                    out.flush()
-                    os.fsync(out.fileno())
-                os.replace(name, base / digest)
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(name)
-        except OSError as exc:
-            raise ArtifactError(f"could not store manifest {digest}: {exc.strerror}") from exc
+        _write_whole(self.root / validate_run_id(run_id) / MANIFESTS / digest, data, "manifest")
 
     def get_manifest(self, run_id: str, digest: str) -> bytes:
         """The workspace manifest ``digest``."""
@@ -224,9 +238,9 @@ class LocalArtifactStore:
             legacy.unlink(missing_ok=True)
 
     def delete_workspace(self, run_id: str) -> int:
-        """Remove the run's workspace blobs and manifests; how many files went."""
+        """Remove the run's workspace blobs, packs and manifests; how many files went."""
         count = 0
-        for name in (BLOBS, MANIFESTS):
+        for name in (BLOBS, PACKS, MANIFESTS):
             folder = self.root / validate_run_id(run_id) / name
             with contextlib.suppress(FileNotFoundError):
                 count += sum(1 for p in folder.iterdir() if not p.name.startswith("."))
@@ -301,28 +315,25 @@ def _digest(digest: str) -> str:
     return digest
 
 
-def _libc_syncfs() -> Any:
+def _write_whole(target: Path, data: bytes, what: str) -> None:
+    """Write ``data`` at ``target`` (named by its digest): synced, then renamed into place."""
+    if target.is_file():
+        return  # the same bytes, stored already
+    name = None
     try:
-        call = ctypes.CDLL(None, use_errno=True).syncfs
-    except (OSError, AttributeError):
-        return None
-    call.argtypes = [ctypes.c_int]
-    return call
-
-
-_SYNCFS = _libc_syncfs()
-
-
-def _sync_file_system(path: Path) -> None:
-    """Put everything written to the file system of ``path`` on disk (one flush)."""
-    if _SYNCFS is None:
-        os.sync()
-        return
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        _SYNCFS(fd)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, name = tempfile.mkstemp(dir=target.parent, prefix=".upload-")
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(name, target)
+    except OSError as exc:
+        raise ArtifactError(f"could not store {what} {target.name}: {exc.strerror}") from exc
     finally:
-        os.close(fd)
+        if name is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)
 
 
 def _write_meta(meta: Path, artifact: Artifact) -> None:

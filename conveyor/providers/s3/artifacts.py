@@ -7,10 +7,11 @@ An upload becomes visible only when it is complete (S3's own guarantee for singl
 multipart uploads), so readers never see half an artifact.
 
 A run's workspace between hosts (``WorkspaceBlobs``) lives beside its artifacts as
-``<run_id>/.blobs/<sha256>`` and ``<run_id>/.manifests/<sha256>``, where no key reaches:
-never listed, removed by ``delete_run``. A small blob is sent with its SHA-256 for S3 to
-check; asked about many blobs at once, the store lists the run's blobs once rather than
-asking about each.
+``<run_id>/.blobs/<sha256>``, ``<run_id>/.packs/<sha256>`` and
+``<run_id>/.manifests/<sha256>``, where no key reaches: never listed, removed by
+``delete_run``. A small blob, a pack and a manifest are sent with their SHA-256 for S3
+to check; a part of a pack is read with one ranged GET; asked about many blobs at once,
+the store lists the run's blobs once rather than asking about each.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ MIB = 1024 * 1024
 SOURCE = ".source.tar.gz"
 #: A run's workspace contents and manifests, by SHA-256 (``WorkspaceBlobs``).
 BLOBS = ".blobs"
+PACKS = ".packs"
 MANIFESTS = ".manifests"
 #: Past this many digests asked about, the run's blobs are listed instead (1,000 a page).
 LIST_PAST = 16
@@ -196,6 +198,38 @@ class S3ArtifactStore:
             answer = self.client.get_object(Bucket=self.bucket, Key=self._blob(run_id, digest))
         return cast(BinaryIO, answer["Body"])
 
+    def put_pack(self, run_id: str, data: bytes) -> str:
+        """Upload ``data`` as the pack named by its SHA-256 (checked by S3 against it)."""
+        digest = hashlib.sha256(data).hexdigest()
+        name = f"{self.prefix}/{validate_run_id(run_id)}/{PACKS}/{digest}"
+        with _errors(f"pack {digest}"):
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=name,
+                Body=data,
+                Metadata={"sha256": digest, "kind": "pack"},
+                ChecksumSHA256=base64.b64encode(bytes.fromhex(digest)).decode(),
+            )
+        return digest
+
+    def read_pack(self, run_id: str, digest: str, start: int, length: int) -> bytes:
+        """``length`` bytes of the pack ``digest`` from ``start``: one ranged GET."""
+        name = f"{self.prefix}/{validate_run_id(run_id)}/{PACKS}/{_digest(digest)}"
+        if length <= 0:
+            return b""
+        with _errors(f"pack {digest} of run {run_id}"):
+            try:
+                answer = self.client.get_object(
+                    Bucket=self.bucket, Key=name, Range=f"bytes={start}-{start + length - 1}"
+                )
+            except ClientError as exc:  # starts past its end: nothing there
+                if str(exc.response.get("Error", {}).get("Code", "")) != "InvalidRange":
+                    raise
+                return b""
+            with answer["Body"] as body:
+                data: bytes = body.read(length)
+        return data
+
     def put_manifest(self, run_id: str, digest: str, data: bytes) -> None:
         """Store a workspace manifest under its digest."""
         if hashlib.sha256(data).hexdigest() != _digest(digest):
@@ -233,11 +267,11 @@ class S3ArtifactStore:
             self.client.delete_object(Bucket=self.bucket, Key=name)
 
     def delete_workspace(self, run_id: str) -> int:
-        """Remove the run's workspace blobs and manifests; how many objects went."""
+        """Remove the run's workspace blobs, packs and manifests; how many objects went."""
         base = f"{self.prefix}/{validate_run_id(run_id)}/"
         names: list[str] = []
         with _errors(run_id):
-            for folder in (BLOBS, MANIFESTS):
+            for folder in (BLOBS, PACKS, MANIFESTS):
                 names += self._names(f"{base}{folder}/")
             for start in range(0, len(names), 1000):
                 batch: list[Any] = [{"Key": n} for n in names[start : start + 1000]]
