@@ -126,3 +126,49 @@ def test_a_blob_altered_in_s3_is_refused(tmp_path: Path, store: Counted, s3: Any
 
 def test_the_s3_store_answers_to_the_workspace_blobs_protocol(store: Counted) -> None:
     assert isinstance(store, WorkspaceBlobs)
+
+
+def test_many_small_files_travel_through_s3_as_one_pack_and_one_ranged_get(
+    tmp_path: Path, store: Counted, s3: Any
+) -> None:
+    """Given 40 small files, Then one PutObject stores them and one GetObject fetches them;
+    a pack altered in the bucket is refused."""
+    heads = MemoryWorkspaceRecords()
+    a, b = handoff(tmp_path, "a", store, heads), handoff(tmp_path, "b", store, heads)
+    base = a.prepare(RUN)
+    ws = a.workspace(RUN)
+    ws.mkdir(parents=True)
+    for n in range(40):
+        (ws / f"f{n:02}.txt").write_text(f"content {n}\n" * (n + 1))
+    store.requests.clear()
+    published = a.publish(RUN, base)
+    puts = [r for r in store.requests if r == "PutObject"]
+
+    store.requests.clear()
+    b.prepare(RUN)
+
+    assert published.files_uploaded == 40
+    assert puts == ["PutObject", "PutObject"]  # the pack, the manifest
+    assert store.requests.count("GetObject") == 2  # the manifest, the pack's range
+    assert sorted(p.name for p in b.workspace(RUN).iterdir()) == [f"f{n:02}.txt" for n in range(40)]
+    assert (b.workspace(RUN) / "f07.txt").read_text() == "content 7\n" * 8
+
+    (name,) = [
+        o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"] if "/.packs/" in o["Key"]
+    ]
+    s3.put_object(Bucket=BUCKET, Key=name, Body=b"tampered")
+    c = handoff(tmp_path, "c", store, heads)
+    with pytest.raises(WorkspaceRefused, match="ends before it"):
+        c.prepare(RUN)
+    assert store.delete_workspace(RUN) == 2
+
+
+def test_a_read_past_the_end_of_a_pack_in_s3_gives_what_is_there(store: Counted) -> None:
+    digest = store.put_pack(RUN, b"0123456789")
+
+    assert digest == hashlib.sha256(b"0123456789").hexdigest()
+    assert store.read_pack(RUN, digest, 2, 3) == b"234"
+    assert store.read_pack(RUN, digest, 8, 10) == b"89"
+    assert store.read_pack(RUN, digest, 20, 5) == b""
+    with pytest.raises(ArtifactNotFound):
+        store.read_pack(RUN, "00" * 32, 0, 1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import stat
 import threading
 import tracemalloc
@@ -424,3 +425,177 @@ def _sha(path: Path) -> str:
         while piece := stream.read(1 << 20):
             digest.update(piece)
     return digest.hexdigest()
+
+
+# -- many small files travel in packs -------------------------------------------------------
+
+
+def many_files(ws: Path, count: int = 40, prefix: str = "f") -> None:
+    """``count`` small files of distinct contents in two directories."""
+    for n in range(count):
+        folder = ws / ("src" if n % 2 else "docs")
+        folder.mkdir(exist_ok=True)
+        (folder / f"{prefix}{n:03}.txt").write_text(f"{prefix} content {n}\n" * (n + 1))
+
+
+def _packs(tmp_path: Path) -> list[Path]:
+    folder = tmp_path / "store" / RUN / ".packs"
+    return (
+        sorted(p for p in folder.iterdir() if not p.name.startswith(".")) if folder.exists() else []
+    )
+
+
+def test_many_small_files_travel_in_one_pack_read_in_one_go(
+    tmp_path: Path, a: Host, b: Host
+) -> None:
+    """Given a step that wrote 40 small files and a large one, When B runs next, Then
+    the small ones were stored as one pack and fetched with one read; the large one is
+    a blob of its own."""
+    big = os.urandom(2 * 1024 * 1024)
+
+    def work(ws: Path) -> None:
+        many_files(ws)
+        (ws / "big.bin").write_bytes(big)
+
+    _, published = a.step(work)
+    baseline, _ = b.step(lambda ws: None)
+
+    assert tree(b.ws) == tree(a.ws)
+    assert a.store.put == [hashlib.sha256(big).hexdigest()]  # the large file alone
+    assert len(a.store.packs) == 1 and _packs(tmp_path) == [_packs(tmp_path)[0]]
+    assert published.files_uploaded == 41
+    assert [pack for pack, _, _ in b.store.reads] == a.store.packs  # one read
+    assert baseline.fetched.files_fetched == 41
+
+
+def test_a_content_the_head_holds_in_a_pack_is_not_stored_again(a: Host, b: Host) -> None:
+    """Given packed files, When a step on B copies one to a new path, Then nothing is
+    uploaded, and A gets the copy from the file it holds."""
+    a.step(many_files)
+    b.step(lambda ws: None)
+    packs = list(a.store.packs)
+
+    _, published = b.step(
+        lambda ws: (ws / "copy.txt").write_bytes((ws / "src/f001.txt").read_bytes())
+    )
+    a.store.reads.clear()
+    baseline, _ = a.step(lambda ws: None)
+
+    assert (published.files_uploaded, published.files_stored_already) == (0, 1)
+    assert a.store.packs == packs and a.store.put == []
+    assert (a.ws / "copy.txt").read_text() == (a.ws / "src/f001.txt").read_text()
+    assert a.store.reads == [] and baseline.fetched.files_reused == 1
+
+
+def test_a_host_reads_only_the_part_of_a_pack_it_needs(tmp_path: Path, a: Host, b: Host) -> None:
+    """Given a pack of which a later step removed half the files, When B fetches the
+    workspace, Then it reads only the bytes of the half that is left."""
+    a.step(many_files)
+    a.step(lambda ws: shutil.rmtree(ws / "src"))
+
+    b.step(lambda ws: None)
+
+    ((pack, start, length),) = b.store.reads
+    docs = sum(p.stat().st_size for p in (a.ws / "docs").iterdir())
+    assert (start, length) == (0, docs)  # packed in path order: docs/ first
+    assert (tmp_path / "store" / RUN / ".packs" / pack).stat().st_size > 2 * docs
+    assert tree(b.ws) == tree(a.ws)
+
+
+@pytest.mark.parametrize(
+    ("harm", "reason"),
+    [
+        (lambda pack: pack.write_bytes(b"X" + pack.read_bytes()[1:]), "does not match its digest"),
+        (lambda pack: pack.unlink(), "is missing from the artifact store"),
+        (lambda pack: pack.write_bytes(pack.read_bytes()[:100]), "ends before it"),
+    ],
+    ids=["tampered", "missing", "cut-short"],
+)
+def test_a_harmed_pack_is_refused_and_nothing_of_it_is_written(
+    tmp_path: Path, a: Host, b: Host, harm: Callable[[Path], Any], reason: str
+) -> None:
+    """Given the pack altered, removed or cut short in the store, Then B's step fails in
+    one line, no file of the pack is placed, and nothing is left beside the workspace."""
+    a.step(many_files)
+    (pack,) = _packs(tmp_path)
+    harm(pack)
+
+    with pytest.raises(WorkspaceRefused, match=reason) as refused:
+        b.handoff.prepare(RUN)
+
+    assert "\n" not in refused.value.message
+    assert [p for p in b.ws.rglob("*") if p.is_file()] == []  # the pack is read whole first
+    assert [p.name for p in (b.data / "workspaces").iterdir()] == [RUN]
+
+
+def test_a_manifest_whose_pack_index_lies_is_refused(
+    tmp_path: Path, a: Host, b: Host, heads: MemoryWorkspaceRecords
+) -> None:
+    """Given a head whose manifest places a file's content where another's lies, or past
+    the pack's end, Then B refuses it: every content is checked against its digest."""
+    a.step(many_files)
+    (pack,) = _packs(tmp_path)
+    genuine = hashlib.sha256(b"f content 0\n").hexdigest()
+
+    _forge_v2(a, heads, [["x", "f", 420, genuine, 12, 0, 5]], [pack.name])
+    with pytest.raises(WorkspaceRefused, match=f"blob {genuine} of 'x' does not match"):
+        b.handoff.prepare(RUN)
+
+    _forge_v2(a, heads, [["x", "f", 420, genuine, 12, 0, 10**9]], [pack.name])
+    with pytest.raises(WorkspaceRefused, match="ends before it"):
+        b.handoff.prepare(RUN)
+    assert not (b.ws / "x").exists()
+
+
+def _forge_v2(host: Host, heads: MemoryWorkspaceRecords, rows: list[Any], packs: list[str]) -> None:
+    import json
+
+    data = zlib.compress(json.dumps({"v": 2, "e": rows, "p": packs}).encode())
+    digest = hashlib.sha256(data).hexdigest()
+    host.store.inner.put_manifest(RUN, digest, data)
+    current = heads.workspace_head(RUN)
+    assert heads.move_workspace_head(RUN, current.digest if current else None, digest, "evil")
+
+
+def test_a_file_changed_while_it_is_packed_fails_the_publish(a: Host) -> None:
+    """Given a file whose content changes between the snapshot and its packing, Then the
+    publish fails rather than store bytes that do not match the digest."""
+    import conveyor.orchestrator.workspaces.local as local
+
+    baseline = a.handoff.prepare(RUN)
+    a.ws.mkdir(parents=True)
+    many_files(a.ws)
+    real = local.snapshot
+
+    def snapshot_then_edit(root: Path, *args: Any) -> Any:
+        found = real(root, *args)
+        (root / "src" / "f001.txt").write_text("f content 1\nf content 9\n")  # same size
+        return found
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("conveyor.orchestrator.workspaces.handoff.snapshot", snapshot_then_edit)
+        with pytest.raises(WorkspaceRefused, match=r"'src/f001\.txt' changed while it was"):
+            a.handoff.publish(RUN, baseline)
+
+    assert a.store.packs == []
+
+
+def test_workspace_packs_go_with_the_run(tmp_path: Path, a: Host) -> None:
+    """Given packs in the store, When the run's workspace is removed, Then they go too."""
+    a.step(many_files)
+    inner = a.store.inner
+
+    assert len(_packs(tmp_path)) == 1
+    assert inner.delete_workspace(RUN) == 2  # the pack and the manifest
+    assert not (tmp_path / "store" / RUN / ".packs").exists()
+
+
+def test_a_read_past_the_end_of_a_pack_gives_what_is_there(a: Host) -> None:
+    """The local store's pack reads: a range past the end is cut short, not padded."""
+    inner = a.store.inner
+    digest = inner.put_pack(RUN, b"0123456789")
+
+    assert digest == hashlib.sha256(b"0123456789").hexdigest()
+    assert inner.read_pack(RUN, digest, 2, 3) == b"234"
+    assert inner.read_pack(RUN, digest, 8, 10) == b"89"
+    assert inner.read_pack(RUN, digest, 20, 5) == b""

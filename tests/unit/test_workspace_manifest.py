@@ -40,6 +40,63 @@ def test_a_manifest_reads_back_as_written_and_its_digest_names_its_bytes() -> No
     assert Manifest(dict(reversed(list(manifest.items())))).digest == manifest.digest
 
 
+def test_where_packed_contents_are_kept_reads_back_and_does_not_make_another_workspace() -> None:
+    """Given files whose contents are in packs, Then their places read back; a manifest
+    of the same paths stored elsewhere is equal (the same workspace), its digest not."""
+    entries = {
+        "a": Entry.file(DIGEST, 3),
+        "b": Entry.file(DIGEST, 3),  # the same content at two paths: one place
+        "c": Entry.file("cd" * 32, 5, 0o755),
+        "loose": Entry.file("ef" * 32, 9),
+    }
+    packed = {DIGEST: ("11" * 32, 0), "cd" * 32: ("22" * 32, 4096)}
+    manifest = Manifest(entries, {**packed, "99" * 32: ("33" * 32, 0)})  # the last: unused
+
+    again = Manifest.from_bytes(manifest.to_bytes())
+
+    assert again.packed == packed
+    assert again == Manifest(entries)
+    assert again.digest == manifest.digest != Manifest(entries).digest
+
+
+def test_a_manifest_of_version_1_is_still_read() -> None:
+    """Given the first format (no packs), Then it reads, every content a blob of its own."""
+    manifest = Manifest.from_bytes(raw([["x", "f", 420, DIGEST, 1]], version=1))
+
+    assert manifest["x"] == Entry.file(DIGEST, 1) and manifest.packed == {}
+
+
+def packed_raw(rows: list[Any], packs: Any) -> bytes:
+    return zlib.compress(json.dumps({"v": 2, "e": rows, "p": packs}).encode())
+
+
+@pytest.mark.parametrize(
+    ("rows", "packs", "reason"),
+    [
+        ([["x", "f", 420, DIGEST, 1, 1, 0]], ["11" * 32], "names a pack the manifest lacks"),
+        ([["x", "f", 420, DIGEST, 1, -1, 0]], ["11" * 32], "names a pack the manifest lacks"),
+        ([["x", "f", 420, DIGEST, 1, 0, -5]], ["11" * 32], "malformed place in its pack"),
+        ([["x", "f", 420, DIGEST, 1, 0, "0"]], ["11" * 32], "malformed place in its pack"),
+        ([["x", "f", 420, DIGEST, 1, 0]], ["11" * 32], "malformed entry"),
+        ([["x", "f", 420, DIGEST, 1]], ["not a digest"], "malformed list of packs"),
+        ([["x", "f", 420, DIGEST, 1]], {"11": 0}, "malformed list of packs"),
+        (
+            [["x", "f", 420, DIGEST, 1, 0, 0], ["y", "f", 420, DIGEST, 1, 0, 64]],
+            ["11" * 32],
+            "content of 'y' in two places",
+        ),
+    ],
+)
+def test_a_manifest_that_places_contents_badly_is_refused(
+    rows: list[Any], packs: Any, reason: str
+) -> None:
+    """Given a pack list or a place in a pack that is malformed, Then one line says so."""
+    with pytest.raises(WorkspaceRefused, match=reason) as refused:
+        Manifest.from_bytes(packed_raw(rows, packs))
+
+    assert "\n" not in refused.value.message
+
+
 @pytest.mark.parametrize(
     ("rows", "reason"),
     [
@@ -77,7 +134,8 @@ def test_a_manifest_that_could_leave_the_workspace_is_refused_in_one_line(
     [
         (b"not zlib", "not zlib data"),
         (zlib.compress(b"{"), "not JSON"),
-        (raw([], version=2), "not version 1"),
+        (raw([], version=2), "not version 1 or 2"),  # version 2 lists its packs
+        (raw([], version=3), "not version 1 or 2"),
         (zlib.compress(b"[]"), "not version 1"),
         (zlib.compress(json.dumps({"v": 1, "e": {}}).encode()), "no list of entries"),
         (zlib.compress(b'{"v": 1, "e": []}')[:-3], "cut short"),
@@ -168,3 +226,17 @@ def test_applying_the_diff_of_two_manifests_gives_the_second(a: Manifest, b: Man
     """For any two workspaces, the changes from one to the other, applied, give the other."""
     assert apply(a, diff(a, b)) == b
     assert not diff(b, b)
+
+
+def test_applying_changes_keeps_where_the_head_and_the_changes_keep_contents() -> None:
+    """Given a head with packed contents and changes that packed others, Then the new
+    head places both (the head's place kept where both name one)."""
+    head = Manifest({"a": Entry.file(DIGEST, 1)}, {DIGEST: ("11" * 32, 0)})
+    changes = Changes(
+        {"b": Entry.file("cd" * 32, 2), "c": Entry.file(DIGEST, 1)},
+        packed={"cd" * 32: ("22" * 32, 0), DIGEST: ("22" * 32, 2)},
+    )
+
+    new = Manifest.from_bytes(apply(head, changes).to_bytes())
+
+    assert new.packed == {DIGEST: ("11" * 32, 0), "cd" * 32: ("22" * 32, 0)}

@@ -30,8 +30,8 @@ from conveyor.orchestrator.errors import ArtifactNotFound, ConveyorError, Worksp
 
 from .index import LocalIndex, StatKey, stat_key
 from .local import THREADS, Inside, MaterialiseStats, SnapshotStats, materialise, snapshot
-from .manifest import Changes, Manifest, apply, diff
-from .packs import PACK_MIN, PACKED_MAX, Content, pack
+from .manifest import Changes, Manifest, Place, apply, diff
+from .packs import PACK_MIN, PACKED_MAX, Content, batches, write_pack
 
 #: Tries at moving the head before giving up (each after another step moved it).
 TRIES = 50
@@ -161,31 +161,36 @@ class WorkspaceHandoff:
         missing = _store_call(lambda: store.missing_blobs(run_id, asked)) if asked else set()
         stats.files_stored_already = len(by_digest) - len(missing)
         small = [d for d in missing if now[by_digest[d]].size < PACKED_MAX]
-        if len(small) >= PACK_MIN:  # many small contents: a few packs, not a blob each
-            contents = sorted(
-                (Content(d, now[by_digest[d]].size, by_digest[d]) for d in small),
-                key=lambda c: c.path,
-            )
-            inside = Inside(root)
-            try:
-                read = lambda c: inside.read(c.path, c.size, keys.get(c.path))  # noqa: E731
-                changes.packed.update(pack(store, run_id, contents, read))
-            finally:
-                inside.close()
-            stats.files_uploaded += len(contents)
-            stats.bytes_uploaded += sum(c.size for c in contents)
-            missing = missing.difference(small)
+        if len(small) < PACK_MIN:  # a few contents: each a blob of its own
+            small = []
+        packed = sorted(
+            (Content(d, now[by_digest[d]].size, by_digest[d]) for d in small), key=_path
+        )
+        loose = sorted(missing.difference(small), key=lambda d: -now[by_digest[d]].size)
+        inside = Inside(root)
 
-        def upload(digest: str) -> str:
+        def upload(digest: str) -> dict[str, Place]:
             path = by_digest[digest]
             with _opened(root, path, now[path].size, keys.get(path)) as src:
                 _store_call(lambda: store.put_blob(run_id, digest, src))
-            return digest
+            return {}
 
-        with ThreadPoolExecutor(THREADS, thread_name_prefix="conveyor-upload") as pool:
-            for digest in pool.map(upload, sorted(missing)):
-                stats.files_uploaded += 1
-                stats.bytes_uploaded += now[by_digest[digest]].size
+        def read(content: Content) -> bytes:
+            return inside.read(content.path, content.size, keys.get(content.path))
+
+        # The largest first, packs of many small files among them: one pool for all.
+        tasks: list[Callable[[], dict[str, Place]]] = [
+            *(partial(upload, d) for d in loose),
+            *(partial(write_pack, store, run_id, batch, read) for batch in batches(packed)),
+        ]
+        try:
+            with ThreadPoolExecutor(THREADS, thread_name_prefix="conveyor-upload") as pool:
+                for placed in pool.map(lambda task: task(), tasks):
+                    changes.packed.update(placed)
+        finally:
+            inside.close()
+        stats.files_uploaded += len(missing)
+        stats.bytes_uploaded += sum(now[by_digest[d]].size for d in missing)
 
     def _move_head(
         self,
@@ -298,6 +303,10 @@ class WorkspaceHandoff:
             materialise(root, target, self._blobs(), index, run_id)
             index.save()
         return True
+
+
+def _path(content: Content) -> str:
+    return content.path
 
 
 def _store_call(call: Callable[[], T]) -> T:

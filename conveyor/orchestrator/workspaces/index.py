@@ -4,8 +4,7 @@ Kept outside the workspace (a step cannot change it), under a state directory of
 host: ``<state_dir>/<run_id>.manifest`` is the manifest the directory held when this host
 last materialised or published it, ``<run_id>.cache`` the SHA-256 of each file keyed by
 its size, modification and change times and inode, so a file that did not change is
-not read again, and ``<run_id>.tainted`` what steps that failed here left (each path as
-the failed step left it, or removed), never to be published from here. Worker processes
+not read again. Worker processes
 of one host share it: ``locked()`` holds an exclusive ``flock`` on ``<run_id>.lock`` for
 each read-modify-write. ``<run_id>.active/`` holds one file per step of the run using
 the workspace on this host (named with its process id), so a host knows whether a step
@@ -24,7 +23,7 @@ from pathlib import Path
 
 from conveyor.orchestrator.errors import WorkspaceRefused
 
-from .manifest import Entry, Manifest
+from .manifest import Manifest
 
 #: What a file's digest is trusted by: size, mtime_ns, inode, ctime_ns.
 StatKey = tuple[int, int, int, int]
@@ -47,8 +46,8 @@ class LocalIndex:
         self.manifest: Manifest | None = None
         #: path -> (stat key, SHA-256) of the files last hashed or written here.
         self.cache: dict[str, tuple[StatKey, str]] = {}
-        #: path -> what a failed step left there (None: it removed it); never published.
-        self.tainted: dict[str, Entry | None] = {}
+        #: What each state file holds as last read or written (None: no file).
+        self._written: dict[str, bytes | None] = {}
 
     @property
     def _base(self) -> Path:
@@ -67,44 +66,39 @@ class LocalIndex:
             os.close(fd)  # releases the lock
 
     def _load(self) -> None:
+        self._written = {}
         try:
             data = Path(f"{self._base}.manifest").read_bytes()
         except FileNotFoundError:
             self.manifest = None
+            self._written["manifest"] = None
         else:
             self.manifest = Manifest.from_bytes(data)
+            self._written["manifest"] = data
         try:
-            raw = json.loads(Path(f"{self._base}.cache").read_text())
+            text = Path(f"{self._base}.cache").read_bytes()
+            raw = json.loads(text)
             self.cache = {p: ((v[0], v[1], v[2], v[3]), v[4]) for p, v in raw.items()}
+            self._written["cache"] = text
         except (FileNotFoundError, ValueError, TypeError, IndexError, AttributeError):
             self.cache = {}  # lost or unreadable: files are hashed again, nothing worse
-        try:
-            rows = json.loads(Path(f"{self._base}.tainted").read_text())
-            self.tainted = {p: (Entry(*v) if v is not None else None) for p, v in rows.items()}
-        except FileNotFoundError:
-            self.tainted = {}
-        except (ValueError, TypeError, AttributeError):
-            raise WorkspaceRefused(
-                f"this host's record of failed steps' files of run {self.run_id} is unreadable"
-            ) from None
 
     def save(self) -> None:
-        """Write the state (each file replaced at once); call it inside ``locked()``."""
-        if self.manifest is None:
-            Path(f"{self._base}.manifest").unlink(missing_ok=True)
-        else:
-            _replace(Path(f"{self._base}.manifest"), self.manifest.to_bytes())
+        """Write the state (each file replaced at once, and only if it changed); call it
+        inside ``locked()``."""
+        self._put("manifest", None if self.manifest is None else self.manifest.to_bytes())
         rows = {p: [*key, digest] for p, (key, digest) in self.cache.items()}
-        _replace(Path(f"{self._base}.cache"), json.dumps(rows, separators=(",", ":")).encode())
-        tainted = Path(f"{self._base}.tainted")
-        if not self.tainted:
-            tainted.unlink(missing_ok=True)
+        self._put("cache", json.dumps(rows, separators=(",", ":")).encode())
+
+    def _put(self, suffix: str, data: bytes | None) -> None:
+        if suffix in self._written and self._written[suffix] == data:
+            return  # as it is on disk: a step that changed nothing writes nothing
+        path = Path(f"{self._base}.{suffix}")
+        if data is None:
+            path.unlink(missing_ok=True)
         else:
-            marks = {
-                p: (None if e is None else [e.kind, e.mode, e.digest, e.size, e.target])
-                for p, e in self.tainted.items()
-            }
-            _replace(tainted, json.dumps(marks, separators=(",", ":")).encode())
+            _replace(path, data)
+        self._written[suffix] = data
 
     def enter(self, token: str) -> Path:
         """Mark a step of the run as using the workspace here (``others`` sees it)."""
@@ -134,7 +128,7 @@ class LocalIndex:
 
     def forget(self) -> None:
         """Remove the run's state on this host (its workspace went with the run)."""
-        for suffix in (".manifest", ".cache", ".tainted", ".lock"):
+        for suffix in (".manifest", ".cache", ".lock"):
             Path(f"{self._base}{suffix}").unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             for mark in Path(f"{self._base}.active").iterdir():

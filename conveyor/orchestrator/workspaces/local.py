@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import BinaryIO
 
@@ -539,6 +540,66 @@ def _rename_into(tree: _Tree, tmp: str, parent: int, name: str, path: str) -> No
         raise WorkspaceRefused(f"{path!r} could not be written: {exc.strerror}") from None
 
 
+#: A content fetched or copied: its digest, the temporary file holding it, whether it
+#: was copied from this host.
+_Got = tuple[str, str, bool]
+
+
+class _Fetch:
+    """Where each wanted content comes from: this host, a pack, or a blob of its own."""
+
+    def __init__(
+        self,
+        root: Path,
+        tree: _Tree,
+        current: Manifest,
+        target: Manifest,
+        wanted: dict[str, list[str]],
+        blobs: WorkspaceBlobs,
+        run_id: str,
+    ) -> None:
+        self.root, self.tree, self.target, self.wanted = root, tree, target, wanted
+        self.blobs, self.run_id = blobs, run_id
+        self.local: dict[str, str] = {}
+        for path, entry in current.files:
+            if entry.digest in wanted and target.get(path, entry) == entry:
+                self.local.setdefault(entry.digest, path)  # not overwritten meanwhile
+
+    def tasks(self) -> list[Callable[[], list[_Got]]]:
+        """Packed contents a range at a time (neighbours together); the rest one by one."""
+        packed = [d for d in self.wanted if d not in self.local and d in self.target.packed]
+        found = ranges(self._member(d) for d in packed)
+        alone = [d for d in self.wanted if d in self.local or d not in self.target.packed]
+        return [*(partial(self.range, r) for r in found), *(partial(self.one, d) for d in alone)]
+
+    def _member(self, digest: str) -> tuple[Member, str]:
+        first = self.wanted[digest][0]
+        pack, offset = self.target.packed[digest]
+        return Member(digest, self.target[first].size, offset, first), pack
+
+    def one(self, digest: str) -> list[_Got]:
+        source = self.local.get(digest)
+        if source is not None:
+            tmp = _copy_local(self.root, self.tree, source, digest)
+            if tmp is not None:
+                return [(digest, tmp, True)]
+        if digest in self.target.packed:  # the copy here changed meanwhile: from its pack
+            return self.range(ranges([self._member(digest)])[0])
+        first = self.wanted[digest][0]
+        return [(digest, _download(self.root, self.blobs, self.run_id, digest, first), False)]
+
+    def range(self, where: Range) -> list[_Got]:
+        done: list[_Got] = []
+        try:
+            for found, data in unpack(self.blobs, self.run_id, where):
+                done.append((found.digest, _write_bytes(self.root, data), False))
+        except BaseException:
+            for _, tmp, _ in done:
+                os.unlink(tmp)
+            raise
+        return done
+
+
 def _write_files(
     root: Path,
     tree: _Tree,
@@ -550,61 +611,20 @@ def _write_files(
     run_id: str,
     stats: MaterialiseStats,
 ) -> None:
-    """Fetch (or copy from this host) each digest once, then put it at each of its paths.
-
-    Contents in packs are read a range at a time (neighbours together); the rest, and
-    any content this host holds at another path, one at a time.
-    """
-    local: dict[str, str] = {}
-    for path, entry in current.files:
-        if entry.digest in wanted and target.get(path, entry) == entry:
-            local.setdefault(entry.digest, path)  # not overwritten meanwhile: safe to read
-
-    def member(digest: str) -> Member:
-        first = wanted[digest][0]
-        return Member(digest, target[first].size, target.packed[digest][1], first)
-
-    def fetch(digest: str) -> list[tuple[str, str, bool]]:
-        source = local.get(digest)
-        if source is not None:
-            tmp = _copy_local(root, tree, source, digest)
-            if tmp is not None:
-                return [(digest, tmp, True)]
-        if digest in target.packed:  # the copy here changed meanwhile: from its pack
-            return fetch_range(ranges([(member(digest), target.packed[digest][0])])[0])
-        return [(digest, _download(root, blobs, run_id, digest, wanted[digest][0]), False)]
-
-    def fetch_range(where: Range) -> list[tuple[str, str, bool]]:
-        done: list[tuple[str, str, bool]] = []
-        try:
-            for found, data in unpack(blobs, run_id, where):
-                done.append((found.digest, _write_bytes(root, data), False))
-        except BaseException:
-            for _, tmp, _ in done:
-                os.unlink(tmp)
-            raise
-        return done
-
-    packed = [d for d in wanted if d not in local and d in target.packed]
-    grouped = ranges((member(d), target.packed[d][0]) for d in packed)
-    alone = [d for d in wanted if d in local or d not in target.packed]
-    lock = threading.Lock()
+    """Fetch (or copy from this host) each digest once, then put it at each of its paths."""
+    tasks = _Fetch(root, tree, current, target, wanted, blobs, run_id).tasks()
     with ThreadPoolExecutor(THREADS, thread_name_prefix="conveyor-fetch") as pool:
-        futures: list[Future[list[tuple[str, str, bool]]]] = [
-            *(pool.submit(fetch_range, r) for r in grouped),
-            *(pool.submit(fetch, d) for d in alone),
-        ]
+        futures: list[Future[list[_Got]]] = [pool.submit(task) for task in tasks]
         try:
             for future in futures:
                 for digest, tmp, reused in future.result():
                     size = target[wanted[digest][0]].size
-                    with lock:
-                        if reused:
-                            stats.files_reused += 1
-                            stats.bytes_reused += size
-                        else:
-                            stats.files_fetched += 1
-                            stats.bytes_fetched += size
+                    if reused:
+                        stats.files_reused += 1
+                        stats.bytes_reused += size
+                    else:
+                        stats.files_fetched += 1
+                        stats.bytes_fetched += size
                     _place_files(root, tree, tmp, digest, wanted[digest], target, index, stats)
         finally:
             for future in futures:

@@ -31,7 +31,9 @@ import hashlib
 import json
 import posixpath
 import re
+import threading
 import zlib
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -127,12 +129,20 @@ def check_link(path: str, target: str) -> str:
 #: Where a content is kept inside a pack: the pack's SHA-256 and the offset there.
 Place = tuple[str, int]
 
+#: Manifests read lately in this process, by the SHA-256 of their bytes: at most
+#: ``KEEP``, each of at most ``KEEP_BYTES`` (compressed; about 20,000 paths).
+KEEP = 8
+KEEP_BYTES = 1024 * 1024
+_READ: OrderedDict[bytes, Manifest] = OrderedDict()
+_READ_LOCK = threading.Lock()
+
 
 class Manifest(Mapping[str, Entry]):
     """Every path of a workspace and its entry, by POSIX path relative to the root.
 
     ``packed`` says, for contents kept in packs, where (by content digest); only those
-    of its own files are written out.
+    of its own files are written out. A manifest is never changed once made (``packed``
+    included): :meth:`from_bytes` hands the same one to every reader of the same bytes.
     """
 
     def __init__(
@@ -203,7 +213,29 @@ class Manifest(Mapping[str, Entry]):
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Manifest:
-        """Read a manifest, checking all of it (WorkspaceRefused, one line, if anything is off)."""
+        """Read a manifest, checking all of it (WorkspaceRefused, one line, if anything is off).
+
+        A manifest read lately in this process is not read again (each step of a run on
+        this host reads its run's manifests several times): the same bytes give the same
+        manifest, whose digest is that of these bytes.
+        """
+        key = hashlib.sha256(data).digest()
+        with _READ_LOCK:
+            found = _READ.get(key)
+            if found is not None:
+                _READ.move_to_end(key)
+                return found
+        manifest = cls._parse(data)
+        manifest._bytes = bytes(data)
+        if len(data) <= KEEP_BYTES:
+            with _READ_LOCK:
+                _READ[key] = manifest
+                while len(_READ) > KEEP:
+                    _READ.popitem(last=False)
+        return manifest
+
+    @classmethod
+    def _parse(cls, data: bytes) -> Manifest:
         inflater = zlib.decompressobj()
         try:
             text = inflater.decompress(data, MAX_BYTES)

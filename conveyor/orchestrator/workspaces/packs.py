@@ -2,11 +2,12 @@
 
 A workspace may hold thousands of small files; storing each as an object of its own
 costs a file (or a request) apiece in the store. When a publish has at least
-``PACK_MIN`` contents smaller than ``PACKED_MAX`` to upload, :func:`pack` puts them end
-to end into packs of about ``PACK_BYTES``, each stored as one object named by its
-SHA-256 (``WorkspaceBlobs.put_pack``), and returns where each content landed: the
-manifest keeps that (``Manifest.packed``), so the manifest is the packs' index. Fewer
-contents (a step that changed a few files) travel as blobs of their own.
+``PACK_MIN`` contents smaller than ``PACKED_MAX`` to upload, it cuts them (in path
+order) into packs of about ``PACK_BYTES`` (:func:`batches`) and stores each as one
+object named by its SHA-256 (:func:`write_pack`, ``WorkspaceBlobs.put_pack``), noting
+where each content landed: the manifest keeps that (``Manifest.packed``), so the
+manifest is the packs' index. Fewer contents (a step that changed a few files) travel
+as blobs of their own.
 
 Each content is read from the workspace by the caller's ``read`` (which opens it without
 following links) and hashed as it is put in the pack: a file that changed since the
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from conveyor.orchestrator.contracts.artifacts import WorkspaceBlobs
@@ -39,8 +39,6 @@ PACK_MIN = 16
 PACK_BYTES = 8 * 1024 * 1024
 #: Neighbouring contents of a pack at most this far apart are read in one go.
 GAP = 256 * 1024
-#: Packs written at once (each held in memory while it is built).
-WRITERS = 4
 
 
 @dataclass(frozen=True)
@@ -52,41 +50,36 @@ class Content:
     path: str
 
 
-def pack(
+def batches(contents: list[Content]) -> list[list[Content]]:
+    """``contents`` (in order) cut into packs of about ``PACK_BYTES``."""
+    found: list[list[Content]] = []
+    filled = PACK_BYTES
+    for content in contents:
+        if filled + content.size > PACK_BYTES and (not found or found[-1]):
+            found.append([])
+            filled = 0
+        found[-1].append(content)
+        filled += content.size
+    return found
+
+
+def write_pack(
     store: WorkspaceBlobs,
     run_id: str,
-    contents: list[Content],
+    batch: list[Content],
     read: Callable[[Content], bytes],
 ) -> dict[str, Place]:
-    """Store ``contents`` in packs; where each digest landed (pack, offset)."""
-    batches: list[list[Content]] = [[]]
-    filled = 0
-    for content in contents:
-        if batches[-1] and filled + content.size > PACK_BYTES:
-            batches.append([])
-            filled = 0
-        batches[-1].append(content)
-        filled += content.size
-
-    def write(batch: list[Content]) -> dict[str, Place]:
-        data = bytearray()
-        offsets: list[tuple[str, int]] = []
-        for content in batch:
-            piece = read(content)
-            if len(piece) != content.size or hashlib.sha256(piece).hexdigest() != content.digest:
-                raise WorkspaceRefused(f"{content.path!r} changed while it was being published")
-            offsets.append((content.digest, len(data)))
-            data += piece
-        name = _stored(lambda: store.put_pack(run_id, bytes(data)))
-        return {digest: (name, offset) for digest, offset in offsets}
-
-    placed: dict[str, Place] = {}
-    if len(batches) == 1:
-        return write(batches[0]) if batches[0] else placed
-    with ThreadPoolExecutor(WRITERS, thread_name_prefix="conveyor-pack") as pool:
-        for found in pool.map(write, batches):
-            placed.update(found)
-    return placed
+    """Store ``batch`` as one pack; where each digest landed (pack, offset)."""
+    data = bytearray()
+    offsets: list[tuple[str, int]] = []
+    for content in batch:
+        piece = read(content)
+        if len(piece) != content.size or hashlib.sha256(piece).hexdigest() != content.digest:
+            raise WorkspaceRefused(f"{content.path!r} changed while it was being published")
+        offsets.append((content.digest, len(data)))
+        data += piece
+    name = _stored(lambda: store.put_pack(run_id, bytes(data)))
+    return {digest: (name, offset) for digest, offset in offsets}
 
 
 def _stored(call: Callable[[], str]) -> str:
