@@ -45,8 +45,10 @@ HOST_INFIX = ".host."
 LIVE_ANNOUNCEMENTS = 3
 #: How often a worker looks for workspaces of runs that are over on its host.
 SWEEP_SECONDS = 60.0
-#: How long the dispatcher trusts what it read of the live hosts.
-ROUTES_TTL = 2.0
+#: How long the dispatcher trusts what it read of the live hosts and of a run's head.
+ROUTES_TTL = 1.0
+#: Runs whose head host the dispatcher remembers at most.
+HEADS_KEPT = 4096
 
 
 def host_queue(queue: str, host: str) -> str:
@@ -76,6 +78,7 @@ class HostRouter:
         self.store = store
         self.live_seconds = live_seconds(settings)
         self._live: dict[str, frozenset[str]] = {}
+        self._heads: dict[str, tuple[float, str | None]] = {}
         self._read_at = float("-inf")
         self._lock = threading.Lock()
 
@@ -85,14 +88,28 @@ class HostRouter:
         if ref.anywhere or brief:
             return ref.queue
         try:
-            head = self.store.workspace_head(ref.run_id)
-            if head is None or not head.host:
-                return ref.queue
-            if head.host in self._hosts(ref.queue):
-                return host_queue(ref.queue, head.host)
+            host = self._head_host(ref.run_id)
+            if host and host in self._hosts(ref.queue):
+                return host_queue(ref.queue, host)
         except Exception:  # the shared queue always works
             log.debug("no host route for step %s", ref.step_key, exc_info=True)
         return ref.queue
+
+    def _head_host(self, run_id: str) -> str | None:
+        """The host of the run's newest workspace, read at most once per TTL per run (a
+        fan-out's steps are sent together)."""
+        now = time.monotonic()
+        with self._lock:
+            known = self._heads.get(run_id)
+        if known is not None and now - known[0] <= ROUTES_TTL:
+            return known[1]
+        head = self.store.workspace_head(run_id)
+        host = head.host if head is not None else None
+        with self._lock:
+            if len(self._heads) >= HEADS_KEPT:
+                self._heads.clear()
+            self._heads[run_id] = (now, host)
+        return host
 
     def _hosts(self, queue: str) -> frozenset[str]:
         with self._lock:

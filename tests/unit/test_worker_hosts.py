@@ -61,6 +61,7 @@ def test_steps_go_to_the_live_host_that_holds_their_runs_workspace(tmp_path: Pat
         store.announce_host("h1", ["sandbox"])
         store.announce_host("h2", ["scan"])
         router._read_at = float("-inf")
+        router._heads.clear()
         assert router.queue_for(ref, brief=False) == host_queue("sandbox", "h1")
         # The host does not serve the step's queue, the step is brief, or a re-send
         assert router.queue_for(StepRef(run_id, "s0", 1, "scan"), brief=False) == "scan"
@@ -70,6 +71,7 @@ def test_steps_go_to_the_live_host_that_holds_their_runs_workspace(tmp_path: Pat
         # A host that withdrew (warm shutdown) gets nothing more
         store.withdraw_host("h1")
         router._read_at = float("-inf")
+        router._heads.clear()
         assert router.queue_for(ref, brief=False) == "sandbox"
     finally:
         store.close()
