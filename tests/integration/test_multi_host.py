@@ -353,3 +353,33 @@ def test_a_source_seeds_a_run_whose_steps_land_on_other_hosts(
     assert not (tmp_path / "api-host" / "workspaces").exists() or not any(
         (tmp_path / "api-host" / "workspaces").iterdir()
     )
+
+
+#: One checkout, then four steps that need it: a fan-out that opens the workspace.
+FANOUT = pipeline(
+    shell("checkout", "head -c 65536 /dev/urandom > data.bin"),
+    *(shell(f"part{i}", f"cp data.bin part{i}.bin", needs=["checkout"]) for i in range(4)),
+)
+
+
+def test_a_runs_steps_go_to_the_host_that_holds_its_workspace(
+    hosts: Cluster, submitter: Submitter
+) -> None:
+    # Given two sandbox hosts, and runs whose checkout lands on either
+    started = time.monotonic()
+    runs = [submitter.submit(FANOUT) for _ in range(6)]
+    ended = [submitter.wait(run.id, left(started + 120), hosts.workers) for run in runs]
+
+    # Then each run's four parts ran on the host holding checkout's workspace, where
+    # nothing had to be fetched
+    for run in ended:
+        assert run.status.value == "succeeded", explain(hosts, run)
+        events = hosts.store.list_events(run.id)
+        where = {s.key: hosts.ran_on(events, s.key) for s in hosts.store.list_steps(run.id)}
+        assert all(where[f"part{i}"] == where["checkout"] for i in range(4)), where
+        fetched = [
+            line.text
+            for line in hosts.store.list_logs(run.id)
+            if line.text.startswith("workspace: fetched")
+        ]
+        assert fetched == [], fetched
