@@ -14,6 +14,10 @@ times, interleaved, on fresh hosts and a fresh run; medians are printed with the
 (goal: (a) at most 1.5x (b)). ``--s3`` runs the same through the S3 store on a moto
 server of its own. Figures only, no assertion on time.
 
+Before each timed part the file system is synced, so that neither pays for writing
+out what the untimed setup (or the part before) left in memory: both (a) and (b) sync
+what they store themselves, and one's writes would otherwise fall on the other.
+
     python bench/workspace_handoff.py [--files 5000] [--size-mb 200] [--repeat 3] [--s3]
 """
 

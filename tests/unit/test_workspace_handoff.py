@@ -544,6 +544,10 @@ def test_a_manifest_whose_pack_index_lies_is_refused(
     _forge_v2(a, heads, [["x", "f", 420, genuine, 12, 0, 10**9]], [pack.name])
     with pytest.raises(WorkspaceRefused, match="ends before it"):
         b.handoff.prepare(RUN)
+
+    _forge_v2(a, heads, [["x", "f", 420, genuine, 10**15, 0, 0]], [pack.name])  # a petabyte
+    with pytest.raises(WorkspaceRefused, match="ends before it"):
+        b.handoff.prepare(RUN)
     assert not (b.ws / "x").exists()
 
 

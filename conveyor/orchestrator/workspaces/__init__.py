@@ -30,6 +30,7 @@ content does not match its digest, a missing blob: each fails the step with one 
 - ``manifest``: ``Entry``, ``Manifest``, ``Changes``, ``diff``, ``apply``.
 - ``index``: ``LocalIndex``, what one host believes its copy holds (outside the workspace).
 - ``local``: ``snapshot`` and ``materialise``, the directory on this host.
+- ``packs``: many small contents stored as one object, and read back a range at a time.
 - ``handoff``: ``WorkspaceHandoff``, ``Baseline``, ``PublishStats``.
 
 This package is pure: no SQL, no engine; the store and the artifact store reach it

@@ -626,7 +626,7 @@ def _write_files(
                         stats.files_fetched += 1
                         stats.bytes_fetched += size
                     _place_files(root, tree, tmp, digest, wanted[digest], target, index, stats)
-        finally:
+        except BaseException:  # what was fetched and not placed goes
             for future in futures:
                 future.cancel()
             for future in futures:
@@ -634,6 +634,7 @@ def _write_files(
                     for _, tmp, _ in future.result():
                         with contextlib.suppress(FileNotFoundError):
                             os.unlink(tmp)
+            raise
 
 
 def _place_files(

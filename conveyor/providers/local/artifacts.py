@@ -155,6 +155,7 @@ class LocalArtifactStore:
         except OSError as exc:
             raise ArtifactError(f"could not read pack {digest}: {exc.strerror}") from None
         try:
+            length = min(length, os.fstat(fd).st_size - start)  # what a manifest says may lie
             pieces: list[bytes] = []
             while length > 0 and (piece := os.pread(fd, length, start)):
                 pieces.append(piece)
