@@ -47,7 +47,7 @@ class OutputSplitter:
         self._buffer += chunk
         end = self._buffer.rfind(b"\n")
         if end >= 0:
-            self._emit(self._buffer[: end + 1])
+            self._emit(_cut_long_lines(self._buffer[: end + 1]))
             del self._buffer[: end + 1]
         while len(self._buffer) > MAX_LINE_BYTES:  # no newline in it: an endless line
             cut = _utf8_boundary(self._buffer, MAX_LINE_BYTES)
@@ -147,6 +147,31 @@ def raise_for(reason: str | None, timeout_message: str) -> None:
         raise StepTimeout(timeout_message)
     if reason == "cancel":
         raise StepCancelled("cancelled")
+
+
+def _cut_long_lines(block: bytearray) -> bytearray:
+    """``block`` with every line longer than MAX_LINE_BYTES cut there (as an endless
+    line is): a long line may end in the same read as it grew past the limit.
+
+    Looks a window of MAX_LINE_BYTES + 1 bytes at a time for a newline, from its end:
+    a block of short lines costs a few steps per window, not one per line.
+    """
+    if len(block) <= MAX_LINE_BYTES:
+        return block
+    pieces: list[bytes | bytearray] = []
+    done = start = 0  # block[:done] is in pieces; a line starts at ``start``
+    while len(block) - start > MAX_LINE_BYTES:
+        newline = block.rfind(b"\n", start, start + MAX_LINE_BYTES + 1)
+        if newline >= 0:
+            start = newline + 1
+            continue
+        cut = start + _utf8_boundary(block[start : start + MAX_LINE_BYTES + 1], MAX_LINE_BYTES)
+        pieces += [block[done:cut], b"\n"]
+        done = start = cut
+    if not pieces:
+        return block
+    pieces.append(block[done:])
+    return bytearray(b"".join(pieces))
 
 
 def _utf8_boundary(buffer: bytearray, limit: int) -> int:

@@ -14,7 +14,7 @@ from conveyor.orchestrator.contracts import Sandbox, SandboxConfig, SandboxReque
 from conveyor.orchestrator.errors import SandboxError, StepCancelled, StepTimeout
 from conveyor.orchestrator.settings import Settings
 from conveyor.providers.local import LocalSandbox, LocalSandboxFactory
-from conveyor.providers.sandbox_common import parse_memory
+from conveyor.providers.sandbox_common import LineSplitter, parse_memory
 
 #: Generous: every kill below should take well under this.
 QUICK = 5.0
@@ -394,3 +394,17 @@ def test_memory_limits_read_like_dockers(value: str | int, size: int) -> None:
 def test_a_bad_memory_limit_is_refused(factory: LocalSandboxFactory, value: str | int) -> None:
     with pytest.raises(SandboxError, match="memory_limit"):
         factory.open(request(memory_limit=value))
+
+
+@pytest.mark.parametrize("split", [1, 4096, 65535, 65536, 65537, 68000, 200_001])
+def test_a_long_line_is_cut_however_its_bytes_arrive(split: int) -> None:
+    # A 68,928-byte line, then a short one, fed in two reads cut anywhere
+    data = b"a" * 68928 + b"\n" + "é".encode() * 40000 + b"\nend\n"
+    lines: list[str] = []
+    splitter = LineSplitter(lines.append)
+    splitter.feed(data[:split])
+    splitter.feed(data[split:])
+    splitter.flush()
+    assert [len(line.encode()) for line in lines][:2] == [65536, 3392]
+    assert all(len(line.encode()) <= 65536 for line in lines)
+    assert "".join(lines[2:-1]) == "é" * 40000 and lines[-1] == "end"

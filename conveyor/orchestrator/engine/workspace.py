@@ -15,6 +15,7 @@ directory, so worker processes sharing a data directory are one host.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import secrets
@@ -168,8 +169,7 @@ class Workspaces:
         """The attempt's workspace hook; None when there is nothing to do."""
         seed = None
         if source is not None and self._seed is not None:
-            seed_run = self._seed
-            seed = lambda: seed_run(run_id, source)  # noqa: E731
+            seed = functools.partial(self._seed, run_id, source)
         if seed is None and self.handoff is None:
             return None
         return StepWorkspace(run_id, seed=seed, handoff=self.handoff, say=say)
