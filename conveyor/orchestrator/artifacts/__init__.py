@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from conveyor.orchestrator.artifacts.models import chunks as chunks
     from conveyor.orchestrator.artifacts.models import copy_hashed as copy_hashed
     from conveyor.orchestrator.artifacts.models import hash_stream as hash_stream
+    from conveyor.orchestrator.artifacts.models import validate_digest as validate_digest
     from conveyor.orchestrator.artifacts.models import validate_key as validate_key
     from conveyor.orchestrator.artifacts.models import validate_run_id as validate_run_id
     from conveyor.orchestrator.artifacts.retention import ArtifactRetention as ArtifactRetention
@@ -27,6 +28,7 @@ __getattr__ = lazy(
             "chunks",
             "copy_hashed",
             "hash_stream",
+            "validate_digest",
             "validate_key",
             "validate_run_id",
         ],

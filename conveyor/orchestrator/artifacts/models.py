@@ -20,6 +20,7 @@ from conveyor.orchestrator.errors import ArtifactError
 _PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=@-]{0,199}")
 MAX_KEY = 512
 CHUNK = 1024 * 1024
+_HEX = frozenset("0123456789abcdef")
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,13 @@ def validate_run_id(run_id: str) -> str:
     if not _PART.fullmatch(run_id):
         raise ArtifactError(f"run id {run_id!r} cannot name an artifact folder")
     return run_id
+
+
+def validate_digest(digest: str) -> str:
+    """A SHA-256 in lowercase hex, as a stored workspace blob, pack or manifest is named."""
+    if len(digest) != 64 or not _HEX.issuperset(digest):
+        raise ArtifactError(f"{digest[:80]!r} is not a SHA-256 digest")
+    return digest
 
 
 def chunks(stream: BinaryIO, size: int = CHUNK) -> Iterator[bytes]:

@@ -34,6 +34,7 @@ from typing import BinaryIO
 from conveyor.orchestrator.artifacts import (
     Artifact,
     copy_hashed,
+    validate_digest,
     validate_key,
     validate_run_id,
 )
@@ -51,7 +52,6 @@ PACKS = ".packs"
 MANIFESTS = ".manifests"
 #: Past this many digests asked about, the blob folder is listed once instead.
 LIST_PAST = 64
-_DIGEST = frozenset("0123456789abcdef")
 CHUNK = 1024 * 1024
 
 
@@ -96,7 +96,7 @@ class LocalArtifactStore:
     def missing_blobs(self, run_id: str, digests: Collection[str]) -> set[str]:
         """Those of ``digests`` not stored for the run."""
         base = self.root / validate_run_id(run_id) / BLOBS
-        wanted = {_digest(d) for d in digests}
+        wanted = {validate_digest(d) for d in digests}
         if len(wanted) > LIST_PAST:
             try:
                 return wanted - set(os.listdir(base))
@@ -106,7 +106,7 @@ class LocalArtifactStore:
 
     def put_blob(self, run_id: str, digest: str, src: Path) -> None:
         """Store ``src`` as the blob ``digest`` (checked as it is copied)."""
-        target = self.root / validate_run_id(run_id) / BLOBS / _digest(digest)
+        target = self.root / validate_run_id(run_id) / BLOBS / validate_digest(digest)
         if target.is_file():
             return  # the same bytes, stored already
         try:
@@ -133,7 +133,7 @@ class LocalArtifactStore:
 
     def open_blob(self, run_id: str, digest: str) -> BinaryIO:
         """A stream of the blob ``digest``."""
-        target = self.root / validate_run_id(run_id) / BLOBS / _digest(digest)
+        target = self.root / validate_run_id(run_id) / BLOBS / validate_digest(digest)
         try:
             return open(target, "rb")  # the caller closes it
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
@@ -147,7 +147,7 @@ class LocalArtifactStore:
 
     def read_pack(self, run_id: str, digest: str, start: int, length: int) -> bytes:
         """``length`` bytes of the pack ``digest`` from ``start`` (fewer where it ends)."""
-        target = self.root / validate_run_id(run_id) / PACKS / _digest(digest)
+        target = self.root / validate_run_id(run_id) / PACKS / validate_digest(digest)
         try:
             fd = os.open(target, os.O_RDONLY | os.O_CLOEXEC)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
@@ -168,13 +168,13 @@ class LocalArtifactStore:
 
     def put_manifest(self, run_id: str, digest: str, data: bytes) -> None:
         """Store a workspace manifest (the blobs and packs it names are on disk already)."""
-        if hashlib.sha256(data).hexdigest() != _digest(digest):
+        if hashlib.sha256(data).hexdigest() != validate_digest(digest):
             raise ChecksumMismatch(f"manifest {digest} does not match its digest")
         _write_whole(self.root / validate_run_id(run_id) / MANIFESTS / digest, data, "manifest")
 
     def get_manifest(self, run_id: str, digest: str) -> bytes:
         """The workspace manifest ``digest``."""
-        target = self.root / validate_run_id(run_id) / MANIFESTS / _digest(digest)
+        target = self.root / validate_run_id(run_id) / MANIFESTS / validate_digest(digest)
         try:
             return target.read_bytes()
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
@@ -307,13 +307,6 @@ def _store(target: Path, meta: Path, src: Path, key: str, kind: str) -> Artifact
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name)
     return artifact
-
-
-def _digest(digest: str) -> str:
-    """``digest`` if it is a SHA-256 in lowercase hex (it names a file)."""
-    if len(digest) != 64 or not _DIGEST.issuperset(digest):
-        raise ArtifactError(f"{digest[:80]!r} is not a SHA-256 digest")
-    return digest
 
 
 def _write_whole(target: Path, data: bytes, what: str) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +33,7 @@ from conveyor.orchestrator.artifacts import (
     Artifact,
     copy_hashed,
     hash_stream,
+    validate_digest,
     validate_key,
     validate_run_id,
 )
@@ -54,7 +55,6 @@ PACKS = ".packs"
 MANIFESTS = ".manifests"
 #: Past this many digests asked about, the run's blobs are listed instead (1,000 a page).
 LIST_PAST = 16
-_DIGEST = frozenset("0123456789abcdef")
 
 MISSING = ("404", "NoSuchKey", "NotFound")
 #: Seconds to connect, and to wait for each read, before a request counts as failed; a
@@ -152,7 +152,7 @@ class S3ArtifactStore:
 
     def missing_blobs(self, run_id: str, digests: Collection[str]) -> set[str]:
         """Those of ``digests`` not stored for the run."""
-        wanted = {_digest(d) for d in digests}
+        wanted = {validate_digest(d) for d in digests}
         base = f"{self.prefix}/{validate_run_id(run_id)}/{BLOBS}/"
         with _errors(f"the workspace blobs of run {run_id}"):
             if len(wanted) > LIST_PAST:
@@ -176,13 +176,7 @@ class S3ArtifactStore:
                 data = src.read_bytes()
                 if hashlib.sha256(data).hexdigest() != digest:
                     raise ChecksumMismatch(f"blob {digest} changed while it was stored")
-                self.client.put_object(
-                    Bucket=self.bucket,
-                    Key=name,
-                    Body=data,
-                    Metadata={"sha256": digest, "kind": "blob"},
-                    ChecksumSHA256=base64.b64encode(bytes.fromhex(digest)).decode(),
-                )
+                self._put_checked(name, data, digest, "blob")
             else:  # streamed in parts; the reader checks the whole against the digest
                 self.client.upload_file(
                     str(src),
@@ -201,20 +195,14 @@ class S3ArtifactStore:
     def put_pack(self, run_id: str, data: bytes) -> str:
         """Upload ``data`` as the pack named by its SHA-256 (checked by S3 against it)."""
         digest = hashlib.sha256(data).hexdigest()
-        name = f"{self.prefix}/{validate_run_id(run_id)}/{PACKS}/{digest}"
+        name = self._workspace_object(run_id, PACKS, digest)
         with _errors(f"pack {digest}"):
-            self.client.put_object(
-                Bucket=self.bucket,
-                Key=name,
-                Body=data,
-                Metadata={"sha256": digest, "kind": "pack"},
-                ChecksumSHA256=base64.b64encode(bytes.fromhex(digest)).decode(),
-            )
+            self._put_checked(name, data, digest, "pack")
         return digest
 
     def read_pack(self, run_id: str, digest: str, start: int, length: int) -> bytes:
         """``length`` bytes of the pack ``digest`` from ``start``: one ranged GET."""
-        name = f"{self.prefix}/{validate_run_id(run_id)}/{PACKS}/{_digest(digest)}"
+        name = self._workspace_object(run_id, PACKS, digest)
         if length <= 0:
             return b""
         with _errors(f"pack {digest} of run {run_id}"):
@@ -232,21 +220,15 @@ class S3ArtifactStore:
 
     def put_manifest(self, run_id: str, digest: str, data: bytes) -> None:
         """Store a workspace manifest under its digest."""
-        if hashlib.sha256(data).hexdigest() != _digest(digest):
+        if hashlib.sha256(data).hexdigest() != validate_digest(digest):
             raise ChecksumMismatch(f"manifest {digest} does not match its digest")
-        name = f"{self.prefix}/{validate_run_id(run_id)}/{MANIFESTS}/{digest}"
+        name = self._workspace_object(run_id, MANIFESTS, digest)
         with _errors(f"manifest {digest}"):
-            self.client.put_object(
-                Bucket=self.bucket,
-                Key=name,
-                Body=data,
-                Metadata={"sha256": digest, "kind": "manifest"},
-                ChecksumSHA256=base64.b64encode(bytes.fromhex(digest)).decode(),
-            )
+            self._put_checked(name, data, digest, "manifest")
 
     def get_manifest(self, run_id: str, digest: str) -> bytes:
         """The workspace manifest ``digest``."""
-        name = f"{self.prefix}/{validate_run_id(run_id)}/{MANIFESTS}/{_digest(digest)}"
+        name = self._workspace_object(run_id, MANIFESTS, digest)
         with _errors(f"workspace manifest {digest} of run {run_id}"):
             answer = self.client.get_object(Bucket=self.bucket, Key=name)
             with answer["Body"] as body:
@@ -254,7 +236,21 @@ class S3ArtifactStore:
         return data
 
     def _blob(self, run_id: str, digest: str) -> str:
-        return f"{self.prefix}/{validate_run_id(run_id)}/{BLOBS}/{_digest(digest)}"
+        return self._workspace_object(run_id, BLOBS, digest)
+
+    def _workspace_object(self, run_id: str, folder: str, digest: str) -> str:
+        """The name of a workspace blob, pack or manifest of the run."""
+        return f"{self.prefix}/{validate_run_id(run_id)}/{folder}/{validate_digest(digest)}"
+
+    def _put_checked(self, name: str, data: bytes, digest: str, kind: str) -> None:
+        """One PUT of ``data``, which S3 refuses unless its SHA-256 is ``digest``."""
+        self.client.put_object(
+            Bucket=self.bucket,
+            Key=name,
+            Body=data,
+            Metadata={"sha256": digest, "kind": kind},
+            ChecksumSHA256=base64.b64encode(bytes.fromhex(digest)).decode(),
+        )
 
     def _source(self, run_id: str) -> str:
         return f"{self.prefix}/{validate_run_id(run_id)}/{SOURCE}"
@@ -273,9 +269,7 @@ class S3ArtifactStore:
         with _errors(run_id):
             for folder in (BLOBS, PACKS, MANIFESTS):
                 names += self._names(f"{base}{folder}/")
-            for start in range(0, len(names), 1000):
-                batch: list[Any] = [{"Key": n} for n in names[start : start + 1000]]
-                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch})
+            self._delete_all(names)
         return len(names)
 
     def delete_run(self, run_id: str) -> int:
@@ -283,10 +277,14 @@ class S3ArtifactStore:
         base = f"{self.prefix}/{validate_run_id(run_id)}/"
         with _errors(run_id):
             names = list(self._names(base))
-            for start in range(0, len(names), 1000):
-                batch: list[Any] = [{"Key": n} for n in names[start : start + 1000]]
-                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch})
+            self._delete_all(names)
         return len([n for n in names if not n[len(base) :].startswith(".")])
+
+    def _delete_all(self, names: Sequence[str]) -> None:
+        """Delete these objects, 1,000 a request (S3's most)."""
+        for start in range(0, len(names), 1000):
+            batch: list[Any] = [{"Key": n} for n in names[start : start + 1000]]
+            self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch})
 
     def _names(self, base: str) -> Iterator[str]:
         paginator = self.client.get_paginator("list_objects_v2")
@@ -296,13 +294,6 @@ class S3ArtifactStore:
 
     def _name(self, run_id: str, key: str) -> str:
         return f"{self.prefix}/{validate_run_id(run_id)}/{validate_key(key)}"
-
-
-def _digest(digest: str) -> str:
-    """``digest`` if it is a SHA-256 in lowercase hex (it names an object)."""
-    if len(digest) != 64 or not _DIGEST.issuperset(digest):
-        raise ArtifactError(f"{digest[:80]!r} is not a SHA-256 digest")
-    return digest
 
 
 def new_client(settings: Settings) -> Any:
