@@ -21,7 +21,7 @@ import os
 import secrets
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from conveyor.orchestrator.errors import ConveyorError, StepFailed
 
@@ -47,9 +47,8 @@ def host_id(data_dir: Path) -> str:
     staging = path.with_name(f".{HOST_FILE}.{os.getpid()}")
     staging.write_text(made + "\n")
     try:
-        os.link(staging, path)  # the first process to get there names the host
-    except FileExistsError:
-        pass
+        with contextlib.suppress(FileExistsError):  # the first process there names the host
+            os.link(staging, path)
     finally:
         staging.unlink()
     return path.read_text().strip()
@@ -98,7 +97,10 @@ class StepWorkspace:
             if baseline.head is None and self._seed is not None:
                 baseline = handoff.publish_first(self.run_id, baseline)
             self._baseline = baseline
-            moved = _describe(baseline.fetched, "fetched")
+            got = baseline.fetched
+            moved = _describe(
+                "fetched", got.files_fetched, got.bytes_fetched, got.files_reused, got.seconds
+            )
             if moved:
                 self._say(f"workspace: {moved}")
         self.opened = True
@@ -138,7 +140,7 @@ class StepWorkspace:
             raise StepFailed(f"workspace could not be published: {exc.message}") from None
         except OSError as exc:
             raise StepFailed(f"workspace could not be published: {exc}") from None
-        moved = _describe(stats, "uploaded")
+        moved = _describe("uploaded", stats.files_uploaded, stats.bytes_uploaded, 0, stats.seconds)
         if moved:
             self._say(f"workspace: {moved}")
 
@@ -206,28 +208,20 @@ class Workspaces:
         return True
 
 
-def _describe(stats: Any, verb: str) -> str:
-    """``fetched 3 files (1.2 MB), 10 reused here`` from a handoff's stats, or ''."""
-    if stats is None:
-        return ""
-    files = getattr(stats, f"files_{verb}", 0)
-    size = getattr(stats, f"bytes_{verb}", 0)
-    reused = getattr(stats, "files_reused", 0)
+def _describe(verb: str, files: int, size: int, reused: int, seconds: float) -> str:
+    """``fetched 3 files (1.2 MB), 10 reused here in 0.04s``, or '' when nothing moved."""
     if not files and not reused:
         return ""
     text = f"{verb} {files} file{'s' if files != 1 else ''} ({_size(size)})"
     if reused:
         text += f", {reused} reused here"
-    seconds = getattr(stats, "seconds", None)
-    if seconds is not None:
-        text += f" in {seconds:.2f}s"
-    return text
+    return f"{text} in {seconds:.2f}s"
 
 
 def _size(count: int) -> str:
     value = float(count)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1000 or unit == "GB":
+    for unit in ("B", "KB", "MB"):
+        if value < 1000:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1000
     return f"{value:.1f} GB"

@@ -118,15 +118,10 @@ class WorkspaceHandoff:
         """Record what the step changed since ``baseline`` as the run's new head."""
         started = time.perf_counter()
         stats = PublishStats()
-        root = self.workspace(run_id)
-        index = LocalIndex(self.state_dir, run_id)
         seen = SnapshotStats()
-        with index.locked():
-            now = snapshot(root, index, seen)
-            index.save()
-        keys = {path: key for path, (key, _) in index.cache.items()}
+        root, now, keys, changes = self._changes(run_id, baseline, seen)
+        index = LocalIndex(self.state_dir, run_id)
         stats.files_hashed, stats.skipped = seen.hashed, seen.skipped
-        changes = diff(baseline.manifest, now)
         stats.changed, stats.removed = len(changes.set), len(changes.removed)
         if not changes:
             stats.seconds = time.perf_counter() - started
@@ -143,6 +138,19 @@ class WorkspaceHandoff:
             index.save()
         stats.seconds = time.perf_counter() - started
         return stats
+
+    def _changes(
+        self, run_id: str, baseline: Baseline, seen: SnapshotStats | None = None
+    ) -> tuple[Path, Manifest, dict[str, StatKey], Changes]:
+        """The workspace's root, what it holds now, each file's stat key (as hashed), and
+        what changed since ``baseline``."""
+        root = self.workspace(run_id)
+        index = LocalIndex(self.state_dir, run_id)
+        with index.locked():
+            now = snapshot(root, index, seen)
+            index.save()
+        keys = {path: key for path, (key, _) in index.cache.items()}
+        return root, now, keys, diff(baseline.manifest, now)
 
     def _upload(
         self,
@@ -262,17 +270,12 @@ class WorkspaceHandoff:
         Only ever from no head to the first: the source is the start of the run's
         history, never laid over a later head (that would undo what steps changed).
         """
-        root = self.workspace(run_id)
-        index = LocalIndex(self.state_dir, run_id)
-        with index.locked():
-            now = snapshot(root, index)
-            index.save()
-        keys = {path: key for path, (key, _) in index.cache.items()}
-        changes = diff(baseline.manifest, now)
+        root, now, keys, changes = self._changes(run_id, baseline)
         if not changes:
             return baseline
         store = self._blobs()
         self._upload(store, run_id, root, changes, now, keys, PublishStats())
+        index = LocalIndex(self.state_dir, run_id)
         first = apply(baseline.manifest, changes)
         _store_call(partial(store.put_manifest, run_id, first.digest, first.to_bytes()))
         with index.locked():
