@@ -33,6 +33,15 @@ def old_database(url: str, revision: str) -> sa.Engine:
     return engine
 
 
+def add_definition(conn: sa.Connection, at: datetime) -> None:
+    """The pipeline ``p`` (definition ``d``) the runs these tests add belong to."""
+    conn.execute(
+        definitions.insert().values(
+            id="d", name="p", version=1, checksum="c", definition={}, created_at=at
+        )
+    )
+
+
 def add_run(conn: sa.Connection, run_id: str, ended: datetime) -> None:
     row = {
         "id": run_id,
@@ -72,11 +81,7 @@ def test_0005_fills_in_when_each_runs_artifacts_expired(tmp_path: Path) -> None:
     engine = old_database(database_url(tmp_path), "0004")
     ended = datetime(2026, 1, 1, tzinfo=UTC)
     with engine.begin() as conn:
-        conn.execute(
-            definitions.insert().values(
-                id="d", name="p", version=1, checksum="c", definition={}, created_at=ended
-            )
-        )
+        add_definition(conn, ended)
         for run_id in ("gone", "retried", "kept"):
             add_run(conn, run_id, ended)
         add_expired_event(conn, "gone", 1, ended + timedelta(days=30))
@@ -121,11 +126,7 @@ def test_0006_moves_logs_into_chunks_and_counts_the_runs_and_steps_there_are(
         ("test", 1): [("stdout", "ünïcode ✓"), ("system", "")],
     }
     with engine.begin() as conn:
-        conn.execute(
-            definitions.insert().values(
-                id="d", name="p", version=1, checksum="c", definition={}, created_at=ended
-            )
-        )
+        add_definition(conn, ended)
         add_run(conn, "r1", ended)
         for position, (key, status, seconds) in enumerate(
             [("build", "succeeded", 2.5), ("test", "failed", 0.05), ("late", "pending", None)]
@@ -206,11 +207,7 @@ def test_0007_counts_each_runs_steps_on_its_row(tmp_path: Path) -> None:
     engine = old_database(url, "0006")
     ended = datetime(2026, 1, 1, tzinfo=UTC)
     with engine.begin() as conn:
-        conn.execute(
-            definitions.insert().values(
-                id="d", name="p", version=1, checksum="c", definition={}, created_at=ended
-            )
-        )
+        add_definition(conn, ended)
         for run_id in ("r1", "r2", "r3"):
             add_run(conn, run_id, ended)
         add_steps(conn, "r1", ["succeeded", "succeeded", "failed", "pending", "queued"])
@@ -246,11 +243,7 @@ def test_0008_indexes_the_runs_listing_by_each_filter_and_ids_by_prefix(tmp_path
     engine = old_database(database_url(tmp_path), "0007")
     ended = datetime(2026, 1, 1, tzinfo=UTC)
     with engine.begin() as conn:
-        conn.execute(
-            definitions.insert().values(
-                id="d", name="p", version=1, checksum="c", definition={}, created_at=ended
-            )
-        )
+        add_definition(conn, ended)
         add_run(conn, "r1", ended)
 
     # When the database is brought up to date
@@ -281,11 +274,7 @@ def test_0009_keeps_runs_workspace_heads_and_the_live_worker_hosts(tmp_path: Pat
     engine = old_database(database_url(tmp_path), "0008")
     ended = datetime(2026, 1, 1, tzinfo=UTC)
     with engine.begin() as conn:
-        conn.execute(
-            definitions.insert().values(
-                id="d", name="p", version=1, checksum="c", definition={}, created_at=ended
-            )
-        )
+        add_definition(conn, ended)
         add_run(conn, "r1", ended)
 
     # When the database is brought up to date
