@@ -38,6 +38,7 @@ from conveyor.orchestrator.pipeline.spec import format_path
 from conveyor.orchestrator.pipeline.templates import TemplateEngine, has_template
 from conveyor.orchestrator.plugins import Sandboxes
 from conveyor.orchestrator.settings import Settings
+from conveyor.orchestrator.status import RunStatus
 
 if TYPE_CHECKING:
     from conveyor.orchestrator.contracts import Store
@@ -326,7 +327,8 @@ class Executor:
     def run_over(self, run_id: str) -> None:
         """Remove the run's workspaces, now or once its last step running here is done."""
         if self.workspaces.handoff is not None:
-            self.workspaces.run_over(run_id, self.store.get_run(run_id).status == "succeeded")
+            succeeded = self.store.get_run(run_id).status == RunStatus.SUCCEEDED
+            self.workspaces.run_over(run_id, succeeded)
         if self.monitor.run_over(run_id):
             self._cleanup(run_id)
 
